@@ -1,0 +1,32 @@
+"""Ingest S1-MMAlign JSONL records and images into the lake's Delta tables.
+
+    spark-submit jobs/ingest.py --source ROOT_OR_S3_URI --lake LAKE_ROOT [--conf conf/X.yaml]
+"""
+
+import os
+
+import _bootstrap  # noqa: F401
+
+from s1mmalign import cli, config, ingest, session
+
+
+def body() -> int:
+    p = cli.parser("ingest", __doc__.splitlines()[1])
+    p.add_argument("--source", required=True, help="source root: a local folder or s3://bucket/prefix")
+    args = p.parse_args()
+    cli.setup_logging(args.log_level)
+    cfg = config.load(args.conf)
+    if "://" not in args.source and not os.path.isdir(args.source):
+        raise cli.UsageError(f"--source {args.source} is not a folder")
+    if "://" in args.lake or (os.path.exists(args.lake) and not os.path.isdir(args.lake)):
+        raise cli.UsageError(f"--lake {args.lake} must be a local folder (object-store lakes need hadoop-aws)")
+    spark = session.build(args.lake, cfg)
+    try:
+        ingest.run(spark, cfg, args.source, args.lake)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    cli.main("ingest", body)

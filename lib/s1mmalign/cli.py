@@ -1,0 +1,59 @@
+"""What every job's entry point shares: flags, logging, one clear line and an exit code on failure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from s1mmalign.config import ConfigError
+from s1mmalign.storage import SourceError
+
+
+class UsageError(Exception):
+    """A bad flag value or a path that does not exist."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every job takes (--lake, --conf, --log-level)."""
+    p = _Parser(prog=prog, description=description)
+    p.add_argument("--lake", required=True, help="lake root: a folder that holds the Delta tables")
+    p.add_argument("--conf", default=None, help="an environment config file, e.g. conf/local.yaml")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "botocore", "boto3", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(prog: str, body: Callable[[], int]) -> None:
+    """Run a job body; known failures become one line on stderr and a non-zero exit."""
+    try:
+        code = body()
+    except (ConfigError, SourceError, UsageError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # anything else: still one line, with the type, and the log has detail
+        logging.getLogger(prog).debug("failure", exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"{prog}: failed: {type(exc).__name__}: {first[:500]}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+def known_args(p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return p.parse_args(argv)

@@ -1,0 +1,86 @@
+"""Delta tables under a lake root: creation from schemas/, catalog registration, idempotent writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from s1mmalign import schemas
+
+log = logging.getLogger(__name__)
+
+
+def table_path(lake: str, name: str) -> str:
+    """Where table `name` lives under the lake root."""
+    return str(Path(lake, name).resolve()) if "://" not in lake else f"{lake.rstrip('/')}/{name}"
+
+
+def ensure_tables(spark, lake: str, database: str) -> None:
+    """Create every lake table that is missing (schema from schemas/) and register it in the catalog."""
+    from delta.tables import DeltaTable
+
+    if "://" not in lake:
+        os.makedirs(lake, exist_ok=True)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    for name in schemas.lake_tables():
+        tdef = schemas.table(name)
+        path = table_path(lake, name)
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(tdef.spark())
+        if tdef.partition_by:
+            builder = builder.partitionedBy(*tdef.partition_by)
+        builder.execute()
+        if tdef.catalog:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{path}'")
+
+
+def last_metrics(spark, lake: str, name: str) -> dict[str, str]:
+    """operationMetrics of the newest commit of a table."""
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("operationMetrics").first()
+    return dict(row[0] or {}) if row else {}
+
+
+def _log_write(spark, lake: str, name: str, what: str) -> dict[str, str]:
+    metrics = last_metrics(spark, lake, name)
+    keys = ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted", "numOutputRows",
+            "numDeletedRows")
+    shown = ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
+    log.info("write %s: %s (%s)", name, what, shown or "no metrics")
+    return metrics
+
+
+def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | None = None,
+                 delete_unmatched_when: str | None = None, update: bool = True) -> dict[str, str]:
+    """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones.
+
+    update_when: a condition on t./s. that limits updates (e.g. only rows whose row_hash differs);
+    delete_unmatched_when: target rows matching it but absent from source_df are deleted;
+    update=False: insert-only (content-addressed tables).
+    """
+    from delta.tables import DeltaTable
+
+    tdef = schemas.table(name)
+    target = DeltaTable.forPath(spark, table_path(lake, name)).alias("t")
+    on = " AND ".join(f"t.{k} = s.{k}" for k in tdef.key)
+    merge = target.merge(source_df.select(*tdef.names).alias("s"), on)
+    if update:
+        merge = merge.whenMatchedUpdateAll(condition=update_when)
+    merge = merge.whenNotMatchedInsertAll()
+    if delete_unmatched_when:
+        merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
+    merge.execute()
+    return _log_write(spark, lake, name, "merge")
+
+
+def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:
+    """Atomically replace the rows matching `where` with df (one commit)."""
+    (df.select(*schemas.table(name).names).write.format("delta").mode("overwrite")
+     .option("replaceWhere", where).save(table_path(lake, name)))
+    return _log_write(spark, lake, name, f"replace where {where[:80]}")
+
+
+def read(spark, lake: str, name: str):
+    """The current rows of table `name`."""
+    return spark.read.format("delta").load(table_path(lake, name))

@@ -1,0 +1,372 @@
+"""The ingest pipeline: sources -> pairs, images, quarantine, ingest_log (Delta, MERGE, incremental).
+
+Stages (each logs one line with counts and rates):
+  plan      list sources; compare fingerprints with ingest_log; pick the files to (re)read
+  archives  stream changed archives in parallel tasks: image facts, bytes and thumbnails -> staging
+  jsonl     count lines per chunk, then parse every line -> staging (records and rejects)
+  resolve   dedupe; look each record's image up in archives (this run's, then earlier runs' index),
+            else read it from the unpacked tree; anything unresolved -> quarantine with a reason
+  write     images, image_index, pairs (MERGE), quarantine (slice replace), ingest_log (last)
+
+A crash before the last write leaves ingest_log as it was, so a re-run redoes the same files and
+every write converges to what one clean run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from s1mmalign import delta_io, schemas, tasks
+from s1mmalign.config import Config
+from s1mmalign.images import ImagePolicy
+from s1mmalign.sources import Archive, SourcePlan, discover
+from s1mmalign.storage import FileInfo, Store
+
+log = logging.getLogger(__name__)
+
+PAIR_CONTENT = [c for c in schemas.table("pairs").names
+                if c not in ("row_hash", "ingest_run_id", "ingested_at")]
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    jsonl_files: int = 0
+    archives: int = 0
+    lines: int = 0
+    pairs: int = 0
+    quarantined: int = 0
+    images_read: int = 0
+    seconds: float = 0.0
+
+
+class Stage:
+    """Times a stage and logs one line for it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def done(self, count: int, what: str, extra: str = "") -> None:
+        secs = time.perf_counter() - self.t0
+        rate = count / secs if secs > 0 else 0.0
+        log.info("stage %-8s %d %s in %.1fs (%.0f/s)%s", self.name, count, what, secs, rate,
+                 f"; {extra}" if extra else "")
+
+    def __exit__(self, *exc):
+        return False
+
+
+def image_policy(cfg: Config) -> ImagePolicy:
+    i = cfg.ingest
+    return ImagePolicy(i.formats, i.max_image_bytes, i.max_image_pixels, i.thumbnail_px, i.thumbnail_quality)
+
+
+def _in_list(column: str, values) -> str:
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
+    return f"{column} IN ({quoted})" if values else "false"
+
+
+def _one_per_partition(spark: SparkSession, rows: list[dict], schema) -> DataFrame:
+    """A DataFrame of task descriptors, one row per partition (so each becomes its own task)."""
+    rdd = spark.sparkContext.parallelize([tuple(r[f.name] for f in schema.fields) for r in rows],
+                                         max(len(rows), 1))
+    return spark.createDataFrame(rdd, schema)
+
+
+def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: str | None = None) -> RunSummary:
+    """Ingest every changed file under source_uri into the lake; returns what the run did."""
+    t_start = time.perf_counter()
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    summary = RunSummary(run_id)
+    store = Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region)
+    delta_io.ensure_tables(spark, lake, cfg.catalog.database)
+
+    with Stage("plan") as st:
+        store, plan = discover(store, cfg.ingest.archive_suffix)
+        todo_jsonl, todo_archives = _changed(spark, lake, plan)
+        st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
+                f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "
+                f"{len(plan.sources)} sources")
+    summary.jsonl_files, summary.archives = len(todo_jsonl), len(todo_archives)
+    if not todo_jsonl and not todo_archives:
+        log.info("nothing changed since the last run: no file read, no row written")
+        summary.seconds = time.perf_counter() - t_start
+        return summary
+
+    staging = delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}")
+    _clear_staging(lake, cfg)
+    now = datetime.now(timezone.utc)
+    try:
+        parts = _stage_archives(spark, cfg, store, todo_archives, staging)
+        chunks = _stage_jsonl(spark, cfg, store, todo_jsonl, staging)
+        outputs = _resolve(spark, cfg, store, plan, lake, staging, todo_jsonl, parts, run_id, now, summary)
+        summary.pairs, summary.quarantined = _write(spark, cfg, lake, outputs, todo_jsonl, todo_archives,
+                                                   parts, chunks, staging, run_id, now)
+        summary.lines = summary.pairs + summary.quarantined
+    finally:
+        _clear_staging(lake, cfg)
+    summary.seconds = time.perf_counter() - t_start
+    log.info("ingest run %s done in %.1fs: %s", run_id, summary.seconds, json.dumps(asdict(summary)))
+    return summary
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+def _changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
+    """JSONL files and archives whose fingerprints differ from ingest_log's (metadata rows only)."""
+    seen = {r.source_file: r.fingerprint for r in
+            delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint").collect()}
+    archives = [a for s in plan.sources for a in s.archives
+                if any(seen.get(p.rel) != p.fingerprint for p in a.parts)]
+    touched = {a.source for a in archives}
+    jsonl = [(s.name, f) for s in plan.sources for f in s.jsonl
+             if seen.get(f.rel) != f.fingerprint or s.name in touched]
+    return jsonl, archives
+
+
+def _clear_staging(lake: str, cfg: Config) -> None:
+    path = delta_io.table_path(lake, cfg.ingest.staging_dir)
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- archives -------------------------------------------------------------------------------------
+
+def _stage_archives(spark, cfg: Config, store: Store, todo: list[Archive], staging: str) -> list:
+    """Stream the archives into staging/members; returns the part rows (one per part, small)."""
+    facts_schema = schemas.table("image_facts")
+    path = f"{staging}/members"
+    with Stage("archives") as st:
+        if not todo:
+            spark.createDataFrame([], facts_schema.spark()).write.parquet(path)
+            st.done(0, "archives")
+            return []
+        from pyspark.sql import types as T
+        desc_schema = T.StructType([T.StructField(n, T.StringType()) for n in
+                                    ("source", "archive", "parts", "missing_after")])
+        rows = [{"source": a.source, "archive": a.name, "missing_after": a.missing_after,
+                 "parts": json.dumps([{"rel": p.rel, "size": p.size} for p in a.parts])}
+                for a in sorted(todo, key=lambda a: -sum(p.size for p in a.parts))]
+        out = _one_per_partition(spark, rows, desc_schema).mapInArrow(
+            tasks.stream_archives(store, image_policy(cfg)), facts_schema.spark())
+        out.write.parquet(path)
+        staged = spark.read.parquet(path)
+        parts = staged.where("kind = 'part'").drop("content", "thumbnail").collect()
+        members = sum(p.members or 0 for p in parts)
+        broken = [f"{p.image_path}: {p.status}" for p in parts if p.status != "ok"]
+        st.done(members, "archive members", f"{len(todo)} archives" + (f"; broken: {broken}" if broken else ""))
+    return parts
+
+
+# --- jsonl ----------------------------------------------------------------------------------------
+
+def _stage_jsonl(spark, cfg: Config, store: Store, todo: list[tuple[str, FileInfo]], staging: str) -> list:
+    """Parse every line of the JSONL files into staging/parsed; returns the chunk rows (small)."""
+    from pyspark.sql import types as T
+
+    size = cfg.ingest.jsonl_chunk_bytes
+    chunks = [{"source": src, "source_file": f.rel, "chunk": i, "start": start, "end": min(start + size, f.size)}
+              for src, f in todo for i, start in enumerate(range(0, max(f.size, 1), size))]
+    path = f"{staging}/parsed"
+    with Stage("jsonl") as st:
+        desc = T.StructType([T.StructField("source", T.StringType()), T.StructField("source_file", T.StringType()),
+                             T.StructField("chunk", T.LongType()), T.StructField("start", T.LongType()),
+                             T.StructField("end", T.LongType())])
+        stats = []
+        if chunks:
+            stats = _one_per_partition(spark, chunks, desc).mapInArrow(
+                tasks.chunk_stats(store), schemas.table("jsonl_chunks").spark()).collect()
+        counts = {(r.source_file, r.chunk): r.lines for r in stats}
+        before, running = [], {}
+        for c in chunks:
+            key = c["source_file"]
+            before.append({**c, "newlines_before": running.get(key, 0)})
+            running[key] = running.get(key, 0) + counts[(key, c["chunk"])]
+        desc_lines = T.StructType(desc.fields + [T.StructField("newlines_before", T.LongType())])
+        ctx_args = {"disciplines": dict(cfg.disciplines), "arxiv_sources": list(cfg.ingest.arxiv_sources),
+                    "raw_cap_chars": cfg.ingest.raw_cap_chars}
+        parsed_schema = schemas.table("parsed_lines").spark()
+        if before:
+            _one_per_partition(spark, before, desc_lines).mapInArrow(
+                tasks.parse_chunks(store, ctx_args), parsed_schema).write.parquet(path)
+        else:
+            spark.createDataFrame([], parsed_schema).write.parquet(path)
+        n = spark.read.parquet(path).count()
+        st.done(n, "lines parsed", f"{len(todo)} files, {len(chunks)} chunks")
+    return stats
+
+
+# --- resolve --------------------------------------------------------------------------------------
+
+@dataclass
+class Outputs:
+    pairs: DataFrame
+    quarantine: DataFrame
+    images: DataFrame
+    image_index: DataFrame
+
+
+def _resolve(spark, cfg: Config, store: Store, plan: SourcePlan, lake: str, staging: str,
+             todo_jsonl, parts, run_id: str, now: datetime, summary: RunSummary) -> Outputs:
+    with Stage("resolve") as st:
+        parsed = spark.read.parquet(f"{staging}/parsed")
+        members = spark.read.parquet(f"{staging}/members").where("kind = 'member'")
+        todo_files = [f.rel for _, f in todo_jsonl]
+
+        valid = parsed.where("reason IS NULL")
+        rejected = parsed.where("reason IS NOT NULL")
+
+        # Repeats: the first line (by file, line) of a pair wins, and a pair already owned by a file
+        # this run does not touch keeps its owner.
+        owners = (delta_io.read(spark, lake, "pairs").where(f"NOT ({_in_list('source_file', todo_files)})")
+                  .select("pair_id", F.concat_ws(":", "source_file", "source_line").alias("owner")))
+        order = Window.partitionBy("pair_id").orderBy("source_file", "source_line")
+        ranked = (valid.withColumn("_rank", F.row_number().over(order))
+                  .withColumn("_first", F.first(F.concat_ws(":", "source_file", "source_line")).over(order))
+                  .join(owners, "pair_id", "left"))
+        dup = F.col("_rank") > 1
+        dup_owner = F.when(F.col("owner").isNotNull(), F.col("owner")).otherwise(F.col("_first"))
+        duplicates = (ranked.where(dup | F.col("owner").isNotNull())
+                      .withColumn("reason", F.lit("duplicate_pair"))
+                      .withColumn("detail", F.concat(F.lit("same source and image_path as "), dup_owner)))
+        unique = ranked.where(~dup & F.col("owner").isNull()).drop("_rank", "_first", "owner")
+
+        # Image lookup: this run's archive members, then the index of earlier runs.
+        fact_cols = ["status", "detail", "image_sha256", "image_format", "width", "height", "image_bytes",
+                     "image_dhash", "container"]
+        index = delta_io.read(spark, lake, "image_index")
+        known = (members.select("source", "image_path", *fact_cols)
+                 .unionByName(index.join(members.select("source", "image_path"), ["source", "image_path"],
+                                         "left_anti").select("source", "image_path", *fact_cols)))
+        keyed = unique.drop("detail").join(known, ["source", "image_path"], "left")
+
+        tree_sources = [s.name for s in plan.sources if s.has_tree]
+        need_tree = keyed.where(F.col("status").isNull() & F.col("source").isin(tree_sources))
+        tree_path = f"{staging}/tree"
+        n_tasks = cfg.ingest.image_tasks or 2 * spark.sparkContext.defaultParallelism
+        (need_tree.select("source", "image_path").distinct().repartition(n_tasks)
+         .mapInArrow(tasks.read_tree(store, image_policy(cfg)), schemas.table("image_facts").spark())
+         .write.parquet(tree_path))
+        tree = spark.read.parquet(tree_path)
+        tree_facts = tree.select("source", "image_path", *[F.col(c).alias(f"_t_{c}") for c in fact_cols])
+        merged = keyed.join(tree_facts, ["source", "image_path"], "left")
+        for c in fact_cols:
+            merged = merged.withColumn(c, F.coalesce(F.col(c), F.col(f"_t_{c}"))).drop(f"_t_{c}")
+        broken = sorted({p.container for p in parts if p.status != "ok"})
+        missing_detail = "in no archive" + ("" if not tree_sources else " and not in the unpacked tree")
+        if broken:
+            missing_detail += f"; archives broken this run: {', '.join(broken)}"
+        merged = (merged.withColumn("detail", F.when(F.col("status").isNull(), F.lit(missing_detail))
+                                    .otherwise(F.col("detail")))
+                  .withColumn("status", F.coalesce("status", F.lit("image_missing"))))
+
+        good = merged.where("status = 'ok'")
+        image_failed = merged.where("status <> 'ok'").withColumn("reason", F.col("status"))
+        pairs = (good.withColumnRenamed("container", "image_container")
+                 .withColumn("ingest_run_id", F.lit(run_id))
+                 .withColumn("ingested_at", F.lit(now).cast("timestamp")))
+        pairs = pairs.withColumn("row_hash", F.sha2(F.to_json(F.struct(*PAIR_CONTENT)), 256))
+
+        q_cols = ["source", "source_file", "source_line", "raw", "image_path", "reason", "detail"]
+        quarantine = (rejected.select(*q_cols)
+                      .unionByName(duplicates.select(*q_cols))
+                      .unionByName(image_failed.select(*q_cols))
+                      .withColumn("ingest_run_id", F.lit(run_id))
+                      .withColumn("ingested_at", F.lit(now).cast("timestamp")))
+
+        # Images: every good member and tree image, once per content; the discipline of the
+        # lowest pair_id that uses it, else unknown.
+        used = good.groupBy("image_sha256").agg(
+            F.min(F.struct("pair_id", "discipline")).getField("discipline").alias("discipline"))
+        blobs = (members.unionByName(tree).where("status = 'ok'")
+                 .withColumn("_r", F.row_number().over(Window.partitionBy("image_sha256")
+                                                       .orderBy("source", "image_path")))
+                 .where("_r = 1").join(used, "image_sha256", "left")
+                 .select("image_sha256", F.coalesce("discipline", F.lit(cfg.disciplines.get("fallback", "unknown")))
+                         .alias("discipline"), F.col("image_format").alias("format"), "width", "height",
+                         "image_bytes", "image_dhash", "content", "thumbnail", "thumbnail_width",
+                         "thumbnail_height", F.col("source").alias("first_source"),
+                         F.col("image_path").alias("first_image_path"),
+                         F.lit(run_id).alias("ingest_run_id"), F.lit(now).cast("timestamp").alias("ingested_at")))
+        image_index = members.select("source", "image_path", "container", "status", "detail", "image_sha256",
+                                     "image_format", "width", "height", "image_bytes", "image_dhash",
+                                     F.lit(run_id).alias("ingest_run_id"))
+        n_tree = tree.count()
+        summary.images_read = n_tree + sum(p.members or 0 for p in parts)
+        st.done(n_tree, "tree images read")
+    return Outputs(pairs, quarantine, blobs, image_index)
+
+
+# --- write ----------------------------------------------------------------------------------------
+
+def _write(spark, cfg: Config, lake: str, out: Outputs, todo_jsonl, todo_archives, parts, chunks,
+           staging: str, run_id: str, now: datetime) -> tuple[int, int]:
+    todo_files = [f.rel for _, f in todo_jsonl]
+    with Stage("write") as st:
+        # Materialize the two outputs that depend on window/joins once, in staging, then merge.
+        out.pairs.select(*schemas.table("pairs").names).write.parquet(f"{staging}/out_pairs")
+        out.quarantine.select(*schemas.table("quarantine").names).write.parquet(f"{staging}/out_quarantine")
+        pairs = spark.read.parquet(f"{staging}/out_pairs")
+        quarantine = spark.read.parquet(f"{staging}/out_quarantine")
+
+        delta_io.merge_on_key(spark, lake, "images", out.images, update=False)
+        if todo_archives:
+            delta_io.merge_on_key(spark, lake, "image_index", out.image_index)
+        delta_io.merge_on_key(spark, lake, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
+                              delete_unmatched_when=_in_list("t.source_file", todo_files))
+        delta_io.replace_slice(spark, lake, "quarantine", quarantine, _in_list("source_file", todo_files))
+
+        per_file = {r.source_file: (r.accepted, r.quarantined) for r in
+                    pairs.groupBy("source_file").agg(F.count("*").alias("accepted"))
+                    .join(quarantine.groupBy("source_file").agg(F.count("*").alias("quarantined")),
+                          "source_file", "full").fillna(0).collect()}
+        log_rows = _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now)
+        delta_io.merge_on_key(spark, lake, "ingest_log",
+                              spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()))
+        n_pairs = sum(a for a, _ in per_file.values())
+        n_quarantine = sum(q for _, q in per_file.values())
+        st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")
+    return n_pairs, n_quarantine
+
+
+def _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now) -> list[dict]:
+    import hashlib
+
+    digests: dict[str, list] = {}
+    for c in sorted(chunks, key=lambda c: (c.source_file, c.chunk)):
+        digests.setdefault(c.source_file, []).append(c.sha256)
+    rows = []
+    for source, f in todo_jsonl:
+        accepted, quarantined = per_file.get(f.rel, (0, 0))
+        checksum = (hashlib.sha256("".join(digests[f.rel]).encode()).hexdigest()
+                    if len(digests.get(f.rel, ())) > 1 else (digests.get(f.rel) or [None])[0])
+        rows.append(_log_row(source, f, "jsonl", None, checksum, accepted + quarantined, accepted, quarantined,
+                             "ok", None, run_id, now))
+    part_info = {(a.name, p.rel): p for a in todo_archives for p in a.parts}
+    for p in parts:
+        info = part_info[(p.container, p.image_path)]
+        rows.append(_log_row(p.source, info, "archive_part", p.container, p.image_sha256, p.members or 0,
+                             None, None, p.status, p.detail, run_id, now))
+    return rows
+
+
+def _log_row(source, f: FileInfo, kind, archive, checksum, read, accepted, quarantined, status, detail,
+             run_id, now) -> dict:
+    return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
+            "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
+            "read": read, "accepted": accepted if accepted is not None else 0,
+            "quarantined": quarantined if quarantined is not None else 0,
+            "status": status, "detail": detail, "ingest_run_id": run_id, "ingested_at": now}

@@ -1,0 +1,73 @@
+"""The one place that builds a SparkSession: Delta extension and catalog, Hive metastore in the lake."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from s1mmalign.config import Config
+from s1mmalign.resources import repo_root
+
+
+def delta_jars() -> list[str]:
+    """The Delta jars build.sh resolved into jars/ (empty when running from the --py-files zip)."""
+    folder = Path(os.environ.get("S1MMALIGN_JARS", repo_root() / "jars"))
+    return sorted(str(p) for p in folder.glob("*.jar")) if folder.is_dir() else []
+
+
+def catalog_settings(lake: str, cfg: Config) -> dict[str, str]:
+    """Hive metastore settings that put the catalog beside the tables, for jobs and spark-sql alike."""
+    meta = Path(lake, cfg.catalog.metastore_dir).resolve()
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(meta / "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={meta / 'metastore_db'};create=true",
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+    }
+
+
+def session_settings(lake: str, cfg: Config) -> dict[str, str]:
+    """Every Spark setting a job needs, as one mapping (config extras win)."""
+    settings = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.spark.arrow_batch_rows),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.databricks.delta.merge.repartitionBeforeWrite.enabled": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.python.worker.reuse": "true",
+        "spark.ui.showConsoleProgress": "false",
+        # Delta reads its log with this many tasks (default 50): far too many for small tables.
+        "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.spark.shuffle_partitions)),
+        **catalog_settings(lake, cfg),
+    }
+    jars = delta_jars()
+    if jars:
+        settings["spark.jars"] = ",".join(jars)
+    settings.update(cfg.spark.extra)
+    return settings
+
+
+def build(lake: str, cfg: Config):
+    """Get or create the session for a job over `lake`."""
+    from pyspark.sql import SparkSession
+
+    # Python workers run the driver's interpreter, and so see the same packages (unless set otherwise).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    if cfg.spark.master and not _submitted():
+        builder = builder.master(cfg.spark.master)
+    for key, value in session_settings(lake, cfg).items():
+        builder = builder.config(key, value)
+    spark = builder.enableHiveSupport().getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("S1MMALIGN_SPARK_LOG", "WARN"))
+    return spark
+
+
+def _submitted() -> bool:
+    """True when spark-submit started this driver (it then owns the master setting)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -1,0 +1,219 @@
+"""Reading a source root on local disk or S3 (boto3), by paths relative to that root."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import BinaryIO, Iterator
+from urllib.parse import urlparse
+
+
+class SourceError(Exception):
+    """A source root that cannot be read at all (wrong path, no bucket, no access)."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    rel: str                      # relative to the source root, "/" separated
+    size: int
+    modified_at: datetime | None
+    etag: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        """What a refresh compares to decide whether the file changed."""
+        if self.etag:
+            return f"{self.size}:etag:{self.etag}"
+        stamp = self.modified_at.timestamp() if self.modified_at else 0
+        return f"{self.size}:mtime:{stamp:.6f}"
+
+
+class Store:
+    """A source root. Instances are small and picklable: tasks receive them in closures."""
+
+    uri: str
+
+    def list_dir(self, rel: str) -> tuple[list[str], list[FileInfo]]:
+        """Subfolder names and files directly under `rel` (one level: never a recursive walk)."""
+        raise NotImplementedError
+
+    def open(self, rel: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        """A stream of the bytes [start, end) of a file."""
+        raise NotImplementedError
+
+    def read(self, rel: str) -> bytes | None:
+        """The whole file, or None when there is no such file."""
+        raise NotImplementedError
+
+    def parent(self) -> "Store":
+        """The folder above the root."""
+        raise NotImplementedError
+
+    def basename(self) -> str:
+        """The root folder's own name."""
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @staticmethod
+    def from_uri(uri: str, endpoint_url: str | None = None, region: str | None = None) -> "Store":
+        """A LocalStore for a path or file:// URI, an S3Store for s3://bucket/prefix."""
+        parsed = urlparse(uri)
+        if parsed.scheme in ("s3", "s3a"):
+            if not parsed.netloc:
+                raise SourceError(f"no bucket in {uri}")
+            return S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url, region)
+        if parsed.scheme not in ("", "file"):
+            raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri} (use a path or s3://)")
+        path = parsed.path if parsed.scheme == "file" else uri
+        return LocalStore(os.path.abspath(path))
+
+
+class LocalStore(Store):
+    def __init__(self, root: str):
+        self.root = root
+        self.uri = root
+
+    def parent(self) -> "Store":
+        return LocalStore(os.path.dirname(self.root))
+
+    def _full(self, rel: str) -> str:
+        return os.path.join(self.root, *rel.split("/")) if rel else self.root
+
+    def list_dir(self, rel: str) -> tuple[list[str], list[FileInfo]]:
+        dirs, files = [], []
+        try:
+            entries = list(os.scandir(self._full(rel)))
+        except FileNotFoundError:
+            if not rel:
+                raise SourceError(f"source root does not exist: {self.root}") from None
+            return [], []
+        except NotADirectoryError:
+            raise SourceError(f"source root is not a directory: {self._full(rel)}") from None
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir():
+                dirs.append(entry.name)
+            elif entry.is_file():
+                st = entry.stat()
+                files.append(FileInfo(f"{rel}/{entry.name}" if rel else entry.name, st.st_size,
+                                      datetime.fromtimestamp(st.st_mtime, timezone.utc), None))
+        return dirs, files
+
+    def open(self, rel: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        handle = open(self._full(rel), "rb")
+        if start:
+            handle.seek(start)
+        return handle if end is None else _Limited(handle, end - start)
+
+    def read(self, rel: str) -> bytes | None:
+        full = self._full(rel)
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(full)
+        if not real.startswith(root + os.sep):  # a link out of the source root is never followed
+            return None
+        try:
+            with open(real, "rb") as handle:
+                return handle.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, region: str | None):
+        self.bucket, self.prefix = bucket, prefix
+        self.endpoint_url, self.region = endpoint_url, region
+        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
+        self._client = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                                        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}))
+        return self._client
+
+    def parent(self) -> "Store":
+        return S3Store(self.bucket, self.prefix.rpartition("/")[0], self.endpoint_url, self.region)
+
+    def _key(self, rel: str) -> str:
+        return "/".join(p for p in (self.prefix, rel) if p)
+
+    def list_dir(self, rel: str) -> tuple[list[str], list[FileInfo]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = self._key(rel)
+        prefix = prefix + "/" if prefix else ""
+        dirs, files = [], []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                for common in page.get("CommonPrefixes", ()):
+                    dirs.append(common["Prefix"][len(prefix):].rstrip("/"))
+                for obj in page.get("Contents", ()):
+                    name = obj["Key"][len(prefix):]
+                    if name:
+                        files.append(FileInfo(f"{rel}/{name}" if rel else name, obj["Size"],
+                                              obj["LastModified"], obj["ETag"].strip('"')))
+        except (ClientError, BotoCoreError) as exc:
+            raise SourceError(f"cannot list {self.uri}/{rel}: {exc}") from None
+        return sorted(dirs), sorted(files, key=lambda f: f.rel)
+
+    def open(self, rel: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        if end is not None and end <= start:
+            return io.BytesIO(b"")
+        kwargs = {}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(rel), **kwargs)["Body"]
+
+    def read(self, rel: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+
+
+class _Limited:
+    """At most `remaining` bytes of an open file."""
+
+    def __init__(self, handle: BinaryIO, remaining: int):
+        self.handle, self.remaining = handle, remaining
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        n = self.remaining if n is None or n < 0 else min(n, self.remaining)
+        data = self.handle.read(n)
+        self.remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    """Read a stream in blocks until it ends."""
+    while True:
+        block = stream.read(size)
+        if not block:
+            return
+        yield block
