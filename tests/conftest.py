@@ -1,0 +1,70 @@
+"""Shared fixtures: one local Spark session with Delta, sample corpora generated once per test run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SCIFIG300 = SHARED / "data" / "scifig300"
+BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def scifig300() -> Path:
+    if not (SCIFIG300 / "arxiv" / "jsonl").is_dir():
+        pytest.skip(f"../shared/data/scifig300 is not beside this checkout (looked in {SCIFIG300})")
+    return SCIFIG300
+
+
+@pytest.fixture(scope="session")
+def cfg():
+    from s1mmalign import config
+
+    return config.load(str(REPO / "conf" / "local.yaml"),
+                       overrides={"spark": {"master": "local[2]", "shuffle_partitions": 2,
+                                            "extra": {"spark.ui.enabled": "false"}}})
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory, cfg):
+    from s1mmalign import session
+
+    spark = session.build(str(tmp_path_factory.mktemp("test-catalog")), cfg)
+    yield spark
+    spark.stop()
+
+
+@pytest.fixture(scope="session")
+def faults_corpus(tmp_path_factory) -> Path:
+    """A 300-pair corpus with every kind of bad input (and its _manifest.jsonl)."""
+    from s1mmalign import sample
+
+    root = tmp_path_factory.mktemp("faults") / "corpus"
+    sample.generate(root, n_pairs=300, seed=11, faults=True, processes=2)
+    return root
+
+
+@pytest.fixture()
+def corpus_copy(tmp_path, faults_corpus) -> Path:
+    """A private copy of the faults corpus that a test may change."""
+    dest = tmp_path / "corpus"
+    shutil.copytree(faults_corpus, dest, copy_function=shutil.copy2)
+    return dest
+
+
+def run_job(job: str, *args: str, env: dict | None = None, timeout: int = 600,
+            submit: bool = True, submit_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run jobs/<job>.py through spark-submit (or plain python) as a user would."""
+    cmd = ([str(BIN / "spark-submit"), "--master", "local[2]", *submit_args] if submit else [sys.executable])
+    cmd += [str(REPO / "jobs" / f"{job}.py"), *args]
+    full_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)

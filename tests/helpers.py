@@ -1,0 +1,67 @@
+"""Checks shared by the ingest tests: the invariant of DESIGN.md, line by line, against a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from s1mmalign import delta_io
+
+
+def manifest(root: Path) -> dict[tuple[str, int], dict]:
+    """(source_file, source_line) -> expected outcome, for every non-blank line of a sample corpus."""
+    out = {}
+    for line in (root / "_manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        out[(entry["source_file"], entry["source_line"])] = entry
+    return out
+
+
+def table_rows(spark, lake: str, name: str, *cols: str) -> list:
+    return delta_io.read(spark, str(lake), name).select(*cols).collect()
+
+
+def assert_invariant(spark, lake, expected: dict[tuple[str, int], dict]) -> tuple[list, list]:
+    """Every expected line is in exactly one of pairs/quarantine, with the expected outcome and facts."""
+    pairs = table_rows(spark, lake, "pairs", "source_file", "source_line", "pair_id", "discipline", "arxiv_id",
+                       "image_sha256", "image_format", "source", "image_path")
+    quarantine = table_rows(spark, lake, "quarantine", "source_file", "source_line", "reason", "image_path")
+    seen: dict[tuple[str, int], str] = {}
+    for r in pairs:
+        key = (r.source_file, r.source_line)
+        assert key not in seen, f"line {key} is in pairs twice"
+        seen[key] = "pair"
+    for r in quarantine:
+        key = (r.source_file, r.source_line)
+        assert key not in seen, f"line {key} is in {seen[key]} and in quarantine ({r.reason})"
+        seen[key] = r.reason
+    missing = sorted(set(expected) - set(seen))
+    extra = sorted(set(seen) - set(expected))
+    assert not missing, f"lines in neither table: {missing[:10]}"
+    assert not extra, f"rows for lines that are blank or do not exist: {extra[:10]}"
+    wrong = [(k, expected[k]["expect"], got) for k, got in seen.items() if expected[k]["expect"] != got]
+    assert not wrong, f"wrong outcome (line, expected, got): {wrong[:10]}"
+    for r in pairs:
+        e = expected[(r.source_file, r.source_line)]
+        assert (r.pair_id, r.discipline, r.arxiv_id, r.image_sha256, r.image_format) == (
+            e["pair_id"], e["discipline"], e["arxiv_id"], e["image_sha256"], e["image_format"]), (r, e)
+    return pairs, quarantine
+
+
+def assert_image_bytes(spark, lake, pairs) -> None:
+    """Every pair's image is stored, and the stored bytes hash to its image_sha256."""
+    stored = {r.image_sha256: r for r in
+              table_rows(spark, lake, "images", "image_sha256", "content", "thumbnail", "width", "height")}
+    for p in pairs:
+        row = stored.get(p.image_sha256)
+        assert row is not None, f"pair {p.pair_id}: image {p.image_sha256} not in images"
+        assert hashlib.sha256(row.content).hexdigest() == p.image_sha256
+        assert row.thumbnail[:2] == b"\xff\xd8", "thumbnail is not a JPEG"
+
+
+def snapshot(spark, lake, name: str, drop=("ingest_run_id", "ingested_at")) -> list:
+    """A table's rows without run ids and times, sorted: what two equivalent runs must share."""
+    df = delta_io.read(spark, str(lake), name)
+    cols = [c for c in df.columns if c not in drop]
+    return sorted(tuple(r) for r in df.select(*cols).collect())

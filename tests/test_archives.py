@@ -1,0 +1,81 @@
+import gzip
+import io
+import tarfile
+
+from s1mmalign import archives
+from s1mmalign.storage import LocalStore
+
+
+def make_tar(members) -> bytes:
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = data
+                tar.addfile(info)
+    return raw.getvalue()
+
+
+def stream(tmp_path, blobs: dict[str, bytes], max_bytes=1 << 20):
+    for name, data in blobs.items():
+        (tmp_path / name).write_bytes(data)
+    parts = [archives.PartStats(name, len(data)) for name, data in blobs.items()]
+    chain = archives.ChainedParts(parts, LocalStore(str(tmp_path)).open)
+    result = archives.StreamResult()
+    members = list(archives.iter_members(chain, max_bytes, result))
+    if result.status == "ok":
+        chain.drain()
+    return members, result, parts
+
+
+def test_split_parts_read_as_one_stream_with_per_part_checksums(tmp_path):
+    payload = [(f"images/a/{i}.png", bytes([i]) * (3000 + i), "file") for i in range(20)]
+    data = make_tar(payload)
+    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    blobs = {f"x.tar.gz.part{s}": data[cut[i]:cut[i + 1]] for i, s in enumerate(["aa", "ab", "ac"])}
+    members, result, parts = stream(tmp_path, blobs)
+    assert result.status == "ok"
+    assert [(m.name, m.data) for m in members] == [(n, d) for n, d, _ in payload]
+    import hashlib
+    for part, blob in zip(parts, blobs.values()):
+        assert part.sha256.hexdigest() == hashlib.sha256(blob).hexdigest()
+    assert sum(p.members for p in parts) == 20
+
+
+def test_unsafe_members_and_links_are_never_followed(tmp_path):
+    data = make_tar([("../evil.png", b"e", "file"), ("/abs/evil.png", b"a", "file"),
+                     ("images/link.png", "/etc/passwd", "symlink"), ("images/hard.png", "images/ok.png", "hard"),
+                     ("./images/ok.png", b"fine", "file")])
+    members, result, _ = stream(tmp_path, {"a.tar.gz": data})
+    assert [m.name for m in members] == ["images/ok.png"] and members[0].data == b"fine"
+    assert result.skipped == 4
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
+
+
+def test_truncated_archive_keeps_members_before_the_break(tmp_path):
+    payload = [(f"m{i}.png", bytes([i]) * 50_000, "file") for i in range(10)]
+    import os
+    payload = [(n, os.urandom(50_000), k) for n, _, k in payload]  # incompressible: the cut lands mid-way
+    data = make_tar(payload)
+    members, result, _ = stream(tmp_path, {"t.tar.gz": data[: len(data) // 2]})
+    assert result.status == "truncated" and "broke" in result.detail
+    assert 2 <= len(members) < 10
+    assert all(m.data == payload[i][1] for i, m in enumerate(members))
+
+
+def test_oversized_member_is_skipped_unread(tmp_path):
+    data = make_tar([("big.png", b"x" * 5000, "file"), ("small.png", b"y", "file")])
+    members, result, _ = stream(tmp_path, {"a.tar.gz": data}, max_bytes=1000)
+    assert result.status == "ok"
+    assert (members[0].name, members[0].data, members[0].problem) == ("big.png", None, "image_too_large")
+    assert members[1].data == b"y"
+
+
+def test_not_a_gzip_file_is_reported_not_raised(tmp_path):
+    members, result, _ = stream(tmp_path, {"a.tar.gz": b"plain text, not gzip"})
+    assert members == [] and result.status == "truncated"

@@ -1,0 +1,39 @@
+import pytest
+
+from s1mmalign import config
+from s1mmalign.config import ConfigError
+
+
+def test_layers_base_env_environment_flags(tmp_path):
+    env_file = tmp_path / "x.yaml"
+    env_file.write_text("spark:\n  shuffle_partitions: 3\ningest:\n  thumbnail_px: 128\n")
+    cfg = config.load(str(env_file), overrides={"ingest": {"thumbnail_px": 64}},
+                      environ={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert cfg.spark.shuffle_partitions == 3          # env file over base
+    assert cfg.ingest.thumbnail_px == 64              # flags over env file
+    assert cfg.ingest.max_image_bytes == 32 << 20     # base
+    assert cfg.s3.endpoint_url == "http://127.0.0.1:9"  # environment
+
+
+def test_frozen():
+    cfg = config.load(environ={})
+    with pytest.raises(Exception):
+        cfg.ingest.thumbnail_px = 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ingest:\n  thumbnail_pix: 3\n", "thumbnail_pix"),
+    ("nonsense: 1\n", "nonsense"),
+    ("- a list\n", "mapping"),
+    ("ingest: [\n", "not valid YAML"),
+])
+def test_bad_files_are_one_clear_error(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load(str(bad), environ={})
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        config.load("/nonexistent/conf.yaml", environ={})

@@ -1,0 +1,72 @@
+import os
+
+import pytest
+
+from s1mmalign.sources import discover, group_archives
+from s1mmalign.storage import FileInfo, LocalStore, SourceError
+
+
+def info(rel):
+    return FileInfo(rel, 10, None, None)
+
+
+def test_group_archives_whole_split_and_gap():
+    files = [info(f"arxiv/{n}") for n in ["images_2007.tar.gz", "images_2019.tar.gz.partab",
+                                            "images_2019.tar.gz.partaa", "images_2020.tar.gz.partaa",
+                                            "images_2020.tar.gz.partac", "notes.txt"]]
+    got = {a.name: a for a in group_archives("arxiv", files, ".tar.gz")}
+    assert set(got) == {"arxiv/images_2007.tar.gz", "arxiv/images_2019.tar.gz", "arxiv/images_2020.tar.gz"}
+    assert [p.rel for p in got["arxiv/images_2019.tar.gz"].parts] == [
+        "arxiv/images_2019.tar.gz.partaa", "arxiv/images_2019.tar.gz.partab"]
+    assert got["arxiv/images_2019.tar.gz"].missing_after is None
+    gap = got["arxiv/images_2020.tar.gz"]
+    assert [p.rel for p in gap.parts] == ["arxiv/images_2020.tar.gz.partaa"] and gap.missing_after == "aa"
+
+
+def make_layout(root):
+    for rel in ["arxiv/jsonl/07_recaption.jsonl", "arxiv/images_2007.tar.gz", "bio/jsonl/b.jsonl",
+                "bio/images/p1/fig1.png", "notasource/readme.txt", "arxiv/jsonl/readme.md"]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_discover(tmp_path):
+    make_layout(tmp_path)
+    store, plan = discover(LocalStore(str(tmp_path)))
+    assert [s.name for s in plan.sources] == ["arxiv", "bio"]
+    arxiv = plan.source("arxiv")
+    assert [f.rel for f in arxiv.jsonl] == ["arxiv/jsonl/07_recaption.jsonl"]
+    assert [a.name for a in arxiv.archives] == ["arxiv/images_2007.tar.gz"] and not arxiv.has_tree
+    assert plan.source("bio").has_tree and plan.source("bio").archives == ()
+
+
+def test_a_source_folder_as_root_reads_as_its_parent(tmp_path):
+    make_layout(tmp_path)
+    store, plan = discover(LocalStore(str(tmp_path / "arxiv")))
+    assert store.root == str(tmp_path)
+    assert [s.name for s in plan.sources] == ["arxiv"]
+
+
+def test_no_sources_and_no_root(tmp_path):
+    with pytest.raises(SourceError, match="no S1-MMAlign sources"):
+        discover(LocalStore(str(tmp_path)))
+    with pytest.raises(SourceError, match="does not exist"):
+        discover(LocalStore(str(tmp_path / "nope")))
+
+
+def test_local_read_never_leaves_the_root(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "secret.png").write_bytes(b"s")
+    os.symlink(tmp_path / "secret.png", tmp_path / "src" / "link.png")
+    store = LocalStore(str(tmp_path / "src"))
+    assert store.read("link.png") is None
+    assert store.read("missing.png") is None
+
+
+def test_fingerprint_changes_with_size_or_mtime(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"1\n")
+    first = LocalStore(str(tmp_path)).list_dir("")[1][0].fingerprint
+    os.utime(path, (1_000_000, 1_000_000))
+    assert LocalStore(str(tmp_path)).list_dir("")[1][0].fingerprint != first
