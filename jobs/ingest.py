@@ -7,7 +7,8 @@ import os
 
 import _bootstrap  # noqa: F401
 
-from s1mmalign import cli, config, ingest, session
+from s1mmalign import cli, config, ingest, session, sources
+from s1mmalign.storage import Store
 
 
 def body() -> int:
@@ -20,6 +21,8 @@ def body() -> int:
         raise cli.UsageError(f"--source {args.source} is not a folder")
     if "://" in args.lake or (os.path.exists(args.lake) and not os.path.isdir(args.lake)):
         raise cli.UsageError(f"--lake {args.lake} must be a local folder (object-store lakes need hadoop-aws)")
+    # Fail fast, before Spark starts, on a root with no sources (a cheap listing of folder tops).
+    sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.archive_suffix)
     spark = session.build(args.lake, cfg)
     try:
         ingest.run(spark, cfg, args.source, args.lake)

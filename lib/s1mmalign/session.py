@@ -64,7 +64,7 @@ def build(lake: str, cfg: Config):
     for key, value in session_settings(lake, cfg).items():
         builder = builder.config(key, value)
     spark = builder.enableHiveSupport().getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("S1MMALIGN_SPARK_LOG", "WARN"))
+    spark.sparkContext.setLogLevel(os.environ.get("S1MMALIGN_SPARK_LOG", "ERROR"))
     return spark
 
 

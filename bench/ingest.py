@@ -1,0 +1,190 @@
+"""Ingest throughput against a bare multiprocessing Pillow loop, and the memory of an archive task.
+
+    .venv/bin/python bench/ingest.py [--copies 8] [--archive-gb 2]
+
+Corpus: the 300 real figures of ../shared/data/scifig300, each copy k made distinct by a small
+marker and re-encoded as PNG (copies x 300 figures), laid out as arXiv with one yearly archive
+and JSONL file per copy. Both sides do the same per-image work (decode check, sha256, difference
+hash, 256 px JPEG thumbnail) with the same function, on the same cores:
+  baseline  multiprocessing.Pool(cores) over the unpacked files, no Spark, no tables;
+  ingest    ingest.run in a warm local[cores] session: archives streamed, JSONL parsed, Delta MERGEs.
+Memory: one archive task (the code Spark's Python worker runs) over a generated archive of
+--archive-gb GB, its peak RSS measured by the OS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "lib"))
+SCIFIG = REPO.parent / "shared" / "data" / "scifig300"
+WORK = REPO / "work" / "bench"
+
+
+def figures() -> list[tuple[str, bytes, dict]]:
+    recs = [json.loads(line) for line in (SCIFIG / "arxiv/jsonl/24_recaption.jsonl").read_text().splitlines()
+            if line.strip()]
+    with tarfile.open(SCIFIG / "arxiv/images_2024.tar.gz") as tar:
+        data = {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+    return [(r["image_path"], data[r["image_path"]], r) for r in recs]
+
+
+def _variant(args):
+    k, blob = args
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as im:
+        im = im.convert("RGB")
+        im.paste((k * 37 % 256, k * 91 % 256, 200), (0, 0, 6, 6))
+        out = io.BytesIO()
+        im.save(out, "PNG", compress_level=6)
+        return out.getvalue()
+
+
+def make_corpus(copies: int, cores: int) -> Path:
+    root = WORK / f"corpus-{copies}"
+    if (root / "done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "arxiv/jsonl").mkdir(parents=True)
+    (root / "loose").mkdir()
+    figs = figures()
+    with Pool(cores) as pool:
+        for k in range(copies):
+            year = 10 + k
+            blobs = pool.map(_variant, [(k, b) for _, b, _ in figs], chunksize=8)
+            with open(root / f"arxiv/jsonl/{year}_recaption.jsonl", "w") as out, \
+                    open(root / f"arxiv/images_20{year}.tar.gz", "wb") as raw, \
+                    gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
+                    tarfile.open(fileobj=gz, mode="w|") as tar:
+                for (path, _, rec), blob in zip(figs, blobs):
+                    new_id = f"{year}01.{len(blob) % 100000:05d}"
+                    new_path = path.replace("images/2401/", f"images/{year}01/").replace(
+                        rec["metadata"]["arxiv_id"], f"{rec['metadata']['arxiv_id']}{k}")
+                    info = tarfile.TarInfo(new_path)
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+                    out.write(json.dumps({**rec, "image_path": new_path,
+                                          "metadata": {**rec["metadata"], "arxiv_id": None}}) + "\n")
+                    (root / "loose" / f"{k}-{Path(path).parent.name}-{Path(path).name}").write_bytes(blob)
+                    del new_id
+    (root / "done").touch()
+    return root
+
+
+def _baseline_one(path: str):
+    from s1mmalign import images
+
+    with open(path, "rb") as f:
+        facts = images.analyze(f.read(), images.ImagePolicy())
+    return facts.status
+
+
+def baseline(root: Path, cores: int) -> tuple[int, float]:
+    paths = sorted(str(p) for p in (root / "loose").iterdir())
+    t0 = time.perf_counter()
+    with Pool(cores) as pool:
+        statuses = pool.map(_baseline_one, paths, chunksize=4)
+    secs = time.perf_counter() - t0
+    assert all(s == "ok" for s in statuses)
+    return len(paths), secs
+
+
+def ingest_run(root: Path, cores: int) -> tuple[int, float, float]:
+    from s1mmalign import config, ingest, session
+
+    cfg = config.load(str(REPO / "conf" / "local.yaml"),
+                      overrides={"spark": {"master": f"local[{cores}]", "shuffle_partitions": cores,
+                                           "extra": {"spark.ui.enabled": "false"}}})
+    lake = WORK / "lake"
+    shutil.rmtree(lake, ignore_errors=True)
+    t0 = time.perf_counter()
+    spark = session.build(str(lake), cfg)
+    spark.range(1).count()
+    startup = time.perf_counter() - t0
+    # Warm the Delta tables (created once per lake, not per run) outside the timed part.
+    from s1mmalign import delta_io
+    delta_io.ensure_tables(spark, str(lake), cfg.catalog.database)
+    t0 = time.perf_counter()
+    summary = ingest.run(spark, cfg, str(root), str(lake))
+    secs = time.perf_counter() - t0
+    spark.stop()
+    assert summary.quarantined == 0, summary
+    return summary.pairs, secs, startup
+
+
+def archive_memory(gb: float) -> tuple[int, int]:
+    """Peak RSS of the archive task over an archive of `gb` GB (written once, kept in work/bench)."""
+    path = WORK / f"big-{gb}g.tar.gz"
+    figs = figures()
+    if not path.exists():
+        target, n = int(gb * (1 << 30)), 0
+        with open(path.with_suffix(".tmp"), "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as gz, \
+                tarfile.open(fileobj=gz, mode="w|") as tar:
+            while raw.tell() < target:
+                name, blob, _ = figs[n % len(figs)]
+                info = tarfile.TarInfo(f"images/big/{n:07d}/{Path(name).name}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+                n += 1
+        path.with_suffix(".tmp").rename(path)
+    code = f"""
+import json, resource, sys, pyarrow as pa
+sys.path.insert(0, {str(REPO / 'lib')!r})
+from s1mmalign import tasks, images
+from s1mmalign.storage import LocalStore
+fn = tasks.stream_archives(LocalStore({str(path.parent)!r}), images.ImagePolicy())
+desc = pa.RecordBatch.from_pylist([{{"source": "big", "archive": {path.name!r}, "missing_after": None,
+    "parts": json.dumps([{{"rel": {path.name!r}, "size": {path.stat().st_size}}}])}}])
+members = 0
+for batch in fn(iter([desc])):
+    members += sum(1 for k in batch.column("kind").to_pylist() if k == "member")
+print(members, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1]) * 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--copies", type=int, default=8, help="copies of the 300 figures (8: 2,400 figures)")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--archive-gb", type=float, default=2.0, help="0 skips the memory measurement")
+    args = p.parse_args()
+    if not SCIFIG.is_dir():
+        sys.exit(f"bench/ingest: {SCIFIG} is missing (shared/ must be beside the checkout)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    root = make_corpus(args.copies, args.cores)
+    n_base, t_base = baseline(root, args.cores)
+    n_ing, t_ing, startup = ingest_run(root, args.cores)
+    base_rate, ing_rate = n_base / t_base, n_ing / t_ing
+    print(f"machine: {os.cpu_count()} cores, {args.cores} used; {n_base} real-size figures "
+          f"({sum(f.stat().st_size for f in (root / 'loose').iterdir()) / 1e6:.0f} MB of PNG)")
+    print(f"baseline Pool({args.cores}) Pillow loop: {n_base} figures in {t_base:.1f}s = {base_rate:.1f}/s")
+    print(f"ingest (warm session, all stages and Delta writes): {n_ing} pairs in {t_ing:.1f}s = {ing_rate:.1f}/s"
+          f" (+{startup:.1f}s JVM/session start, not counted)")
+    if args.archive_gb > 0:
+        members, peak = archive_memory(args.archive_gb)
+        size = (WORK / f"big-{args.archive_gb}g.tar.gz").stat().st_size
+        print(f"archive task memory: {size / 1e9:.2f} GB archive, {members} members streamed, "
+              f"peak RSS {peak / 1e6:.0f} MB")
+    print(f"ingest throughput: {ing_rate:.1f} pairs/s vs bare Pillow loop {base_rate:.1f}/s "
+          f"ratio={ing_rate / base_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

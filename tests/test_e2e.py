@@ -1,0 +1,201 @@
+"""Whole jobs as users run them: spark-submit on the sample and on scifig300, a standalone cluster,
+a source on S3 (moto's server), the spark-sql catalog, kill -9 and re-run, and clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO, run_job
+from helpers import assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def clean_lake(tmp_path_factory, faults_corpus):
+    """One clean spark-submit run over the faults corpus: what every other run must equal."""
+    lake = tmp_path_factory.mktemp("clean") / "lake"
+    ok(run_job("ingest", "--source", str(faults_corpus), "--lake", str(lake)))
+    return lake
+
+
+def test_spark_submit_on_faults_corpus(spark, clean_lake, faults_corpus):
+    pairs, _ = assert_invariant(spark, clean_lake, manifest(faults_corpus))
+    assert_image_bytes(spark, clean_lake, pairs)
+
+
+def test_spark_sql_in_a_new_session_sees_the_catalog(clean_lake, faults_corpus):
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(clean_lake), "-S", "-e",
+                           "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.quarantine"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    ok(proc)
+    expected = manifest(faults_corpus).values()
+    counts = [int(x) for x in proc.stdout.split()]
+    assert counts == [sum(e["expect"] == "pair" for e in expected), sum(e["expect"] != "pair" for e in expected)]
+
+
+def test_scifig300_real_figures(spark, scifig300, tmp_path):
+    lake = tmp_path / "lake"
+    ok(run_job("ingest", "--source", str(scifig300), "--lake", str(lake), submit=False))
+    records = [line for line in (scifig300 / "arxiv/jsonl/24_recaption.jsonl").read_bytes().splitlines()
+               if line.strip()]
+    with tarfile.open(scifig300 / "arxiv/images_2024.tar.gz") as tar:
+        truth = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar if m.isreg()}
+    import json
+    expected = {}
+    for n, line in enumerate(records, start=1):
+        rec = json.loads(line)
+        expected[("arxiv/jsonl/24_recaption.jsonl", n)] = {
+            "expect": "pair", "pair_id": hashlib.sha256(f"arxiv\x00{rec['image_path']}".encode()).hexdigest()[:32],
+            "discipline": "computer_science", "arxiv_id": rec["metadata"]["arxiv_id"],
+            "image_sha256": truth[rec["image_path"]], "image_format": "PNG"}
+    pairs, quarantine = assert_invariant(spark, lake, expected)
+    assert len(pairs) == 300 and quarantine == []
+    assert_image_bytes(spark, lake, pairs)
+    dims = table_rows(spark, lake, "pairs", "width", "height", "image_bytes")
+    assert all(287 <= r.width <= 1275 and r.height > 0 and r.image_bytes > 6000 for r in dims)
+
+
+@pytest.mark.parametrize("kill_after", ["write images: merge", "write pairs: merge"])
+def test_kill_9_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path, kill_after):
+    lake = tmp_path / "lake"
+    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "ingest.py"),
+           "--source", str(faults_corpus), "--lake", str(lake)]
+    # spark-submit passes the Python driver's stderr (our log) through its stdout: read both.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if kill_after in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    ok(run_job("ingest", "--source", str(faults_corpus), "--lake", str(lake)))
+    for table in ("pairs", "images", "quarantine", "image_index", "ingest_log"):
+        assert snapshot(spark, lake, table) == snapshot(spark, clean_lake, table), table
+
+
+def test_standalone_cluster(spark, faults_corpus, tmp_path):
+    zip_path = REPO / "dist" / "s1mmalign.zip"
+    assert zip_path.is_file(), "dist/s1mmalign.zip is missing: run ./build.sh"
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    cls = str(BIN / "spark-class")
+    procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(free_port())],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_port(port)
+        for _ in range(2):
+            procs.append(subprocess.Popen([cls, "org.apache.spark.deploy.worker.Worker", master_url,
+                                           "--host", "127.0.0.1", "--cores", "1", "--memory", "1536m",
+                                           "--webui-port", str(free_port()), "--work-dir", str(tmp_path / "work")],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        lake = tmp_path / "lake"
+        proc = subprocess.run([str(BIN / "spark-submit"), "--master", master_url, "--py-files", str(zip_path),
+                               "--conf", "spark.executor.memory=1g", "--conf", "spark.cores.max=2",
+                               str(REPO / "jobs" / "ingest.py"), "--source", str(faults_corpus),
+                               "--lake", str(lake), "--conf", str(REPO / "conf" / "cluster.yaml")],
+                              capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+        ok(proc)
+        pairs, _ = assert_invariant(spark, lake, manifest(faults_corpus))
+        assert_image_bytes(spark, lake, pairs)
+        apps = list((tmp_path / "work").glob("app-*"))
+        assert apps, "no application ran on the workers"
+        assert len({p.name for a in apps for p in a.iterdir()}) == 2, "both workers' executors should run"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def test_source_on_s3(spark, faults_corpus, tmp_path):
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="corpus")
+        for path in faults_corpus.rglob("*"):
+            if path.is_file():
+                s3.upload_file(str(path), "corpus", f"s1/{path.relative_to(faults_corpus).as_posix()}")
+        lake = tmp_path / "lake"
+        ok(run_job("ingest", "--source", "s3://corpus/s1", "--lake", str(lake), env=creds))
+        pairs, _ = assert_invariant(spark, lake, manifest(faults_corpus))
+        assert_image_bytes(spark, lake, pairs)
+        etags = [r.etag for r in table_rows(spark, lake, "ingest_log", "etag")]
+        assert etags and all(etags)
+        # Unchanged objects: the refresh reads nothing.
+        again = run_job("ingest", "--source", "s3://corpus/s1", "--lake", str(lake), env=creds, submit=False)
+        ok(again)
+        assert "nothing changed since the last run" in again.stderr
+        # No such bucket: one clear line, non-zero.
+        bad = run_job("ingest", "--source", "s3://no-such-bucket/x", "--lake", str(tmp_path / "l2"),
+                      env=creds, submit=False)
+        assert bad.returncode != 0 and "no-such-bucket" in bad.stderr.strip().splitlines()[-1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "L"], "the following arguments are required: --source"),
+    (["--source", "/nonexistent/corpus", "--lake", "L"], "is not a folder"),
+    (["--source", ".", "--lake", "L", "--conf", "/nonexistent.yaml"], "config file not found"),
+    (["--source", ".", "--lake", "L", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_are_one_clear_line(args, message, tmp_path):
+    proc = run_job("ingest", *args, submit=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_folder_without_sources_is_one_clear_line(tmp_path):
+    proc = run_job("ingest", "--source", str(tmp_path), "--lake", str(tmp_path / "lake"), submit=False)
+    assert proc.returncode == 2
+    assert "no S1-MMAlign sources under" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
