@@ -70,17 +70,15 @@ def make_corpus(copies: int, cores: int) -> Path:
                     open(root / f"arxiv/images_20{year}.tar.gz", "wb") as raw, \
                     gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
                     tarfile.open(fileobj=gz, mode="w|") as tar:
-                for (path, _, rec), blob in zip(figs, blobs):
-                    new_id = f"{year}01.{len(blob) % 100000:05d}"
-                    new_path = path.replace("images/2401/", f"images/{year}01/").replace(
-                        rec["metadata"]["arxiv_id"], f"{rec['metadata']['arxiv_id']}{k}")
+                for i, ((path, _, rec), blob) in enumerate(zip(figs, blobs)):
+                    new_id = f"{year}01.{i:0{4 if year < 15 else 5}d}"
+                    new_path = f"images/{year}01/{new_id}.tar.gz/{Path(path).name}"
                     info = tarfile.TarInfo(new_path)
                     info.size = len(blob)
                     tar.addfile(info, io.BytesIO(blob))
                     out.write(json.dumps({**rec, "image_path": new_path,
-                                          "metadata": {**rec["metadata"], "arxiv_id": None}}) + "\n")
-                    (root / "loose" / f"{k}-{Path(path).parent.name}-{Path(path).name}").write_bytes(blob)
-                    del new_id
+                                          "metadata": {**rec["metadata"], "arxiv_id": new_id}}) + "\n")
+                    (root / "loose" / f"{k}-{i}-{Path(path).name}").write_bytes(blob)
     (root / "done").touch()
     return root
 
@@ -160,6 +158,9 @@ print(members, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def main() -> None:
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--copies", type=int, default=8, help="copies of the 300 figures (8: 2,400 figures)")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 2)

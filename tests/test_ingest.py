@@ -111,3 +111,24 @@ def test_incremental_new_changed_and_touched_files(spark, cfg, corpus_copy, tmp_
     expected[("chemrxiv/jsonl/chemrxiv_2022.jsonl", 1)] = {"expect": "image_missing"}
     expected[("chemrxiv/jsonl/chemrxiv_2022.jsonl", 3)] = {"expect": "malformed_json"}
     assert_invariant(spark, lake, expected)
+
+
+def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(spark, cfg, corpus_copy, tmp_path):
+    lake = tmp_path / "lake"
+    archive = corpus_copy / "chemrxiv" / "images_chemrxiv.tar.gz"
+    parked = tmp_path / "parked.tar.gz"
+    archive.rename(parked)
+    ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    expected = manifest(corpus_copy)
+    chem = {k for k, e in expected.items() if e["source"] == "chemrxiv"}
+    reasons = {(r.source_file, r.source_line): r.reason
+               for r in table_rows(spark, lake, "quarantine", "source_file", "source_line", "reason")}
+    assert chem and all(reasons[k] == "image_missing" for k in chem)
+    untouched = [r for r in snapshot(spark, lake, "pairs", drop=()) if "chemrxiv" not in r]
+
+    parked.rename(archive)
+    summary = ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    assert (summary.archives, summary.jsonl_files) == (1, 1)     # the archive, and its source's JSONL
+    assert_invariant(spark, lake, expected)
+    # Rows of other sources are exactly as they were, run ids and times included.
+    assert [r for r in snapshot(spark, lake, "pairs", drop=()) if "chemrxiv" not in r] == untouched

@@ -70,3 +70,19 @@ def test_fingerprint_changes_with_size_or_mtime(tmp_path):
     first = LocalStore(str(tmp_path)).list_dir("")[1][0].fingerprint
     os.utime(path, (1_000_000, 1_000_000))
     assert LocalStore(str(tmp_path)).list_dir("")[1][0].fingerprint != first
+
+
+def test_discovery_never_lists_image_folders(tmp_path):
+    make_layout(tmp_path)
+    listed = []
+
+    class Counting(LocalStore):
+        def list_dir(self, rel):
+            listed.append(rel)
+            return super().list_dir(rel)
+
+        def parent(self):
+            return Counting(os.path.dirname(self.root))
+
+    discover(Counting(str(tmp_path)))
+    assert listed and not any("images" in rel for rel in listed), listed

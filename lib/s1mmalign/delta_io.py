@@ -20,17 +20,20 @@ def ensure_tables(spark, lake: str, database: str) -> None:
     """Create every lake table that is missing (schema from schemas/) and register it in the catalog."""
     from delta.tables import DeltaTable
 
-    if "://" not in lake:
+    local = "://" not in lake
+    if local:
         os.makedirs(lake, exist_ok=True)
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    if not spark.catalog.databaseExists(database):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     for name in schemas.lake_tables():
         tdef = schemas.table(name)
         path = table_path(lake, name)
-        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(tdef.spark())
-        if tdef.partition_by:
-            builder = builder.partitionedBy(*tdef.partition_by)
-        builder.execute()
-        if tdef.catalog:
+        if not (local and os.path.isdir(os.path.join(path, "_delta_log"))):
+            builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(tdef.spark())
+            if tdef.partition_by:
+                builder = builder.partitionedBy(*tdef.partition_by)
+            builder.execute()
+        if tdef.catalog and not spark.catalog.tableExists(f"{database}.{name}"):
             spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{path}'")
 
 
@@ -72,6 +75,12 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
         merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
     merge.execute()
     return _log_write(spark, lake, name, "merge")
+
+
+def append(spark, lake: str, name: str, df) -> dict[str, str]:
+    """Append rows (for callers that have already excluded what the table holds)."""
+    df.select(*schemas.table(name).names).write.format("delta").mode("append").save(table_path(lake, name))
+    return _log_write(spark, lake, name, "append")
 
 
 def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ import logging
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -33,6 +34,7 @@ from s1mmalign.storage import FileInfo, Store
 
 log = logging.getLogger(__name__)
 
+BROADCAST_KEYS = 2_000_000   # up to this many new images, their keys are broadcast to the bytes
 PAIR_CONTENT = [c for c in schemas.table("pairs").names
                 if c not in ("row_hash", "ingest_run_id", "ingested_at")]
 
@@ -79,10 +81,20 @@ def _in_list(column: str, values) -> str:
     return f"{column} IN ({quoted})" if values else "false"
 
 
-def _one_per_partition(spark: SparkSession, rows: list[dict], schema) -> DataFrame:
-    """A DataFrame of task descriptors, one row per partition (so each becomes its own task)."""
-    rdd = spark.sparkContext.parallelize([tuple(r[f.name] for f in schema.fields) for r in rows],
-                                         max(len(rows), 1))
+def _descriptors(spark: SparkSession, rows: list[dict], schema, weight: str | None = None) -> DataFrame:
+    """A DataFrame of task descriptors. Without `weight`, one per partition (each its own task);
+    with it, packed greedily by that weight into about 2 tasks per core (many small files, few tasks)."""
+    tuples = [tuple(r[f.name] for f in schema.fields) for r in rows]
+    if weight is None or len(rows) <= 1:
+        return spark.createDataFrame(spark.sparkContext.parallelize(tuples, max(len(rows), 1)), schema)
+    n_tasks = max(1, min(len(rows), 2 * spark.sparkContext.defaultParallelism))
+    bins: list[list] = [[] for _ in range(n_tasks)]
+    loads = [0] * n_tasks
+    for row, tup in sorted(zip(rows, tuples), key=lambda rt: -rt[0][weight]):
+        i = loads.index(min(loads))
+        bins[i].append(tup)
+        loads[i] += row[weight] + 1
+    rdd = spark.sparkContext.parallelize(range(n_tasks), n_tasks).flatMap(lambda i, b=bins: b[i])
     return spark.createDataFrame(rdd, schema)
 
 
@@ -160,9 +172,9 @@ def _stage_archives(spark, cfg: Config, store: Store, todo: list[Archive], stagi
         rows = [{"source": a.source, "archive": a.name, "missing_after": a.missing_after,
                  "parts": json.dumps([{"rel": p.rel, "size": p.size} for p in a.parts])}
                 for a in sorted(todo, key=lambda a: -sum(p.size for p in a.parts))]
-        out = _one_per_partition(spark, rows, desc_schema).mapInArrow(
+        out = _descriptors(spark, rows, desc_schema).mapInArrow(
             tasks.stream_archives(store, image_policy(cfg)), facts_schema.spark())
-        out.write.parquet(path)
+        out.write.option("compression", "none").parquet(path)  # image bytes do not compress: skip snappy
         staged = spark.read.parquet(path)
         parts = staged.where("kind = 'part'").drop("content", "thumbnail").collect()
         members = sum(p.members or 0 for p in parts)
@@ -178,7 +190,8 @@ def _stage_jsonl(spark, cfg: Config, store: Store, todo: list[tuple[str, FileInf
     from pyspark.sql import types as T
 
     size = cfg.ingest.jsonl_chunk_bytes
-    chunks = [{"source": src, "source_file": f.rel, "chunk": i, "start": start, "end": min(start + size, f.size)}
+    chunks = [{"source": src, "source_file": f.rel, "chunk": i, "start": start, "end": min(start + size, f.size),
+               "size": min(start + size, f.size) - start}
               for src, f in todo for i, start in enumerate(range(0, max(f.size, 1), size))]
     path = f"{staging}/parsed"
     with Stage("jsonl") as st:
@@ -187,7 +200,7 @@ def _stage_jsonl(spark, cfg: Config, store: Store, todo: list[tuple[str, FileInf
                              T.StructField("end", T.LongType())])
         stats = []
         if chunks:
-            stats = _one_per_partition(spark, chunks, desc).mapInArrow(
+            stats = _descriptors(spark, chunks, desc, weight="size").mapInArrow(
                 tasks.chunk_stats(store), schemas.table("jsonl_chunks").spark()).collect()
         counts = {(r.source_file, r.chunk): r.lines for r in stats}
         before, running = [], {}
@@ -200,7 +213,7 @@ def _stage_jsonl(spark, cfg: Config, store: Store, todo: list[tuple[str, FileInf
                     "raw_cap_chars": cfg.ingest.raw_cap_chars}
         parsed_schema = schemas.table("parsed_lines").spark()
         if before:
-            _one_per_partition(spark, before, desc_lines).mapInArrow(
+            _descriptors(spark, before, desc_lines, weight="size").mapInArrow(
                 tasks.parse_chunks(store, ctx_args), parsed_schema).write.parquet(path)
         else:
             spark.createDataFrame([], parsed_schema).write.parquet(path)
@@ -215,7 +228,7 @@ def _stage_jsonl(spark, cfg: Config, store: Store, todo: list[tuple[str, FileInf
 class Outputs:
     pairs: DataFrame
     quarantine: DataFrame
-    images: DataFrame
+    blobs: DataFrame          # every good image read this run (archive members and tree), with bytes
     image_index: DataFrame
 
 
@@ -252,59 +265,56 @@ def _resolve(spark, cfg: Config, store: Store, plan: SourcePlan, lake: str, stag
                  .unionByName(index.join(members.select("source", "image_path"), ["source", "image_path"],
                                          "left_anti").select("source", "image_path", *fact_cols)))
         keyed = unique.drop("detail").join(known, ["source", "image_path"], "left")
+        lines = (rejected.unionByName(duplicates.drop("_rank", "_first", "owner"), allowMissingColumns=True)
+                 .unionByName(keyed, allowMissingColumns=True))
 
+        # Records no archive holds: read from the unpacked tree, where the source has one.
         tree_sources = [s.name for s in plan.sources if s.has_tree]
-        need_tree = keyed.where(F.col("status").isNull() & F.col("source").isin(tree_sources))
-        tree_path = f"{staging}/tree"
-        n_tasks = cfg.ingest.image_tasks or 2 * spark.sparkContext.defaultParallelism
-        (need_tree.select("source", "image_path").distinct().repartition(n_tasks)
-         .mapInArrow(tasks.read_tree(store, image_policy(cfg)), schemas.table("image_facts").spark())
-         .write.parquet(tree_path))
-        tree = spark.read.parquet(tree_path)
-        tree_facts = tree.select("source", "image_path", *[F.col(c).alias(f"_t_{c}") for c in fact_cols])
-        merged = keyed.join(tree_facts, ["source", "image_path"], "left")
-        for c in fact_cols:
-            merged = merged.withColumn(c, F.coalesce(F.col(c), F.col(f"_t_{c}"))).drop(f"_t_{c}")
+        facts_schema = schemas.table("image_facts").spark()
+        if tree_sources:
+            lines.write.parquet(f"{staging}/lines")
+            lines = spark.read.parquet(f"{staging}/lines")
+            need_tree = lines.where(F.col("reason").isNull() & F.col("status").isNull()
+                                    & F.col("source").isin(tree_sources))
+            n_tasks = cfg.ingest.image_tasks or 2 * spark.sparkContext.defaultParallelism
+            (need_tree.select("source", "image_path").distinct().repartition(n_tasks)
+             .mapInArrow(tasks.read_tree(store, image_policy(cfg)), facts_schema)
+             .write.parquet(f"{staging}/tree"))
+            tree = spark.read.parquet(f"{staging}/tree")
+            tree_facts = tree.select("source", "image_path", *[F.col(c).alias(f"_t_{c}") for c in fact_cols])
+            lines = lines.join(tree_facts, ["source", "image_path"], "left")
+            for c in fact_cols:
+                lines = lines.withColumn(c, F.when(F.col("reason").isNull(), F.coalesce(c, f"_t_{c}"))
+                                         .otherwise(F.col(c))).drop(f"_t_{c}")
+        else:
+            tree = spark.createDataFrame([], facts_schema)
+
+        # Every line gets its outcome: a reason, or none for a pair.
         broken = sorted({p.container for p in parts if p.status != "ok"})
         missing_detail = "in no archive" + ("" if not tree_sources else " and not in the unpacked tree")
         if broken:
             missing_detail += f"; archives broken this run: {', '.join(broken)}"
-        merged = (merged.withColumn("detail", F.when(F.col("status").isNull(), F.lit(missing_detail))
-                                    .otherwise(F.col("detail")))
-                  .withColumn("status", F.coalesce("status", F.lit("image_missing"))))
+        unresolved = F.col("reason").isNull() & F.col("status").isNull()
+        resolved = (lines.withColumn("detail", F.when(unresolved, F.lit(missing_detail)).otherwise(F.col("detail")))
+                    .withColumn("status", F.when(unresolved, F.lit("image_missing")).otherwise(F.col("status")))
+                    .withColumn("reason", F.coalesce("reason", F.when(F.col("status") != "ok", F.col("status")))))
+        resolved.write.parquet(f"{staging}/resolved")
+        resolved = spark.read.parquet(f"{staging}/resolved")
 
-        good = merged.where("status = 'ok'")
-        image_failed = merged.where("status <> 'ok'").withColumn("reason", F.col("status"))
-        pairs = (good.withColumnRenamed("container", "image_container")
+        pairs = (resolved.where("reason IS NULL").withColumnRenamed("container", "image_container")
                  .withColumn("ingest_run_id", F.lit(run_id))
                  .withColumn("ingested_at", F.lit(now).cast("timestamp")))
         pairs = pairs.withColumn("row_hash", F.sha2(F.to_json(F.struct(*PAIR_CONTENT)), 256))
-
-        q_cols = ["source", "source_file", "source_line", "raw", "image_path", "reason", "detail"]
-        quarantine = (rejected.select(*q_cols)
-                      .unionByName(duplicates.select(*q_cols))
-                      .unionByName(image_failed.select(*q_cols))
+        quarantine = (resolved.where("reason IS NOT NULL")
+                      .select("source", "source_file", "source_line", "raw", "image_path", "reason", "detail")
                       .withColumn("ingest_run_id", F.lit(run_id))
                       .withColumn("ingested_at", F.lit(now).cast("timestamp")))
 
-        # Images: every good member and tree image, once per content; the discipline of the
-        # lowest pair_id that uses it, else unknown.
-        used = good.groupBy("image_sha256").agg(
-            F.min(F.struct("pair_id", "discipline")).getField("discipline").alias("discipline"))
-        blobs = (members.unionByName(tree).where("status = 'ok'")
-                 .withColumn("_r", F.row_number().over(Window.partitionBy("image_sha256")
-                                                       .orderBy("source", "image_path")))
-                 .where("_r = 1").join(used, "image_sha256", "left")
-                 .select("image_sha256", F.coalesce("discipline", F.lit(cfg.disciplines.get("fallback", "unknown")))
-                         .alias("discipline"), F.col("image_format").alias("format"), "width", "height",
-                         "image_bytes", "image_dhash", "content", "thumbnail", "thumbnail_width",
-                         "thumbnail_height", F.col("source").alias("first_source"),
-                         F.col("image_path").alias("first_image_path"),
-                         F.lit(run_id).alias("ingest_run_id"), F.lit(now).cast("timestamp").alias("ingested_at")))
+        blobs = members.unionByName(tree).where("status = 'ok'")
         image_index = members.select("source", "image_path", "container", "status", "detail", "image_sha256",
                                      "image_format", "width", "height", "image_bytes", "image_dhash",
                                      F.lit(run_id).alias("ingest_run_id"))
-        n_tree = tree.count()
+        n_tree = tree.count() if tree_sources else 0
         summary.images_read = n_tree + sum(p.members or 0 for p in parts)
         st.done(n_tree, "tree images read")
     return Outputs(pairs, quarantine, blobs, image_index)
@@ -316,18 +326,24 @@ def _write(spark, cfg: Config, lake: str, out: Outputs, todo_jsonl, todo_archive
            staging: str, run_id: str, now: datetime) -> tuple[int, int]:
     todo_files = [f.rel for _, f in todo_jsonl]
     with Stage("write") as st:
-        # Materialize the two outputs that depend on window/joins once, in staging, then merge.
-        out.pairs.select(*schemas.table("pairs").names).write.parquet(f"{staging}/out_pairs")
-        out.quarantine.select(*schemas.table("quarantine").names).write.parquet(f"{staging}/out_quarantine")
-        pairs = spark.read.parquet(f"{staging}/out_pairs")
-        quarantine = spark.read.parquet(f"{staging}/out_quarantine")
+        pairs = out.pairs.select(*schemas.table("pairs").names)
+        quarantine = out.quarantine.select(*schemas.table("quarantine").names)
+        new_images = _new_images(spark, cfg, lake, staging, out.blobs, pairs, run_id, now)
 
-        delta_io.merge_on_key(spark, lake, "images", out.images, update=False)
+        # The four tables are independent: commit them concurrently (Spark runs jobs from threads).
+        # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
+        writes = [
+            lambda: delta_io.append(spark, lake, "images", new_images),
+            lambda: delta_io.merge_on_key(spark, lake, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
+                                          delete_unmatched_when=_in_list("t.source_file", todo_files)),
+            lambda: delta_io.replace_slice(spark, lake, "quarantine", quarantine,
+                                           _in_list("source_file", todo_files)),
+        ]
         if todo_archives:
-            delta_io.merge_on_key(spark, lake, "image_index", out.image_index)
-        delta_io.merge_on_key(spark, lake, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
-                              delete_unmatched_when=_in_list("t.source_file", todo_files))
-        delta_io.replace_slice(spark, lake, "quarantine", quarantine, _in_list("source_file", todo_files))
+            writes.append(lambda: delta_io.merge_on_key(spark, lake, "image_index", out.image_index))
+        with ThreadPoolExecutor(len(writes)) as pool:
+            for future in [pool.submit(w) for w in writes]:
+                future.result()
 
         per_file = {r.source_file: (r.accepted, r.quarantined) for r in
                     pairs.groupBy("source_file").agg(F.count("*").alias("accepted"))
@@ -340,6 +356,33 @@ def _write(spark, cfg: Config, lake: str, out: Outputs, todo_jsonl, todo_archive
         n_quarantine = sum(q for _, q in per_file.values())
         st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")
     return n_pairs, n_quarantine
+
+
+def _new_images(spark, cfg: Config, lake: str, staging: str, blobs: DataFrame, pairs: DataFrame, run_id: str,
+                now) -> DataFrame:
+    """Images rows for content the lake does not hold yet, without shuffling any image bytes.
+
+    The choice of one (source, image_path) per sha256, its discipline (that of the lowest pair_id
+    using it, else the fallback) and the anti-join with what is stored all run on key columns; the
+    bytes then meet that small table in a broadcast join. Re-running adds nothing: content-addressed.
+    """
+    keys = blobs.select("image_sha256", "source", "image_path")
+    first = (keys.groupBy("image_sha256").agg(F.min(F.struct("source", "image_path")).alias("k"))
+             .select("image_sha256", "k.source", "k.image_path"))
+    used = pairs.groupBy("image_sha256").agg(
+        F.min(F.struct("pair_id", "discipline")).getField("discipline").alias("discipline"))
+    stored = delta_io.read(spark, lake, "images").select("image_sha256")
+    chosen = (first.join(stored, "image_sha256", "left_anti").join(used, "image_sha256", "left")
+              .withColumn("discipline", F.coalesce("discipline", F.lit(cfg.disciplines.get("fallback", "unknown")))))
+    chosen.write.parquet(f"{staging}/chosen_images")
+    chosen = spark.read.parquet(f"{staging}/chosen_images")
+    if chosen.count() <= BROADCAST_KEYS:
+        chosen = F.broadcast(chosen)
+    return (blobs.join(chosen, ["image_sha256", "source", "image_path"])
+            .select("image_sha256", "discipline", F.col("image_format").alias("format"), "width", "height",
+                    "image_bytes", "image_dhash", "content", "thumbnail", "thumbnail_width", "thumbnail_height",
+                    F.col("source").alias("first_source"), F.col("image_path").alias("first_image_path"),
+                    F.lit(run_id).alias("ingest_run_id"), F.lit(now).cast("timestamp").alias("ingested_at")))
 
 
 def _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now) -> list[dict]:

@@ -155,8 +155,8 @@ class _Builder:
         rng = self.rng
         month = rng.randint(1, 12) if year != 7 else rng.randint(1, 3)
         ext, fmt = rng.choice(FORMATS)
+        j = i // len(YEARS)  # the record's number within its year: drives the variants below
         if year == 7:  # old style: hep-th/0701001; image folder carries the number only
-            j = i // len(YEARS)
             month, fig = 1 + (j // 1000) % 3, j // 3000 + 1
             arch, disc = OLD_ARCHIVES[i % len(OLD_ARCHIVES)]
             number = f"{year:02d}{month:02d}{j % 1000:03d}"
@@ -166,18 +166,18 @@ class _Builder:
             digits = 4 if year < 15 else 5
             number = f"{year:02d}{month:02d}.{i % 10 ** digits:0{digits}d}"
             ident, folder, fig = number, number, i // 10 ** digits + 1
-            cats = [cat] + ([rng.choice(CATEGORIES)[0]] if i % 4 == 0 else [])
+            cats = [cat] + ([rng.choice(CATEGORIES)[0]] if j % 4 == 0 else [])
         image_path = f"images/{year:02d}{month:02d}/{folder}.tar.gz/fig{fig:03d}.{ext}"
         caption, recaption = _caption(rng, i % 9 + 1)
-        shown_id = ident + (f"v{i % 3 + 1}" if i % 5 == 0 else "")
+        shown_id = ident + (f"v{j % 3 + 1}" if j % 5 == 0 else "")
         meta = {"arxiv_id": shown_id, "title": f"On {rng.choice(WORDS)} and {rng.choice(WORDS)}",
-                "categories": cats if i % 7 else (" ".join(cats) if cats else None),
+                "categories": cats if j % 7 else (" ".join(cats) if cats else None),
                 "doi": None, "figure_type": rng.choice(["plot", "diagram", "photo"])}
-        if i % 6 == 0:  # some readers see the metadata at the top level
+        if j % 6 == 0:  # some readers see the metadata at the top level
             obj = {"image_path": image_path, "recaption": recaption, "caption": caption, **meta}
         else:
             obj = {"image_path": image_path, "recaption": recaption, "caption": caption, "metadata": meta}
-        if i % 11 == 0:
+        if j % 11 == 0:
             obj["extra_field"] = {"source_page": i % 17}
         return Planned(_line(obj), "pair", "arxiv", image_path, disc, ident, self.key(fmt))
 

@@ -41,6 +41,7 @@ def session_settings(lake: str, cfg: Config) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.python.worker.reuse": "true",
         "spark.ui.showConsoleProgress": "false",
+        "spark.scheduler.mode": "FAIR",   # the concurrent writes of one run share the cores
         # Delta reads its log with this many tasks (default 50): far too many for small tables.
         "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.spark.shuffle_partitions)),
         **catalog_settings(lake, cfg),
