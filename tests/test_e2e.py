@@ -86,7 +86,7 @@ def test_scifig300_real_figures(spark, scifig300, tmp_path):
     assert all(287 <= r.width <= 1275 and r.height > 0 and r.image_bytes > 6000 for r in dims)
 
 
-@pytest.mark.parametrize("kill_after", ["write images: merge", "write pairs: merge"])
+@pytest.mark.parametrize("kill_after", ["stage archives", "write pairs:"])
 def test_kill_9_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path, kill_after):
     lake = tmp_path / "lake"
     cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "ingest.py"),

@@ -65,6 +65,10 @@ def build(lake: str, cfg: Config):
     for key, value in session_settings(lake, cfg).items():
         builder = builder.config(key, value)
     spark = builder.enableHiveSupport().getOrCreate()
+    # Derby (the embedded metastore) boots on first catalog use: keep its log beside the catalog.
+    meta = Path(lake, cfg.catalog.metastore_dir).resolve()
+    meta.mkdir(parents=True, exist_ok=True)
+    spark.sparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", str(meta / "derby.log"))
     spark.sparkContext.setLogLevel(os.environ.get("S1MMALIGN_SPARK_LOG", "ERROR"))
     return spark
 
