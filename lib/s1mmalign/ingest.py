@@ -14,6 +14,7 @@ every write converges to what one clean run writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -386,8 +387,7 @@ def _new_images(spark, cfg: Config, lake: str, staging: str, blobs: DataFrame, p
 
 
 def _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now) -> list[dict]:
-    import hashlib
-
+    """ingest_log rows: one per JSONL file and per archive part read this run."""
     digests: dict[str, list] = {}
     for c in sorted(chunks, key=lambda c: (c.source_file, c.chunk)):
         digests.setdefault(c.source_file, []).append(c.sha256)
@@ -402,7 +402,7 @@ def _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now) -
     for p in parts:
         info = part_info[(p.container, p.image_path)]
         rows.append(_log_row(p.source, info, "archive_part", p.container, p.image_sha256, p.members or 0,
-                             None, None, p.status, p.detail, run_id, now))
+                             0, 0, p.status, p.detail, run_id, now))
     return rows
 
 
@@ -410,6 +410,4 @@ def _log_row(source, f: FileInfo, kind, archive, checksum, read, accepted, quara
              run_id, now) -> dict:
     return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
             "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
-            "read": read, "accepted": accepted if accepted is not None else 0,
-            "quarantined": quarantined if quarantined is not None else 0,
-            "status": status, "detail": detail, "ingest_run_id": run_id, "ingested_at": now}
+            "read": read, "accepted": accepted, "quarantined": quarantined, "status": status, "detail": detail, "ingest_run_id": run_id, "ingested_at": now}
