@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import time
 from pathlib import Path
 
 from s1mmalign import delta_io
@@ -65,3 +67,19 @@ def snapshot(spark, lake, name: str, drop=("ingest_run_id", "ingested_at")) -> l
     df = delta_io.read(spark, str(lake), name)
     cols = [c for c in df.columns if c not in drop]
     return sorted(tuple(r) for r in df.select(*cols).collect())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")

@@ -6,35 +6,16 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
-from pathlib import Path
 
 import pytest
 
 from conftest import BIN, REPO, run_job
-from helpers import assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
+from helpers import assert_image_bytes, assert_invariant, free_port, manifest, snapshot, table_rows, wait_port
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:

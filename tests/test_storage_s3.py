@@ -1,0 +1,63 @@
+"""S3Store against moto's S3 server on 127.0.0.1: listing one level, ranged reads, missing keys."""
+
+import subprocess
+
+import pytest
+
+from conftest import BIN
+from test_chunks import chunked
+from helpers import free_port, wait_port
+
+from s1mmalign.sources import discover
+from s1mmalign.storage import S3Store, SourceError
+
+
+@pytest.fixture(scope="module")
+def s3():
+    import os
+
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    try:
+        wait_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        store = S3Store("bucket", "root", endpoint, "us-east-1")
+        store.client.create_bucket(Bucket="bucket")
+        yield store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def put(store, rel, data: bytes):
+    store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{rel}", Body=data)
+
+
+def test_ranged_chunks_over_s3_equal_a_plain_split(s3):
+    data = b"\n".join(b"line %d " % i + b"x" * (i % 13) for i in range(200)) + b"\n\n\nend"
+    put(s3, "src/jsonl/a.jsonl", data)
+    expected = list(enumerate(data.split(b"\n"), start=1))
+    for size in (5, 64, 333, 10_000):
+        assert chunked(s3, "src/jsonl/a.jsonl", data, size) == expected
+
+
+def test_listing_and_reads(s3):
+    put(s3, "src/jsonl/b.jsonl", b"{}\n")
+    put(s3, "src/images_2020.tar.gz.partaa", b"x")
+    put(s3, "src/images/p1/fig1.png", b"png")
+    store, plan = discover(s3)
+    src = plan.source("src")
+    assert src.has_tree and [a.name for a in src.archives] == ["src/images_2020.tar.gz"]
+    assert all(f.etag for f in src.jsonl)
+    assert s3.read("src/images/p1/fig1.png") == b"png"
+    assert s3.read("src/images/p1/nope.png") is None
+    with pytest.raises(SourceError, match="no-such-bucket"):
+        discover(S3Store("no-such-bucket", "", s3.endpoint_url, "us-east-1"))
