@@ -12,7 +12,7 @@ from s1mmalign.storage import Store
 
 
 def body() -> int:
-    p = cli.parser("ingest", __doc__.splitlines()[1])
+    p = cli.parser("ingest", __doc__.splitlines()[0])
     p.add_argument("--source", required=True, help="source root: a local folder or s3://bucket/prefix")
     args = p.parse_args()
     cli.setup_logging(args.log_level)
@@ -21,11 +21,12 @@ def body() -> int:
         raise cli.UsageError(f"--source {args.source} is not a folder")
     if "://" in args.lake or (os.path.exists(args.lake) and not os.path.isdir(args.lake)):
         raise cli.UsageError(f"--lake {args.lake} must be a local folder (object-store lakes need hadoop-aws)")
-    # Fail fast, before Spark starts, on a root with no sources (a cheap listing of folder tops).
-    sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.archive_suffix)
+    # List the sources before Spark starts: a root with no sources fails fast, in one line.
+    found = sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region),
+                             cfg.ingest.archive_suffix)
     spark = session.build(args.lake, cfg)
     try:
-        ingest.run(spark, cfg, args.source, args.lake)
+        ingest.run(spark, cfg, args.source, args.lake, discovered=found)
     finally:
         spark.stop()
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Callable
 
 from s1mmalign.config import ConfigError
 from s1mmalign.storage import SourceError
@@ -53,7 +53,3 @@ def main(prog: str, body: Callable[[], int]) -> None:
         print(f"{prog}: failed: {type(exc).__name__}: {first[:500]}", file=sys.stderr)
         code = 1
     sys.exit(code)
-
-
-def known_args(p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return p.parse_args(argv)

@@ -99,8 +99,12 @@ def _descriptors(spark: SparkSession, rows: list[dict], schema, weight: str | No
     return spark.createDataFrame(rdd, schema)
 
 
-def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: str | None = None) -> RunSummary:
-    """Ingest every changed file under source_uri into the lake; returns what the run did."""
+def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: str | None = None,
+        discovered: tuple[Store, SourcePlan] | None = None) -> RunSummary:
+    """Ingest every changed file under source_uri into the lake; returns what the run did.
+
+    discovered: the (store, plan) of sources.discover when the caller has just listed them.
+    """
     t_start = time.perf_counter()
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     summary = RunSummary(run_id)
@@ -108,7 +112,7 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     delta_io.ensure_tables(spark, lake, cfg.catalog.database)
 
     with Stage("plan") as st:
-        store, plan = discover(store, cfg.ingest.archive_suffix)
+        store, plan = discovered or discover(store, cfg.ingest.archive_suffix)
         todo_jsonl, todo_archives = _changed(spark, lake, plan)
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
                 f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "

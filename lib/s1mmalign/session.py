@@ -41,6 +41,7 @@ def session_settings(lake: str, cfg: Config) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.python.worker.reuse": "true",
         "spark.ui.showConsoleProgress": "false",
+        "spark.log.level": os.environ.get("S1MMALIGN_SPARK_LOG", "ERROR"),
         "spark.scheduler.mode": "FAIR",   # the concurrent writes of one run share the cores
         # Delta reads its log with this many tasks (default 50): far too many for small tables.
         "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.spark.shuffle_partitions)),
@@ -69,7 +70,6 @@ def build(lake: str, cfg: Config):
     meta = Path(lake, cfg.catalog.metastore_dir).resolve()
     meta.mkdir(parents=True, exist_ok=True)
     spark.sparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", str(meta / "derby.log"))
-    spark.sparkContext.setLogLevel(os.environ.get("S1MMALIGN_SPARK_LOG", "ERROR"))
     return spark
 
 

@@ -6,7 +6,7 @@ import io
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 
@@ -208,12 +208,3 @@ class _Limited:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def iter_chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
-    """Read a stream in blocks until it ends."""
-    while True:
-        block = stream.read(size)
-        if not block:
-            return
-        yield block
