@@ -55,12 +55,11 @@ def _log_write(spark, lake: str, name: str, what: str) -> dict[str, str]:
 
 
 def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | None = None,
-                 delete_unmatched_when: str | None = None, update: bool = True) -> dict[str, str]:
+                 delete_unmatched_when: str | None = None) -> dict[str, str]:
     """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones.
 
     update_when: a condition on t./s. that limits updates (e.g. only rows whose row_hash differs);
-    delete_unmatched_when: target rows matching it but absent from source_df are deleted;
-    update=False: insert-only (content-addressed tables).
+    delete_unmatched_when: target rows matching it but absent from source_df are deleted.
     """
     from delta.tables import DeltaTable
 
@@ -68,9 +67,7 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
     target = DeltaTable.forPath(spark, table_path(lake, name)).alias("t")
     on = " AND ".join(f"t.{k} = s.{k}" for k in tdef.key)
     merge = target.merge(source_df.select(*tdef.names).alias("s"), on)
-    if update:
-        merge = merge.whenMatchedUpdateAll(condition=update_when)
-    merge = merge.whenNotMatchedInsertAll()
+    merge = merge.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll()
     if delete_unmatched_when:
         merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
     merge.execute()
