@@ -28,7 +28,8 @@ def ensure_tables(spark, lake: str, database: str) -> None:
     for name in schemas.lake_tables():
         tdef = schemas.table(name)
         path = table_path(lake, name)
-        if not (local and os.path.isdir(os.path.join(path, "_delta_log"))):
+        # Fast path: a local table whose first commit exists (a crash mid-create leaves none).
+        if not (local and os.path.isfile(os.path.join(path, "_delta_log", f"{0:020d}.json"))):
             builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(tdef.spark())
             if tdef.partition_by:
                 builder = builder.partitionedBy(*tdef.partition_by)

@@ -108,11 +108,11 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     t_start = time.perf_counter()
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     summary = RunSummary(run_id)
-    store = Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region)
     delta_io.ensure_tables(spark, lake, cfg.catalog.database)
 
     with Stage("plan") as st:
-        store, plan = discovered or discover(store, cfg.ingest.archive_suffix)
+        store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
+                                             cfg.ingest.archive_suffix)
         todo_jsonl, todo_archives = _changed(spark, lake, plan)
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
                 f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "
@@ -414,4 +414,5 @@ def _log_row(source, f: FileInfo, kind, archive, checksum, read, accepted, quara
              run_id, now) -> dict:
     return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
             "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
-            "read": read, "accepted": accepted, "quarantined": quarantined, "status": status, "detail": detail, "ingest_run_id": run_id, "ingested_at": now}
+            "read": read, "accepted": accepted, "quarantined": quarantined, "status": status, "detail": detail,
+            "ingest_run_id": run_id, "ingested_at": now}
