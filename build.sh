@@ -5,7 +5,7 @@
 #   ./build.sh test     set up, then run the whole test suite (what .ci/run does)
 #   .venv/            Python 3.11 virtual environment with the pinned packages (+ test extras)
 #   jars/             Delta Lake jars from Maven Central, resolved once (pom.xml)
-#   dist/s1mmalign.zip  lib/ + conf/ + schemas/ for spark-submit --py-files on a cluster
+#   dist/s1mmalign.zip  lib/ + conf/ + schemas/ + expectations/ for spark-submit --py-files on a cluster
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -38,7 +38,7 @@ mkdir -p "$SPARK_HOME/conf"
 
 rm -rf dist/pkg && mkdir -p dist/pkg/s1mmalign/_data
 cp -r lib/s1mmalign/*.py dist/pkg/s1mmalign/
-cp -r conf schemas dist/pkg/s1mmalign/_data/
+cp -r conf schemas expectations dist/pkg/s1mmalign/_data/
 (cd dist/pkg && rm -f ../s1mmalign.zip && "$OLDPWD/.venv/bin/python" -m zipfile -c ../s1mmalign.zip s1mmalign)
 rm -rf dist/pkg
 echo "build.sh: ready (.venv, $(ls jars/*.jar | wc -l) jars, dist/s1mmalign.zip)"

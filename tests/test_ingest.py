@@ -21,7 +21,7 @@ def small_chunks(cfg):
 
 def versions(spark, lake) -> dict[str, int]:
     return {t: DeltaTable.forPath(spark, delta_io.table_path(str(lake), t)).history(1).first().version
-            for t in schemas.lake_tables()}
+            for t in schemas.lake_tables("ingest")}
 
 
 def test_faults_corpus_every_line_in_exactly_one_table(spark, small_chunks, corpus_copy, tmp_path):

@@ -26,6 +26,9 @@ def test_contract_columns_of_pairs():
 
 
 def test_lake_tables_and_reasons():
-    assert set(schemas.lake_tables()) == {"pairs", "images", "quarantine", "ingest_log", "image_index"}
+    assert set(schemas.lake_tables("ingest")) == {"pairs", "images", "quarantine", "ingest_log", "image_index"}
+    assert set(schemas.lake_tables("validate")) == {"duplicates", "quality_results"}
+    assert set(schemas.lake_tables()) == set(schemas.lake_tables("ingest")) | {"duplicates", "quality_results",
+                                                                          "clip_scores"}
     assert "duplicate_pair" in schemas.quarantine_reasons()
     assert len(set(schemas.quarantine_reasons())) == len(schemas.quarantine_reasons()) == 12

@@ -8,11 +8,16 @@ import sys
 from typing import Callable
 
 from s1mmalign.config import ConfigError
+from s1mmalign.quality import SuiteError
 from s1mmalign.storage import SourceError
 
 
 class UsageError(Exception):
     """A bad flag value or a path that does not exist."""
+
+
+class LakeError(UsageError):
+    """A lake that lacks what a job needs (e.g. no tables yet)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +38,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "botocore", "boto3", "urllib3", "PIL"):
+    for noisy in ("py4j", "botocore", "boto3", "urllib3", "PIL", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -41,7 +46,7 @@ def main(prog: str, body: Callable[[], int]) -> None:
     """Run a job body; known failures become one line on stderr and a non-zero exit."""
     try:
         code = body()
-    except (ConfigError, SourceError, UsageError) as exc:
+    except (ConfigError, SourceError, UsageError, SuiteError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -53,12 +53,29 @@ class S3Conf:
 
 
 @dataclass(frozen=True)
+class QualityConf:
+    suites_dir: str = "expectations"          # the suite JSON files (in the checkout or the package)
+    context_dir: str = "_quality/gx"          # Great Expectations' project, under the lake
+    docs_dir: str = "_quality/data_docs"      # Data Docs, under the lake (unless --out)
+    near_duplicate_distance: int = 2
+    lsh_bands: int = 3
+    max_bucket: int = 5000
+    max_cluster_rounds: int = 40
+    driver_cluster_edges: int = 1_000_000
+    partial_unexpected: int = 20
+    layouts: Mapping[str, str] = field(default_factory=dict)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    taxonomy_file: str = "arxiv_taxonomy.yaml"
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConf
     catalog: CatalogConf
     ingest: IngestConf
     s3: S3Conf
     disciplines: Mapping[str, Any]
+    quality: QualityConf = field(default_factory=QualityConf)
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -83,6 +100,13 @@ def _section(cls, values: Mapping | None, name: str):
         values["arxiv_sources"] = tuple(str(v) for v in values["arxiv_sources"])
     if "extra" in values:
         values["extra"] = {str(k): str(v) for k, v in (values["extra"] or {}).items()}
+    if "layouts" in values:
+        values["layouts"] = {str(k): str(v) for k, v in (values["layouts"] or {}).items()}
+    if "thresholds" in values:
+        try:
+            values["thresholds"] = {str(k): float(v) for k, v in (values["thresholds"] or {}).items()}
+        except (TypeError, ValueError):
+            raise ConfigError(f"section {name}: every threshold must be a number") from None
     try:
         return cls(**values)
     except TypeError as exc:
@@ -117,7 +141,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3"}
+    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     return Config(
@@ -126,4 +150,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         ingest=_section(IngestConf, merged.get("ingest"), "ingest"),
         s3=_section(S3Conf, merged.get("s3"), "s3"),
         disciplines=disciplines,
+        quality=_section(QualityConf, merged.get("quality"), "quality"),
     )

@@ -16,8 +16,8 @@ def table_path(lake: str, name: str) -> str:
     return str(Path(lake, name).resolve()) if "://" not in lake else f"{lake.rstrip('/')}/{name}"
 
 
-def ensure_tables(spark, lake: str, database: str) -> None:
-    """Create every lake table that is missing (schema from schemas/) and register it in the catalog."""
+def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
+    """Create the lake tables `job` writes that are missing (schema from schemas/); register them."""
     from delta.tables import DeltaTable
 
     local = "://" not in lake
@@ -25,7 +25,7 @@ def ensure_tables(spark, lake: str, database: str) -> None:
         os.makedirs(lake, exist_ok=True)
     if not spark.catalog.databaseExists(database):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
-    for name in schemas.lake_tables():
+    for name in schemas.lake_tables(job):
         tdef = schemas.table(name)
         path = table_path(lake, name)
         # Fast path: a local table whose first commit exists (a crash mid-create leaves none).
@@ -91,3 +91,19 @@ def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]
 def read(spark, lake: str, name: str):
     """The current rows of table `name`."""
     return spark.read.format("delta").load(table_path(lake, name))
+
+
+def exists(spark, lake: str, name: str) -> bool:
+    """Whether table `name` exists under the lake (has a commit)."""
+    from delta.tables import DeltaTable
+
+    path = table_path(lake, name)
+    if "://" not in lake:
+        return os.path.isfile(os.path.join(path, "_delta_log", f"{0:020d}.json"))
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def replace_all(spark, lake: str, name: str, df) -> dict[str, str]:
+    """Atomically replace every row of table `name` with df (one commit)."""
+    df.select(*schemas.table(name).names).write.format("delta").mode("overwrite").save(table_path(lake, name))
+    return _log_write(spark, lake, name, "replace all")

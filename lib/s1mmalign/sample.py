@@ -79,6 +79,15 @@ def render(key: int, seed: int, fmt: str) -> bytes:
     im = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(im)
     left, top, right, bottom = 60, 40, w - 20, h - 50
+    # A heatmap-like backdrop of shaded cells: it gives each figure its own coarse structure, so the
+    # perceptual hashes of unrelated figures stay far apart (on flat white plots they nearly collide).
+    cols, rows = rng.randint(9, 14), rng.randint(7, 10)
+    for cx in range(cols):
+        for cy in range(rows):
+            shade = tuple(rng.randrange(150, 256) for _ in range(3))
+            d.rectangle([left + cx * (right - left) // cols, top + cy * (bottom - top) // rows,
+                         left + (cx + 1) * (right - left) // cols, top + (cy + 1) * (bottom - top) // rows],
+                        fill=shade)
     d.rectangle([left, top, right, bottom], outline="black")
     for i in range(6):
         x = left + i * (right - left) // 5

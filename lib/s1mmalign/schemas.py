@@ -38,6 +38,7 @@ class TableDef:
     partition_by: tuple[str, ...] = ()
     key: tuple[str, ...] = ()
     catalog: bool = False
+    job: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -75,12 +76,14 @@ def table(name: str) -> TableDef:
         partition_by=tuple(spec.get("partition_by", ())),
         key=tuple(spec.get("key", ())),
         catalog=bool(spec.get("catalog", False)),
+        job=spec.get("job"),
     )
 
 
-def lake_tables() -> list[str]:
-    """Names of the Delta tables under a lake root (not the intermediates)."""
-    return [n for n, s in _load().items() if isinstance(s, dict) and "key" in s]
+def lake_tables(job: str | None = None) -> list[str]:
+    """Names of the Delta tables under a lake root (not the intermediates); those `job` creates if given."""
+    return [n for n, s in _load().items()
+            if isinstance(s, dict) and "key" in s and (job is None or s.get("job") == job)]
 
 
 def quarantine_reasons() -> tuple[str, ...]:

@@ -1,0 +1,43 @@
+"""Validate the lake's tables with the Great Expectations suites in expectations/.
+
+    spark-submit jobs/validate.py --lake LAKE_ROOT [--out DOCS_DIR] [--conf conf/X.yaml]
+
+Exit 0: every critical expectation passed (warnings are logged and recorded); 1: a critical one failed,
+named on one line; 2: the job could not run.
+"""
+
+import os
+import sys
+
+import _bootstrap  # noqa: F401
+
+from s1mmalign import cli, config, quality, session, validate
+
+
+def body() -> int:
+    p = cli.parser("validate", __doc__.splitlines()[0])
+    p.add_argument("--out", default=None, help="folder for Great Expectations' Data Docs (HTML); "
+                                               "default <lake>/_quality/data_docs")
+    args = p.parse_args()
+    cli.setup_logging(args.log_level)
+    cfg = config.load(args.conf)
+    if "://" in args.lake or not os.path.isdir(args.lake):
+        raise cli.UsageError(f"--lake {args.lake} is not a folder")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise cli.UsageError(f"--out {args.out} exists and is not a folder")
+    quality.load_suites()   # a broken suite file fails here, before Spark starts
+    spark = session.build(args.lake, cfg)
+    try:
+        outcome = validate.run(spark, cfg, args.lake, out=args.out)
+    finally:
+        spark.stop()
+    line = f"validate: {outcome.summary_line()} (run {outcome.run_id}, Data Docs {outcome.docs_index})"
+    if outcome.critical_failures:
+        print(line, file=sys.stderr)
+        return 1
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.main("validate", body)

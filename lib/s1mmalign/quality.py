@@ -1,0 +1,238 @@
+"""Great Expectations glue: the suites in expectations/, run over Spark DataFrames, results as rows.
+
+A suite file is Great Expectations' own suite JSON (`ExpectationSuite.to_json_dict()`), named
+`<group>.<table>.json`, with `meta.group` (path_integrity, deduplication or schema_values), `meta.table`
+(the frame it runs on) and, on every expectation, a stable `meta.name` and a `severity` (critical or
+warning). Thresholds are `{"$PARAMETER": "<name>"}`, filled from conf (quality.thresholds) at run time.
+The `schema.<table>.json` suites (columns and types) are generated from schemas/tables.yaml:
+`python -m s1mmalign.quality --write-schema-suites` rewrites them, and a test fails when they drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from s1mmalign import resources, schemas
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("path_integrity", "deduplication", "schema_values")
+SEVERITIES = ("critical", "warning")
+DOCS_SITE = "lake"
+_SPARK_TYPE = {"string": "StringType", "int": "IntegerType", "bigint": "LongType", "double": "DoubleType",
+               "float": "FloatType", "boolean": "BooleanType", "timestamp": "TimestampType",
+               "binary": "BinaryType", "array<string>": "ArrayType"}
+# Tables whose columns and types are checked (clip_scores only when it exists).
+SCHEMA_TABLES = ("pairs", "images", "quarantine", "ingest_log", "clip_scores")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    group: str
+    table: str
+    spec: Mapping[str, Any]     # the suite JSON
+
+    @property
+    def expectation_names(self) -> list[str]:
+        return [e["meta"]["name"] for e in self.spec["expectations"]]
+
+
+@dataclass(frozen=True)
+class Result:
+    suite: str
+    suite_group: str
+    table_name: str
+    expectation: str
+    expectation_type: str
+    severity: str
+    success: bool
+    observed_value: str | None
+    element_count: int | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    details: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}:{self.expectation}"
+
+    def describe(self) -> str:
+        """One short phrase: what was seen."""
+        if self.unexpected_count is not None:
+            return f"{self.unexpected_count} unexpected of {self.element_count}"
+        return f"observed {self.observed_value}"
+
+
+def schema_suite(table: str) -> dict:
+    """The generated suite checking `table`'s columns and types against schemas/tables.yaml."""
+    tdef = schemas.table(table)
+    exps = [{"type": "expect_table_columns_to_match_set", "severity": "critical",
+             "kwargs": {"column_set": tdef.names, "exact_match": True}, "meta": {"name": "columns"}}]
+    exps += [{"type": "expect_column_values_to_be_of_type", "severity": "critical",
+              "kwargs": {"column": c.name, "type_": _SPARK_TYPE[c.type]}, "meta": {"name": f"type_{c.name}"}}
+             for c in tdef.columns]
+    return {"name": f"schema.{table}", "expectations": exps,
+            "meta": {"group": "schema_values", "table": table,
+                     "generated_from": "schemas/tables.yaml (python -m s1mmalign.quality --write-schema-suites)"}}
+
+
+def _check(spec: Mapping, file: str) -> Suite:
+    meta = spec.get("meta") or {}
+    name, group, table = spec.get("name"), meta.get("group"), meta.get("table")
+    if f"{name}.json" != file:
+        raise SuiteError(f"expectations/{file}: suite name {name!r} does not match the file name")
+    if group not in GROUPS or not table:
+        raise SuiteError(f"expectations/{file}: meta.group must be one of {GROUPS} and meta.table set")
+    seen = set()
+    for exp in spec.get("expectations") or []:
+        ename = (exp.get("meta") or {}).get("name")
+        if not ename or ename in seen:
+            raise SuiteError(f"expectations/{file}: every expectation needs a unique meta.name ({ename!r})")
+        if exp.get("severity") not in SEVERITIES:
+            raise SuiteError(f"expectations/{file}: {ename}: severity must be one of {SEVERITIES}")
+        seen.add(ename)
+    return Suite(name, group, table, spec)
+
+
+def load_suites() -> list[Suite]:
+    """Every suite in expectations/, checked for names, groups and severities."""
+    out = []
+    for file in resources.list_names("expectations", ".json"):
+        try:
+            spec = json.loads(resources.read_text("expectations", file))
+        except json.JSONDecodeError as exc:
+            raise SuiteError(f"expectations/{file} is not valid JSON: {exc}") from None
+        out.append(_check(spec, file))
+    if not out:
+        raise SuiteError("no suites found in expectations/")
+    return out
+
+
+def _json(value) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, default=str, sort_keys=True)[:4000]
+
+
+def _number(value) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+class Runner:
+    """A file-backed Great Expectations project under the lake, with one Spark data source."""
+
+    def __init__(self, context_root: str, docs_dir: str, partial_unexpected: int):
+        import great_expectations as gx
+
+        self.gx = gx
+        self.partial_unexpected = partial_unexpected
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="file", project_root_dir=context_root)
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        sites = self.context.get_config().data_docs_sites or {}
+        for name in list(sites):   # keep one site, at docs_dir (which --out may change between runs)
+            base = (sites[name].get("store_backend") or {}).get("base_directory")
+            if name != DOCS_SITE or base != docs_dir:
+                self.context.delete_data_docs_site(name)
+        if DOCS_SITE not in (self.context.get_config().data_docs_sites or {}):
+            self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+                "class_name": "SiteBuilder", "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        self.docs_dir = docs_dir
+        self.source = self.context.data_sources.add_or_update_spark(name="lake")
+
+    def _definition(self, suite: Suite):
+        gx = self.gx
+        try:
+            asset = self.source.get_asset(suite.table)
+        except LookupError:
+            asset = self.source.add_dataframe_asset(name=suite.table)
+        try:
+            batch = asset.get_batch_definition("whole")
+        except (KeyError, LookupError, ValueError):
+            batch = asset.add_batch_definition_whole_dataframe("whole")
+        gx_suite = self.context.suites.add_or_update(gx.ExpectationSuite(
+            name=suite.name, expectations=[dict(e) for e in suite.spec["expectations"]],
+            meta=dict(suite.spec.get("meta") or {})))
+        return self.context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
+
+    def run(self, suite: Suite, df, parameters: Mapping[str, Any], run_name: str) -> list[Result]:
+        """Validate df with suite; one Result per expectation (an expectation that raised fails)."""
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        definition = self._definition(suite)
+        outcome = definition.run(
+            batch_parameters={"dataframe": df}, expectation_parameters=dict(parameters),
+            result_format={"result_format": "BASIC", "partial_unexpected_count": self.partial_unexpected},
+            run_id=RunIdentifier(run_name=run_name))
+        out = []
+        for r in outcome.results:
+            conf = r.expectation_config
+            res = r.result or {}
+            raised = (r.exception_info or {}).get("raised_exception")
+            details = None
+            if raised:
+                details = _json({"exception": (r.exception_info or {}).get("exception_message")})
+            elif res.get("partial_unexpected_list"):
+                details = _json({"unexpected": res["partial_unexpected_list"]})
+            observed = res.get("observed_value")
+            if observed is None and res.get("unexpected_count") is not None:
+                observed = {"unexpected_count": res.get("unexpected_count"),
+                            "unexpected_percent": _number(res.get("unexpected_percent"))}
+            out.append(Result(
+                suite=suite.name, suite_group=suite.group, table_name=suite.table,
+                expectation=conf.meta["name"], expectation_type=conf.type,
+                severity=str(getattr(conf.severity, "value", conf.severity)),
+                success=bool(r.success) and not raised, observed_value=_json(observed),
+                element_count=res.get("element_count"), unexpected_count=res.get("unexpected_count"),
+                unexpected_percent=_number(res.get("unexpected_percent")), details=details))
+        return out
+
+    def build_docs(self) -> str:
+        """Build Data Docs for every stored validation; the path of the index page."""
+        self.context.build_data_docs(site_names=[DOCS_SITE])
+        return os.path.join(self.docs_dir, "index.html")
+
+
+def write_schema_suites(folder: Path) -> list[Path]:
+    """Regenerate expectations/schema.<table>.json from schemas/tables.yaml."""
+    written = []
+    for table in SCHEMA_TABLES:
+        path = folder / f"schema.{table}.json"
+        path.write_text(json.dumps(schema_suite(table), indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s1mmalign.quality", description=__doc__.splitlines()[0])
+    p.add_argument("--write-schema-suites", action="store_true",
+                   help="rewrite expectations/schema.<table>.json from schemas/tables.yaml")
+    args = p.parse_args(argv)
+    if not args.write_schema_suites:
+        p.print_usage()
+        return 2
+    for path in write_schema_suites(resources.repo_root() / "expectations"):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

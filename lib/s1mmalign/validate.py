@@ -1,0 +1,236 @@
+"""The validation pipeline: duplicates table, checked frames, Great Expectations suites, results, Data Docs.
+
+Stages (each logs one line):
+  dedup     exact groups and near-duplicate clusters -> duplicates (replaced whole, one commit)
+  frames    pairs and images with the per-row facts the suites check (path layout, id agreement, image
+            row present, shared bytes, near duplicate, ...), cached once for every suite
+  suites    every suite in expectations/ on its frame (clip_scores only when that table exists)
+  results   one row per expectation -> quality_results (MERGE on run id, suite, expectation); Data Docs
+
+Each defect is reported once, by the most specific check: a path that is absolute or has `..` is not
+also judged for layout, and only a path that fits its layout is checked against its arXiv id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from s1mmalign import dedup, delta_io, quality, resources, schemas
+from s1mmalign.cli import LakeError
+from s1mmalign.config import Config
+
+log = logging.getLogger(__name__)
+
+INGEST_TABLES = ("pairs", "images", "quarantine", "ingest_log")
+UNSAFE_PATH = r"^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)"
+ARXIV_FOLDER = r"^images/([0-9]{4})/([^/]+)\.tar\.gz/"
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    results: list[quality.Result] = field(default_factory=list)
+    stats: dedup.DedupStats | None = None
+    docs_index: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def critical_failures(self) -> list[quality.Result]:
+        return [r for r in self.results if not r.success and r.severity == "critical"]
+
+    @property
+    def warnings(self) -> list[quality.Result]:
+        return [r for r in self.results if not r.success and r.severity != "critical"]
+
+    def summary_line(self) -> str:
+        """One line for the job's exit: which critical expectations failed, or that all passed."""
+        def names(rs):
+            return "; ".join(f"{r.key} ({r.describe()})" for r in rs)
+
+        warn = f"; {len(self.warnings)} warning(s): {names(self.warnings)}" if self.warnings else ""
+        if self.critical_failures:
+            return (f"{len(self.critical_failures)} critical expectation(s) failed: "
+                    f"{names(self.critical_failures)}{warn}")
+        return f"all {len(self.results)} expectations passed their critical checks{warn}"
+
+
+def taxonomy(cfg: Config) -> list[str]:
+    """Every arXiv category in conf/<quality.taxonomy_file>."""
+    spec = yaml.safe_load(resources.read_text("conf", cfg.quality.taxonomy_file))
+    cats = {f"{archive}.{sub}" for archive, subs in spec["current"].items() for sub in subs}
+    return sorted(cats | set(spec.get("standalone", ())) | set(spec.get("legacy", ())))
+
+
+def parameters(cfg: Config) -> dict:
+    """The $PARAMETER values the suites refer to: thresholds and value sets from conf and schemas."""
+    known = list(cfg.disciplines.get("disciplines", ())) + [cfg.disciplines.get("fallback", "unknown")]
+    return {**cfg.quality.thresholds, "disciplines": known, "image_formats": list(cfg.ingest.formats),
+            "quarantine_reasons": list(schemas.quarantine_reasons())}
+
+
+def _layout_ok(cfg: Config) -> F.Column:
+    layouts = dict(cfg.quality.layouts)
+    default = layouts.pop("default", None)
+    expr = F.lit(True) if default is None else F.col("image_path").rlike(default)
+    for source, pattern in sorted(layouts.items()):
+        expr = F.when(F.col("source") == source, F.col("image_path").rlike(pattern)).otherwise(expr)
+    return expr
+
+
+def with_path_checks(cfg: Config):
+    """Adds path_off_layout and path_arxiv_mismatch (the offending value, or null)."""
+    def transform(pairs: DataFrame) -> DataFrame:
+        safe = ~F.col("image_path").rlike(UNSAFE_PATH)
+        on_layout = safe & _layout_ok(cfg)
+        number = F.when(F.col("arxiv_id").contains("/"), F.substring_index("arxiv_id", "/", -1)) \
+                  .otherwise(F.col("arxiv_id"))
+        folder = F.regexp_extract("image_path", ARXIV_FOLDER, 2)
+        yymm = F.regexp_extract("image_path", ARXIV_FOLDER, 1)
+        agrees = (folder == number) & (yymm == F.substring(number, 1, 4))
+        arxiv = F.col("source").isin(*cfg.ingest.arxiv_sources)
+        return (pairs
+                .withColumn("path_off_layout", F.when(safe & ~on_layout, F.col("image_path")))
+                .withColumn("path_arxiv_mismatch", F.when(
+                    arxiv & on_layout & (F.col("arxiv_id").isNull() | ~F.coalesce(agrees, F.lit(False))),
+                    F.concat_ws(" <> ", "image_path", F.coalesce("arxiv_id", F.lit("null"))))))
+    return transform
+
+
+def with_value_checks(cfg: Config, categories: list[str]):
+    """Adds is_unknown, has_unknown_category, caption_chars, recaption_chars, recaption_present."""
+    fallback = cfg.disciplines.get("fallback", "unknown")
+
+    def transform(pairs: DataFrame) -> DataFrame:
+        outside = F.array_except(F.coalesce("categories", F.array().cast("array<string>")),
+                                 F.array(*[F.lit(c) for c in categories]))
+        return (pairs
+                .withColumn("is_unknown", (F.col("discipline") == fallback).cast("int"))
+                .withColumn("has_unknown_category", (F.size(outside) > 0).cast("int"))
+                .withColumn("caption_chars", F.coalesce(F.length("caption"), F.lit(0)))
+                .withColumn("recaption_chars", F.coalesce(F.length("recaption"), F.lit(0)))
+                .withColumn("recaption_present",
+                            F.coalesce(F.length(F.trim("recaption")) > 0, F.lit(False)).cast("int")))
+    return transform
+
+
+def checked_pairs(pairs: DataFrame, images: DataFrame, duplicates: DataFrame, cfg: Config,
+                  categories: list[str]) -> DataFrame:
+    """The frame the pairs suites run on: key columns plus one column per row-level check."""
+    image_keys = images.select("image_sha256", F.lit(1).alias("_has_image")).dropDuplicates(["image_sha256"])
+    shared = (duplicates.where("group_kind = 'exact'").select("pair_id", F.lit(1).alias("_shared"))
+              .dropDuplicates(["pair_id"]))
+    return (pairs.select("pair_id", "source", "discipline", "arxiv_id", "image_path", "image_sha256",
+                         "categories", "caption", "recaption")
+            .join(image_keys, "image_sha256", "left")
+            .join(shared, "pair_id", "left")
+            .transform(with_path_checks(cfg))
+            .transform(with_value_checks(cfg, categories))
+            .withColumn("missing_image_row", F.when(F.col("_has_image").isNull(), F.col("image_sha256")))
+            .withColumn("shares_image_bytes", F.coalesce("_shared", F.lit(0)))
+            .drop("_has_image", "_shared", "categories", "caption", "recaption"))
+
+
+def checked_images(images: DataFrame, duplicates: DataFrame) -> DataFrame:
+    """The frame the images suites run on: metadata plus near_duplicate (1 when in a near cluster)."""
+    near = (duplicates.where("group_kind = 'near'").select("image_sha256", F.lit(1).alias("_near"))
+            .dropDuplicates(["image_sha256"]))
+    return (images.select("image_sha256", "format", "width", "height", "image_dhash")
+            .join(near, "image_sha256", "left")
+            .withColumn("near_duplicate", F.coalesce("_near", F.lit(0))).drop("_near"))
+
+
+def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
+    """Every input line's outcome: quarantined 0 for a pair, 1 for a quarantined line."""
+    return (pairs.select(F.lit(0).alias("quarantined"))
+            .unionByName(quarantine.select(F.lit(1).alias("quarantined"))))
+
+
+def _docs_dir(cfg: Config, lake: str, out: str | None) -> str:
+    return str(Path(out).resolve()) if out else str(Path(lake, cfg.quality.docs_dir).resolve())
+
+
+def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
+        run_id: str | None = None) -> Outcome:
+    """Validate the lake's tables; write duplicates and quality_results; build Data Docs."""
+    started = time.monotonic()
+    outcome = Outcome(run_id or time.strftime("v%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:8])
+    missing = [t for t in INGEST_TABLES if not delta_io.exists(spark, lake, t)]
+    if missing:
+        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
+    delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="validate")
+    now = datetime.now(timezone.utc)
+    raw = {t: delta_io.read(spark, lake, t) for t in INGEST_TABLES}
+    if delta_io.exists(spark, lake, "clip_scores"):
+        raw["clip_scores"] = delta_io.read(spark, lake, "clip_scores")
+
+    t0 = time.monotonic()
+    q = cfg.quality
+    rows, stats = dedup.find(raw["pairs"], raw["images"],
+                             dedup.NearParams(q.near_duplicate_distance, q.lsh_bands, q.max_bucket,
+                                              q.max_cluster_rounds, q.driver_cluster_edges))
+    outcome.stats = stats
+    delta_io.replace_all(spark, lake, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
+                         .withColumn("computed_at", F.lit(now)))
+    log.info("stage dedup: %d exact groups (%d pairs), %d near clusters (%d images, %d pairs), "
+             "%d candidate hash pairs, %d matches, %d buckets skipped in %.1fs",
+             stats.exact_groups, stats.exact_pairs, stats.near_clusters, stats.near_images, stats.near_pairs,
+             stats.candidate_pairs, stats.matches, stats.skipped_buckets, time.monotonic() - t0)
+
+    t0 = time.monotonic()
+    frames = {
+        "pairs": checked_pairs(raw["pairs"], raw["images"], rows, cfg, taxonomy(cfg)).cache(),
+        "images": checked_images(raw["images"], rows).cache(),
+        "input_lines": input_lines(raw["pairs"], raw["quarantine"]),
+        "quarantine": raw["quarantine"].select("reason"),
+    }
+    if "clip_scores" in raw:
+        frames["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
+    counts = {name: frames[name].count() for name in ("pairs", "images")}
+    log.info("stage frames: %d pairs, %d images checked in %.1fs", counts["pairs"], counts["images"],
+             time.monotonic() - t0)
+
+    t0 = time.monotonic()
+    runner = quality.Runner(str(Path(lake, q.context_dir).resolve()), _docs_dir(cfg, lake, out),
+                            q.partial_unexpected)
+    params = parameters(cfg)
+    for suite in quality.load_suites():
+        schema_suite = suite.name.startswith("schema.")
+        frame = raw.get(suite.table) if schema_suite else frames.get(suite.table)
+        if frame is None:
+            if suite.table != "clip_scores":
+                raise quality.SuiteError(f"suite {suite.name}: no frame named {suite.table!r}")
+            log.info("suite %s: skipped (no clip_scores table yet)", suite.name)
+            continue
+        results = runner.run(suite, frame, params, outcome.run_id)
+        outcome.results += results
+        failed = [r.expectation for r in results if not r.success]
+        log.info("suite %s: %d expectations, %d failed%s", suite.name, len(results), len(failed),
+                 f" ({', '.join(failed)})" if failed else "")
+    for frame in frames.values():
+        frame.unpersist()
+    log.info("stage suites: %d expectations in %.1fs", len(outcome.results), time.monotonic() - t0)
+
+    t0 = time.monotonic()
+    result_rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **{
+        k: getattr(r, k) for k in ("suite", "suite_group", "table_name", "expectation", "expectation_type",
+                                   "severity", "success", "observed_value", "element_count",
+                                   "unexpected_count", "unexpected_percent", "details")})
+        for r in outcome.results]
+    tdef = schemas.table("quality_results")
+    results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in result_rows], tdef.spark())
+    delta_io.merge_on_key(spark, lake, "quality_results", results_df)
+    outcome.docs_index = runner.build_docs()
+    outcome.seconds = time.monotonic() - started
+    log.info("stage results: %d rows to quality_results, Data Docs at %s in %.1fs", len(result_rows),
+             outcome.docs_index, time.monotonic() - t0)
+    log.info("validate %s: %s (%.1fs)", outcome.run_id, outcome.summary_line(), outcome.seconds)
+    return outcome

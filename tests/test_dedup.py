@@ -1,0 +1,94 @@
+"""Duplicates: exact groups by image bytes, near-duplicate clusters by banded perceptual-hash match."""
+
+import random
+
+import pytest
+
+from s1mmalign import dedup
+
+PAIRS_SCHEMA = "pair_id string, source string, discipline string, image_path string, image_sha256 string, " \
+               "image_dhash bigint"
+
+
+def signed(h: int) -> int:
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def flip(h: int, *bits: int) -> int:
+    for b in bits:
+        h ^= 1 << b
+    return h
+
+
+def frames(spark, images: dict[str, int], pairs: list[tuple[str, str]]):
+    """images: sha -> dhash (unsigned); pairs: (pair_id, sha)."""
+    img_df = spark.createDataFrame([(s, signed(h)) for s, h in images.items()], "image_sha256 string, image_dhash bigint")
+    pair_df = spark.createDataFrame([(p, "arxiv", "physics", f"images/2401/{p}.tar.gz/fig001.png", s,
+                                      signed(images[s])) for p, s in pairs], PAIRS_SCHEMA)
+    return pair_df, img_df
+
+
+def test_bands_cover_all_64_bits_once():
+    for bands in (1, 3, 4, 5, 7, 8):
+        seen = 0
+        for shift, mask in dedup._bands(bands):
+            part = mask << shift
+            assert seen & part == 0
+            seen |= part
+        assert seen == (1 << 64) - 1
+
+
+def test_union_find_joins_chains():
+    assert sorted(dedup._union_find([(5, 3), (3, 9), (20, 21)])) == [(3, 3), (5, 3), (9, 3), (20, 20), (21, 20)]
+
+
+def test_exact_groups_count_distinct_pairs(spark):
+    pairs, _ = frames(spark, {"a": 1, "b": 2, "c": 3},
+                      [("p1", "a"), ("p2", "a"), ("p3", "b"), ("p3", "b"), ("p4", "c")])
+    got = {(r.group_id, r.pair_id, r.group_pairs) for r in dedup.exact_groups(pairs).collect()}
+    # p3 twice is one pair (a doubled row), not bytes shared by two pairs
+    assert got == {("a", "p1", 2), ("a", "p2", 2)}
+
+
+@pytest.mark.parametrize("driver_edges", [1_000_000, 0], ids=["union-find", "spark-rounds"])
+def test_near_clusters_find_every_match_within_k_and_no_other(spark, driver_edges):
+    rng = random.Random(5)
+    base = [rng.getrandbits(64) for _ in range(6)]
+    images = {f"s{i}": h for i, h in enumerate(base)}
+    # s0 ~ n0 (2 bits, in different bands), n0 ~ n1 (2 bits): a chain; s0 and n1 are 4 apart yet one cluster
+    images["n0"] = flip(base[0], 0, 63)
+    images["n1"] = flip(images["n0"], 30, 31)
+    images["same"] = base[1]            # another image with the very same hash
+    images["far"] = flip(base[2], 1, 2, 3)   # 3 bits: over k=2
+    pairs = [(f"p_{s}", s) for s in images] + [("p_extra", "n0")]
+    pair_df, img_df = frames(spark, images, pairs)
+    params = dedup.NearParams(distance=2, bands=3, max_bucket=5000, max_rounds=10, driver_edges=driver_edges)
+    rows, stats = dedup.find(pair_df, img_df, params)
+    near = {(r.group_id, r.pair_id, r.group_pairs, r.group_images, r.distance)
+            for r in rows.collect() if r.group_kind == "near"}
+    g1 = min("s0", "n0", "n1")
+    d = lambda a, b: bin(images[a] ^ images[b]).count("1")  # noqa: E731
+    assert near == {
+        (g1, "p_s0", 4, 3, d("s0", g1)), (g1, "p_n0", 4, 3, d("n0", g1)), (g1, "p_extra", 4, 3, d("n0", g1)),
+        (g1, "p_n1", 4, 3, d("n1", g1)),
+        ("s1", "p_s1", 2, 2, 0), ("s1", "p_same", 2, 2, 0),
+    }
+    # p_n0 and p_extra share n0's bytes: an exact group too
+    assert {(r.group_id, r.pair_id) for r in rows.collect() if r.group_kind == "exact"} == {
+        ("n0", "p_n0"), ("n0", "p_extra")}
+    assert stats.matches == 2 and stats.near_clusters == 2 and stats.exact_groups == 1
+    if driver_edges == 0:
+        assert stats.rounds >= 1
+
+
+def test_oversized_buckets_are_skipped_and_counted(spark):
+    # 40 hashes that agree on band 0 (low 22 bits) and differ elsewhere by many bits
+    rng = random.Random(9)
+    images = {f"s{i}": (rng.getrandbits(42) << 22) | 0x2AAAA for i in range(40)}
+    pair_df, img_df = frames(spark, images, [(f"p{i}", s) for i, s in enumerate(images)])
+    stats = dedup.DedupStats()
+    dedup.near_matches(img_df, dedup.NearParams(2, 3, max_bucket=10, max_rounds=5), stats)
+    assert stats.skipped_buckets == 1 and stats.candidate_pairs == 0
+    stats = dedup.DedupStats()
+    dedup.near_matches(img_df, dedup.NearParams(2, 3, max_bucket=100, max_rounds=5), stats)
+    assert stats.skipped_buckets == 0 and stats.candidate_pairs == 40 * 39 // 2

@@ -1,0 +1,211 @@
+"""jobs/validate's pipeline in a local Spark session: a clean lake passes every suite; each planted
+violation fails exactly the expectations meant to catch it; the duplicates table lists exactly the
+planted duplicates."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from delta.tables import DeltaTable
+from PIL import Image
+
+from s1mmalign import delta_io, ingest, quality, sample, schemas, validate
+
+
+@pytest.fixture(scope="module")
+def strict_cfg(cfg):
+    """Duplicate shares must be 0, so that one planted duplicate fails its (warning) expectation."""
+    thresholds = {**cfg.quality.thresholds, "exact_duplicate_share_max": 0.0, "near_duplicate_share_max": 0.0}
+    return dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, thresholds=thresholds))
+
+
+@pytest.fixture(scope="module")
+def clean_corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clean") / "corpus"
+    sample.generate(root, n_pairs=120, seed=23, faults=False, processes=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean_lake(spark, cfg, clean_corpus, tmp_path_factory) -> Path:
+    lake = tmp_path_factory.mktemp("clean-lake") / "lake"
+    summary = ingest.run(spark, cfg, str(clean_corpus), str(lake))
+    assert summary.quarantined == 0 and summary.pairs > 100
+    return lake
+
+
+@pytest.fixture()
+def lake_copy(clean_lake, tmp_path) -> Path:
+    dest = tmp_path / "lake"
+    shutil.copytree(clean_lake, dest, ignore=shutil.ignore_patterns("_quality"))
+    return dest
+
+
+def failed(outcome) -> set[str]:
+    return {r.key for r in outcome.results if not r.success}
+
+
+def expected_count(with_clip: bool) -> int:
+    return sum(len(s.expectation_names) for s in quality.load_suites()
+               if with_clip or s.table != "clip_scores")
+
+
+def table(spark, lake, name):
+    return delta_io.read(spark, str(lake), name)
+
+
+def test_clean_lake_passes_every_suite(spark, strict_cfg, lake_copy, tmp_path):
+    docs = tmp_path / "docs"
+    outcome = validate.run(spark, strict_cfg, str(lake_copy), out=str(docs))
+    assert failed(outcome) == set(), [(r.key, r.describe(), r.details) for r in outcome.results if not r.success]
+    assert len(outcome.results) == expected_count(with_clip=False)
+    assert table(spark, lake_copy, "duplicates").count() == 0
+    stored = table(spark, lake_copy, "quality_results").where(f"validate_run_id = '{outcome.run_id}'")
+    assert stored.count() == len(outcome.results) and stored.where("NOT success").count() == 0
+    row = stored.where("expectation = 'recaption_present'").first()
+    assert row.suite == "schema_values.pairs" and row.suite_group == "schema_values" and row.severity == "critical"
+    assert json.loads(row.observed_value) == 1.0
+    index = (docs / "index.html").read_text()
+    assert "path_integrity.pairs" in index and "deduplication.images" in index
+    assert list((docs / "validations").rglob("*.html")), "Data Docs has no validation page"
+
+
+def _append_copy_of_a_pair(spark, lake):
+    pairs = delta_io.table_path(str(lake), "pairs")
+    spark.read.format("delta").load(pairs).orderBy("pair_id").limit(1).write.format("delta").mode("append").save(pairs)
+
+
+def _delete_an_image_row(spark, lake):
+    sha = table(spark, lake, "pairs").orderBy("pair_id").first().image_sha256
+    DeltaTable.forPath(spark, delta_io.table_path(str(lake), "images")).delete(f"image_sha256 = '{sha}'")
+
+
+def _dotdot_path(spark, lake):
+    pid = table(spark, lake, "pairs").where("source = 'arxiv'").orderBy("pair_id").first().pair_id
+    DeltaTable.forPath(spark, delta_io.table_path(str(lake), "pairs")).update(
+        f"pair_id = '{pid}'", {"image_path": "regexp_replace(image_path, '^images/', 'images/../')"})
+
+
+def _unknown_flood(spark, lake):
+    DeltaTable.forPath(spark, delta_io.table_path(str(lake), "pairs")).update(
+        "pair_id < '4'", {"discipline": "'unknown'"})
+
+
+def _clip_scores(spark, lake, out_of_range=False, doubled=False):
+    from pyspark.sql import functions as F
+
+    tdef = schemas.table("clip_scores")
+    (DeltaTable.createIfNotExists(spark).location(delta_io.table_path(str(lake), "clip_scores"))
+     .addColumns(tdef.spark()).partitionedBy(*tdef.partition_by).execute())
+    scores = (table(spark, lake, "pairs").select(
+        "pair_id", "discipline", F.lit("ViT-B-32@test").alias("model"),
+        (F.conv(F.substring("pair_id", 1, 4), 16, 10).cast("double") / 65535 * 0.6 - 0.1).alias("score_caption"),
+        F.lit(0.31).alias("score_recaption"), F.lit("ok").alias("status"),
+        F.current_timestamp().alias("scored_at")))
+    first = scores.orderBy("pair_id").limit(1)
+    if out_of_range:
+        scores = scores.withColumn("score_caption", F.when(F.col("pair_id") == first.first().pair_id, 1.5)
+                                   .otherwise(F.col("score_caption")))
+    if doubled:
+        scores = scores.unionByName(first)
+    scores.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "clip_scores"))
+
+
+PLANTS = {
+    "doubled_pair": (_append_copy_of_a_pair,
+                     {"deduplication.pairs:pair_id_unique", "deduplication.pairs:source_image_path_unique"}),
+    "missing_image_row": (_delete_an_image_row, {"path_integrity.pairs:image_row_exists"}),
+    "dotdot_path": (_dotdot_path, {"path_integrity.pairs:image_path_no_dotdot"}),
+    "unknown_flood": (_unknown_flood, {"schema_values.pairs:unknown_discipline_share"}),
+    "score_out_of_range": (lambda s, lake: _clip_scores(s, lake, out_of_range=True),
+                           {"schema_values.clip_scores:score_caption_range"}),
+    "score_doubled": (lambda s, lake: _clip_scores(s, lake, doubled=True),
+                      {"schema_values.clip_scores:one_row_per_pair_model"}),
+}
+
+
+@pytest.mark.parametrize("plant", list(PLANTS))
+def test_each_planted_violation_fails_exactly_its_expectation(spark, strict_cfg, lake_copy, plant):
+    do, expected = PLANTS[plant]
+    do(spark, lake_copy)
+    outcome = validate.run(spark, strict_cfg, str(lake_copy))
+    assert failed(outcome) == expected
+    assert bool(outcome.critical_failures) is True    # each of these is critical: the job exits 1
+    assert expected <= {r.key for r in outcome.critical_failures}
+    with_clip = plant.startswith("score")
+    assert len(outcome.results) == expected_count(with_clip)
+    summary = outcome.summary_line()
+    assert all(key in summary for key in expected)
+
+
+def test_clean_clip_scores_pass(spark, strict_cfg, lake_copy):
+    _clip_scores(spark, lake_copy)
+    outcome = validate.run(spark, strict_cfg, str(lake_copy))
+    assert failed(outcome) == set()
+    assert {r.suite for r in outcome.results} >= {"schema.clip_scores", "schema_values.clip_scores"}
+
+
+def _plant_duplicate_images(corpus: Path) -> dict[str, str]:
+    """Two new bioRxiv records: one whose image is a byte copy of another's, one a retouched copy."""
+    jsonl = corpus / "biorxiv" / "jsonl" / "biorxiv_2020.jsonl"
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    pngs = [r for r in records if r["image_path"].endswith(".png")]
+    exact_src, near_src = pngs[0], pngs[1]
+    images = corpus / "biorxiv"
+    exact_path, near_path = "images/10.1101_2020.900001/fig1.png", "images/10.1101_2020.900002/fig1.png"
+    (images / exact_path).parent.mkdir(parents=True)
+    shutil.copyfile(images / exact_src["image_path"], images / exact_path)
+    im = Image.open(images / near_src["image_path"]).convert("RGB")
+    for x in range(3):
+        im.putpixel((5 + x, 5), (255, 0, 0))      # a few retouched pixels: new bytes, same look
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    (images / near_path).parent.mkdir(parents=True)
+    (images / near_path).write_bytes(buf.getvalue())
+    with jsonl.open("a") as f:
+        for path, src in ((exact_path, exact_src), (near_path, near_src)):
+            f.write(json.dumps({**src, "image_path": path, "doi": "10.1101/" + path.split("/")[1][8:]}) + "\n")
+    return {"exact_src": exact_src["image_path"], "exact": exact_path,
+            "near_src": near_src["image_path"], "near": near_path}
+
+
+def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, clean_corpus, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(clean_corpus, corpus)
+    planted = _plant_duplicate_images(corpus)
+    lake = tmp_path / "lake"
+    ingest.run(spark, cfg, str(corpus), str(lake))
+    outcome = validate.run(spark, strict_cfg, str(lake))
+    assert failed(outcome) == {"deduplication.pairs:exact_duplicate_share",
+                               "deduplication.images:near_duplicate_share"}
+    assert outcome.critical_failures == []          # duplicate shares are warnings: the job exits 0
+    rows = table(spark, lake, "duplicates").collect()
+    got = {(r.group_kind, r.source, r.image_path) for r in rows}
+    assert got == {("exact", "biorxiv", planted["exact_src"]), ("exact", "biorxiv", planted["exact"]),
+                   ("near", "biorxiv", planted["near_src"]), ("near", "biorxiv", planted["near"])}
+    exact = [r for r in rows if r.group_kind == "exact"]
+    assert len({r.group_id for r in exact}) == 1 and exact[0].group_id == exact[0].image_sha256
+    near = [r for r in rows if r.group_kind == "near"]
+    assert len({r.group_id for r in near}) == 1 and {r.group_pairs for r in near} == {2}
+    assert len({r.image_sha256 for r in near}) == 2 and all(r.distance <= cfg.quality.near_duplicate_distance
+                                                            for r in near)
+    assert outcome.stats.exact_groups == 1 and outcome.stats.near_clusters == 1
+    # the default thresholds tolerate one duplicate in ~120 pairs: nothing fails
+    again = validate.run(spark, cfg, str(lake))
+    assert failed(again) == set()
+    assert table(spark, lake, "duplicates").count() == 4         # rebuilt, not doubled
+    results = table(spark, lake, "quality_results")
+    assert results.select("validate_run_id").distinct().count() == 2
+    assert results.count() == 2 * expected_count(with_clip=False)
+
+
+def test_missing_tables_are_a_clear_error(spark, cfg, tmp_path):
+    from s1mmalign.cli import LakeError
+
+    with pytest.raises(LakeError, match="run jobs/ingest.py first"):
+        validate.run(spark, cfg, str(tmp_path / "empty-lake"))
