@@ -25,7 +25,8 @@ def body() -> int:
         raise cli.UsageError(f"--lake {args.lake} is not a folder")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise cli.UsageError(f"--out {args.out} exists and is not a folder")
-    quality.load_suites()   # a broken suite file fails here, before Spark starts
+    quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
+    validate.require_ingested(args.lake)
     spark = session.build(args.lake, cfg)
     try:
         outcome = validate.run(spark, cfg, args.lake, out=args.out)

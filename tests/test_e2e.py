@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def test_scifig300_real_figures(spark, scifig300, tmp_path):
     assert_image_bytes(spark, lake, pairs)
     dims = table_rows(spark, lake, "pairs", "width", "height", "image_bytes")
     assert all(287 <= r.width <= 1275 and r.height > 0 and r.image_bytes > 6000 for r in dims)
+    # 300 real figures pass every expectation, warnings included, and hold no duplicates
+    proc = run_job("validate", "--lake", str(lake))
+    ok(proc)
+    assert verdict(proc).startswith("validate: all ") and "warning" not in verdict(proc)
+    assert table_rows(spark, lake, "duplicates", "pair_id") == []
+    assert (lake / "_quality" / "data_docs" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("kill_after", ["stage archives", "write pairs:"])
@@ -180,3 +187,78 @@ def test_a_folder_without_sources_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "no S1-MMAlign sources under" in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
+
+
+def _relaxed_conf(tmp_path) -> str:
+    """The faults corpus quarantines about a quarter of its lines by design: let that share pass."""
+    conf = tmp_path / "relaxed.yaml"
+    conf.write_text("quality:\n  thresholds:\n    quarantined_share_max: 0.5\n")
+    return str(conf)
+
+
+def verdict(proc: subprocess.CompletedProcess) -> str:
+    """validate's one closing line (spark-submit passes the Python driver's stderr through its stdout)."""
+    lines = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("validate: ")]
+    assert len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_validate_exit_codes_one_line_and_catalog(spark, clean_lake, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(clean_lake, lake)
+    strict = run_job("validate", "--lake", str(lake))
+    assert strict.returncode == 1
+    assert verdict(strict).startswith("validate: 1 critical expectation(s) failed: schema_values.input_lines:quarantined_share")
+    relaxed = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path), "--out", str(tmp_path / "docs"))
+    ok(relaxed)
+    assert (tmp_path / "docs" / "index.html").is_file()
+    from delta.tables import DeltaTable
+    pid = table_rows(spark, lake, "pairs", "pair_id")[0].pair_id
+    DeltaTable.forPath(spark, str(lake / "pairs")).update(f"pair_id = '{pid}'", {"image_path": "'../../etc/passwd'"})
+    planted = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path))
+    assert planted.returncode == 1
+    assert "1 critical expectation(s) failed: path_integrity.pairs:image_path_no_dotdot (1 unexpected of" in verdict(planted)
+    assert "Traceback" not in planted.stderr
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(lake), "-S", "-e",
+                           "SELECT count(DISTINCT validate_run_id), sum(IF(success, 0, 1)) FROM s1mmalign.quality_results;"
+                           "SELECT count(*) FROM s1mmalign.duplicates"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    ok(proc)
+    assert [int(x) for x in proc.stdout.split()] == [3, 1 + 0 + 1, 0]
+
+
+def test_kill_9_mid_validate_then_rerun_equals_one_clean_run(spark, clean_lake, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(clean_lake, lake)
+    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "validate.py"), "--lake", str(lake)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "stage frames" in line:          # duplicates written, results not yet
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    assert table_rows(spark, lake, "quality_results", "suite") == []
+    rerun = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path))
+    ok(rerun)
+    runs = {r.validate_run_id for r in table_rows(spark, lake, "quality_results", "validate_run_id")}
+    assert len(runs) == 1
+    assert {r.validate_run_id for r in table_rows(spark, lake, "duplicates", "validate_run_id")} <= runs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "/nonexistent/lake"], "--lake /nonexistent/lake is not a folder"),
+    (["--lake", "TMP"], "table(s): run jobs/ingest.py first"),
+    (["--lake", "TMP", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--lake", "TMP", "--conf", "/nonexistent.yaml"], "config file not found"),
+])
+def test_validate_bad_flags_are_one_clear_line(args, message, tmp_path):
+    proc = run_job("validate", *[str(tmp_path) if a == "TMP" else a for a in args], submit=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "_catalog").exists(), "Spark started for a lake it cannot validate"

@@ -94,7 +94,7 @@ def read(spark, lake: str, name: str):
 
 
 def exists(spark, lake: str, name: str) -> bool:
-    """Whether table `name` exists under the lake (has a commit)."""
+    """Whether table `name` exists under the lake (has a commit); spark may be None for a local lake."""
     from delta.tables import DeltaTable
 
     path = table_path(lake, name)

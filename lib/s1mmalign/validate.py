@@ -154,6 +154,13 @@ def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
             .unionByName(quarantine.select(F.lit(1).alias("quarantined"))))
 
 
+def require_ingested(lake: str, spark: SparkSession | None = None) -> None:
+    """Raise LakeError unless the ingest tables exist (a local lake is checked without Spark)."""
+    missing = [t for t in INGEST_TABLES if not delta_io.exists(spark, lake, t)]
+    if missing:
+        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
+
+
 def _docs_dir(cfg: Config, lake: str, out: str | None) -> str:
     return str(Path(out).resolve()) if out else str(Path(lake, cfg.quality.docs_dir).resolve())
 
@@ -163,9 +170,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
     """Validate the lake's tables; write duplicates and quality_results; build Data Docs."""
     started = time.monotonic()
     outcome = Outcome(run_id or time.strftime("v%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:8])
-    missing = [t for t in INGEST_TABLES if not delta_io.exists(spark, lake, t)]
-    if missing:
-        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
+    require_ingested(lake, spark)
     delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="validate")
     now = datetime.now(timezone.utc)
     raw = {t: delta_io.read(spark, lake, t) for t in INGEST_TABLES}
