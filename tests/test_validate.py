@@ -96,6 +96,16 @@ def _unknown_flood(spark, lake):
         "pair_id < '4'", {"discipline": "'unknown'"})
 
 
+def _quarantine_flood(spark, lake):
+    from pyspark.sql import functions as F
+
+    flood = table(spark, lake, "pairs").select(
+        "source", "source_file", (F.col("source_line") + 1_000_000).alias("source_line"), F.lit("{").alias("raw"),
+        F.lit(None).cast("string").alias("image_path"), F.lit("malformed_json").alias("reason"),
+        F.lit("planted").alias("detail"), "ingest_run_id", "ingested_at")
+    flood.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "quarantine"))
+
+
 def _clip_scores(spark, lake, out_of_range=False, doubled=False):
     from pyspark.sql import functions as F
 
@@ -122,6 +132,7 @@ PLANTS = {
     "missing_image_row": (_delete_an_image_row, {"path_integrity.pairs:image_row_exists"}),
     "dotdot_path": (_dotdot_path, {"path_integrity.pairs:image_path_no_dotdot"}),
     "unknown_flood": (_unknown_flood, {"schema_values.pairs:unknown_discipline_share"}),
+    "quarantine_flood": (_quarantine_flood, {"schema_values.input_lines:quarantined_share"}),
     "score_out_of_range": (lambda s, lake: _clip_scores(s, lake, out_of_range=True),
                            {"schema_values.clip_scores:score_caption_range"}),
     "score_doubled": (lambda s, lake: _clip_scores(s, lake, doubled=True),
