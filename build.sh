@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything on a fresh machine; safe to re-run (each step skips what is already done).
 #   ./build.sh          set up only
-#   ./build.sh sample   set up, then ingest the embedded sample corpus end to end (spark-submit)
-#   ./build.sh test     set up, then run the whole test suite (what .ci/run does)
+#   ./build.sh sample   set up, then ingest and validate the embedded sample corpus (spark-submit)
+#   ./build.sh test     set up (with the CLIP stack), then run the whole test suite (what .ci/run does)
+#   ./build.sh clip     set up with the CLIP stack (torch, open_clip) for jobs/score_clip.py
 #   .venv/            Python 3.11 virtual environment with the pinned packages (+ test extras)
 #   jars/             Delta Lake jars from Maven Central, resolved once (pom.xml)
 #   dist/s1mmalign.zip  lib/ + conf/ + schemas/ + expectations/ for spark-submit --py-files on a cluster
@@ -13,10 +14,13 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.s1mmalign-installed
+# The tests also need the CLIP stack (torch, open_clip: several GB, as PyPI's torch is a CUDA build).
+extras=test
+if [ "${1:-}" = test ] || [ "${1:-}" = clip ]; then extras=test,clip; fi
+stamp=".venv/.s1mmalign-installed-${extras/,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
   touch "$stamp"
 fi
 
@@ -45,7 +49,7 @@ echo "build.sh: ready (.venv, $(ls jars/*.jar | wc -l) jars, dist/s1mmalign.zip)
 
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-}" in
-  "") ;;
+  "" | clip) ;;
   sample)
     # Ingest, then validate. The embedded sample: 1,000 pairs over arXiv (yearly archives, one split into parts), a bioRxiv-like
     # unpacked tree and a ChemRxiv-like archive, with every kind of bad input; generated on first use.
@@ -83,7 +87,7 @@ case "${1:-}" in
     exit "$rc"
     ;;
   *)
-    echo "build.sh: unknown command '$1' (use: sample, test, or nothing)" >&2
+    echo "build.sh: unknown command '$1' (use: sample, test, clip, or nothing)" >&2
     exit 2
     ;;
 esac

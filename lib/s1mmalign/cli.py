@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Callable
 
+from s1mmalign.clip import ClipError
 from s1mmalign.config import ConfigError
 from s1mmalign.quality import SuiteError
 from s1mmalign.storage import SourceError
@@ -46,7 +47,7 @@ def main(prog: str, body: Callable[[], int]) -> None:
     """Run a job body; known failures become one line on stderr and a non-zero exit."""
     try:
         code = body()
-    except (ConfigError, SourceError, UsageError, SuiteError) as exc:
+    except (ConfigError, SourceError, UsageError, SuiteError, ClipError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -69,6 +69,19 @@ class QualityConf:
 
 
 @dataclass(frozen=True)
+class ClipConf:
+    model: str = "ViT-B-32"
+    checkpoint: str | None = None
+    text_strategy: str = "truncate"       # truncate | chunk_mean
+    batch_size: int = 256
+    decode_threads: int = 4
+    device: str = "auto"                  # auto | cpu | cuda
+    torch_threads: int = 0                # 0: torch's default
+    cache_dir: str = "~/.cache/s1mmalign/checkpoints"
+    spark_extra: Mapping[str, str] = field(default_factory=dict)   # e.g. GPU scheduling, for score_clip only
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConf
     catalog: CatalogConf
@@ -76,6 +89,7 @@ class Config:
     s3: S3Conf
     disciplines: Mapping[str, Any]
     quality: QualityConf = field(default_factory=QualityConf)
+    clip: ClipConf = field(default_factory=ClipConf)
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -98,8 +112,9 @@ def _section(cls, values: Mapping | None, name: str):
         values["formats"] = tuple(str(v).upper() for v in values["formats"])
     if "arxiv_sources" in values:
         values["arxiv_sources"] = tuple(str(v) for v in values["arxiv_sources"])
-    if "extra" in values:
-        values["extra"] = {str(k): str(v) for k, v in (values["extra"] or {}).items()}
+    for key in ("extra", "spark_extra"):
+        if key in values:
+            values[key] = {str(k): str(v) for k, v in (values[key] or {}).items()}
     if "layouts" in values:
         values["layouts"] = {str(k): str(v) for k, v in (values["layouts"] or {}).items()}
     if "thresholds" in values:
@@ -141,7 +156,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality"}
+    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     return Config(
@@ -151,4 +166,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         s3=_section(S3Conf, merged.get("s3"), "s3"),
         disciplines=disciplines,
         quality=_section(QualityConf, merged.get("quality"), "quality"),
+        clip=_section(ClipConf, merged.get("clip"), "clip"),
     )

@@ -1,0 +1,264 @@
+"""CLIP image/caption alignment with open_clip: plain PyTorch, no Spark.
+
+A Scorer holds one model (fp16 on CUDA, fp32 on CPU, chosen at run time) and scores batches of
+(image bytes, caption, recaption): the cosine similarity of the image embedding with each text's.
+Images are decoded and preprocessed on CPU threads while the model works on the previous batch.
+Weights come from a local file or s3:// (safetensors, or a torch file read with weights_only=True: no
+pickled code runs), never from a model hub. Captions over CLIP's 77 tokens are either truncated (CLIP's
+standard) or embedded as the mean of consecutive 77-token windows (`chunk_mean`).
+A bad image or an empty text gives a null score and a status for that pair, never a failed batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS = "RANDOM-WEIGHTS-NOT-REAL-SCORES"
+STRATEGIES = ("truncate", "chunk_mean")
+
+
+class ClipError(ValueError):
+    """A model or checkpoint that cannot be used, said in one line."""
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    model: str = "ViT-B-32"
+    checkpoint: str | None = None        # local path or s3://bucket/key
+    random_weights: bool = False         # testing only: the model id then says so
+    model_config: str | None = None      # an open_clip JSON config for a model that is not built in
+    text_strategy: str = "truncate"
+    batch_size: int = 256
+    decode_threads: int = 4
+    device: str = "auto"                 # auto | cpu | cuda
+    cache_dir: str = "~/.cache/s1mmalign/checkpoints"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: bytes | None
+    caption: str | None
+    recaption: str | None
+
+
+@dataclass(frozen=True)
+class Score:
+    score_caption: float | None
+    score_recaption: float | None
+    status: str                          # ok, or what made a score null (comma-separated)
+
+
+def local_checkpoint(spec: ScorerSpec) -> Path:
+    """The checkpoint as a local file: the path itself, or an s3:// object downloaded once to the cache."""
+    if not spec.checkpoint:
+        raise ClipError("no checkpoint: pass --checkpoint PATH_OR_S3_URI (models are never fetched from a hub; "
+                        "random weights only with --random-weights-for-testing)")
+    if not spec.checkpoint.startswith("s3://"):
+        path = Path(spec.checkpoint).expanduser()
+        if not path.is_file():
+            raise ClipError(f"checkpoint {spec.checkpoint} is not a file")
+        return path
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = spec.checkpoint[len("s3://"):].partition("/")
+    client = boto3.client("s3", endpoint_url=spec.s3_endpoint_url, region_name=spec.s3_region)
+    try:
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        dest = Path(spec.cache_dir).expanduser() / f"{hashlib.sha256(f'{bucket}/{key}@{etag}'.encode()).hexdigest()[:24]}" \
+            / Path(key).name
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + f".part{os.getpid()}")
+            client.download_file(bucket, key, str(part))
+            part.replace(dest)
+    except (BotoCoreError, ClientError) as exc:
+        raise ClipError(f"checkpoint {spec.checkpoint} cannot be read: {exc}") from None
+    return dest
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_id(spec: ScorerSpec) -> str:
+    """What identifies the scores of this model: name + checkpoint digest (or the random-weights mark)."""
+    if spec.random_weights and not spec.checkpoint:
+        return f"{spec.model}@{RANDOM_WEIGHTS}"
+    return f"{spec.model}@sha256:{file_digest(local_checkpoint(spec))[:16]}"
+
+
+class Scorer:
+    """One open_clip model, reused across batches."""
+
+    def __init__(self, spec: ScorerSpec):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")   # belt and braces: nothing is fetched from a hub
+        import open_clip
+        import torch
+
+        if spec.text_strategy not in STRATEGIES:
+            raise ClipError(f"text strategy {spec.text_strategy!r} is not one of {STRATEGIES}")
+        if spec.model_config:
+            open_clip.add_model_config(spec.model_config)
+        if spec.model not in open_clip.list_models():
+            raise ClipError(f"unknown open_clip model {spec.model!r}")
+        if not spec.checkpoint and not spec.random_weights:
+            local_checkpoint(spec)   # raises the one-line refusal
+        self.spec = spec
+        self.torch = torch
+        cuda = spec.device in ("auto", "cuda") and torch.cuda.is_available()
+        if spec.device == "cuda" and not cuda:
+            raise ClipError("--device cuda asked, but torch sees no CUDA device")
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.dtype = torch.float16 if cuda else torch.float32
+        if spec.random_weights and not spec.checkpoint:
+            torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=None)
+        if spec.checkpoint:
+            path = local_checkpoint(spec)
+            try:
+                open_clip.load_checkpoint(model, str(path), weights_only=True)
+            except Exception as exc:  # noqa: BLE001  pickled code, wrong keys or shapes, not a checkpoint
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ClipError(f"checkpoint {spec.checkpoint} is not a plain {spec.model} state dict: {first}") from None
+        self.model = model.to(self.device, self.dtype).eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(spec.model)
+        self.context = int(getattr(self.tokenizer, "context_length", 77) or 77)
+        self.model_id = model_id(spec)
+        self.pool = ThreadPoolExecutor(max(1, spec.decode_threads), thread_name_prefix="clip-decode")
+        log.info("CLIP %s on %s (%s), text %s", self.model_id, self.device, self.dtype, spec.text_strategy)
+
+    # -- CPU side: decode, preprocess, tokenize --------------------------------------------------
+    def _image(self, data: bytes | None):
+        from PIL import Image
+
+        if not data:
+            return None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return self.preprocess(im.convert("RGB"))
+        except Exception:  # noqa: BLE001  any undecodable image: a null score with a status, never a failed batch
+            return None
+
+    def _windows(self, text: str) -> list[list[int]]:
+        """Token id lists (sot + up to context-2 tokens + eot) for one text, per the strategy."""
+        tok = self.tokenizer
+        ids = tok.encode(text)
+        body = self.context - 2
+        if self.spec.text_strategy == "truncate" or len(ids) <= body:
+            return [[tok.sot_token_id] + ids[:body] + [tok.eot_token_id]]
+        return [[tok.sot_token_id] + ids[i:i + body] + [tok.eot_token_id] for i in range(0, len(ids), body)]
+
+    def prepare(self, pairs: Sequence[Pair]):
+        """Everything before the model, on CPU threads: image tensors and token windows."""
+        torch = self.torch
+        images = list(self.pool.map(self._image, [p.image for p in pairs]))
+        windows, owner = [], []       # owner: (pair index, 0 caption | 1 recaption) per window
+        for i, p in enumerate(pairs):
+            for j, text in enumerate((p.caption, p.recaption)):
+                if text and text.strip():
+                    for w in self._windows(text):
+                        windows.append(w)
+                        owner.append((i, j))
+        tokens = torch.zeros(len(windows), self.context, dtype=torch.long)
+        for k, w in enumerate(windows):
+            tokens[k, :len(w)] = torch.tensor(w)
+        ok = [i for i, t in enumerate(images) if t is not None]
+        stack = torch.stack([images[i] for i in ok]) if ok else None
+        return len(pairs), ok, stack, tokens, owner
+
+    # -- model side ---------------------------------------------------------------------------
+    def run(self, prepared) -> list[Score]:
+        """Embeddings and cosine similarities for one prepared batch."""
+        torch = self.torch
+        n, ok, stack, tokens, owner = prepared
+        dim = None
+        with torch.inference_mode():
+            img = None
+            if stack is not None:
+                img = self.model.encode_image(stack.to(self.device, self.dtype, non_blocking=True), normalize=True)
+                dim = img.shape[1]
+            txt = None
+            if len(owner):
+                txt = self.model.encode_text(tokens.to(self.device, non_blocking=True), normalize=True)
+                dim = txt.shape[1]
+            if dim is None:
+                return [Score(None, None, "image_unreadable,caption_empty,recaption_empty")] * n
+            # mean of window embeddings per (pair, text), renormalized (one window: the embedding itself)
+            sums = torch.zeros(n * 2, dim, device=self.device, dtype=torch.float32)
+            if txt is not None:
+                index = torch.tensor([i * 2 + j for i, j in owner], device=self.device)
+                sums.index_add_(0, index, txt.float())
+            text_emb = torch.nn.functional.normalize(sums, dim=-1).view(n, 2, dim)
+            img_emb = torch.zeros(n, dim, device=self.device, dtype=torch.float32)
+            if img is not None:
+                img_emb[torch.tensor(ok, device=self.device)] = img.float()
+            cos = torch.einsum("nd,ntd->nt", img_emb, text_emb).cpu().tolist()
+        has_text = [[False, False] for _ in range(n)]
+        for i, j in owner:
+            has_text[i][j] = True
+        good = set(ok)
+        out = []
+        for i in range(n):
+            status = []
+            if i not in good:
+                status.append("image_unreadable")
+            if not has_text[i][0]:
+                status.append("caption_empty")
+            if not has_text[i][1]:
+                status.append("recaption_empty")
+            sc = cos[i][0] if i in good and has_text[i][0] else None
+            sr = cos[i][1] if i in good and has_text[i][1] else None
+            out.append(Score(sc, sr, ",".join(status) or "ok"))
+        return out
+
+    def score(self, pairs: Sequence[Pair]) -> list[Score]:
+        """Scores for one batch of pairs."""
+        return self.run(self.prepare(pairs))
+
+    def score_batches(self, batches: Iterable[Sequence[Pair]]) -> Iterator[list[Score]]:
+        """Scores batch by batch; the next batch is decoded on CPU threads while the model runs."""
+        feeder = ThreadPoolExecutor(1, thread_name_prefix="clip-prepare")
+        try:
+            it = iter(batches)
+            first = next(it, None)
+            if first is None:
+                return
+            pending = feeder.submit(self.prepare, first)
+            for batch in it:
+                ready = pending.result()
+                pending = feeder.submit(self.prepare, batch)
+                yield self.run(ready)
+            yield self.run(pending.result())
+        finally:
+            feeder.shutdown(wait=True)
+
+
+_CACHE: dict[ScorerSpec, Scorer] = {}
+_LOCK = threading.Lock()
+
+
+def scorer_for(spec: ScorerSpec) -> Scorer:
+    """The Scorer of this process for spec (one model per Python worker, reused across tasks)."""
+    with _LOCK:
+        if spec not in _CACHE:
+            _CACHE[spec] = Scorer(spec)
+        return _CACHE[spec]

@@ -1,0 +1,116 @@
+"""CLIP scoring inside Spark: pairs not yet scored by a model, joined with their thumbnails, scored in
+Python workers (one model per worker, reused across batches) and MERGEd into clip_scores.
+
+Incremental and idempotent: pairs that already have a row for this model id (name + checkpoint digest)
+are not read again; a re-run, or a re-run after a crash, inserts only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from s1mmalign import clip, delta_io, schemas
+from s1mmalign.cli import LakeError
+from s1mmalign.config import Config
+
+log = logging.getLogger(__name__)
+
+NEEDED = ("pairs", "images")
+
+
+def spec_from(cfg: Config, model: str | None = None, checkpoint: str | None = None,
+              random_weights: bool = False, model_config: str | None = None) -> clip.ScorerSpec:
+    """The scorer's spec: conf (clip section) overridden by the job's flags."""
+    c = cfg.clip
+    return clip.ScorerSpec(model=model or c.model, checkpoint=checkpoint or c.checkpoint,
+                           random_weights=random_weights, model_config=model_config,
+                           text_strategy=c.text_strategy, batch_size=c.batch_size,
+                           decode_threads=c.decode_threads, device=c.device, cache_dir=c.cache_dir,
+                           s3_endpoint_url=cfg.s3.endpoint_url, s3_region=cfg.s3.region)
+
+
+def require_ingested(lake: str) -> None:
+    missing = [t for t in NEEDED if not delta_io.exists(None, lake, t)]
+    if missing:
+        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
+
+
+def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
+    """The mapInArrow function: rows (pair_id, discipline, caption, recaption, thumbnail) -> clip_scores."""
+    out_schema = schemas.table("clip_scores").arrow()
+
+    def run(batches):
+        import pyarrow as pa
+
+        import torch
+
+        scorer = clip.scorer_for(spec)
+        # On CPU every task is already one of the executor's cores: one torch thread each unless told.
+        if torch_threads or scorer.device.type == "cpu":
+            torch.set_num_threads(torch_threads or 1)
+        if scorer.model_id != model_id:
+            raise clip.ClipError(f"checkpoint changed under the job: {scorer.model_id} != {model_id}")
+        pending = []
+
+        def groups():
+            for batch in batches:
+                rows = batch.to_pylist()
+                for start in range(0, len(rows), spec.batch_size):
+                    chunk = rows[start:start + spec.batch_size]
+                    pending.append(chunk)
+                    yield [clip.Pair(r["thumbnail"], r["caption"], r["recaption"]) for r in chunk]
+
+        for scores in scorer.score_batches(groups()):
+            chunk = pending.pop(0)
+            now = datetime.now(timezone.utc)
+            yield pa.RecordBatch.from_pylist([
+                {"pair_id": r["pair_id"], "discipline": r["discipline"], "model": model_id,
+                 "score_caption": s.score_caption, "score_recaption": s.score_recaption,
+                 "status": s.status, "scored_at": now}
+                for r, s in zip(chunk, scores)], schema=out_schema)
+    return run
+
+
+def unscored(spark: SparkSession, lake: str, model_id: str) -> DataFrame:
+    """Pairs with no clip_scores row for model_id (no thumbnails yet)."""
+    done = delta_io.read(spark, lake, "clip_scores").where(F.col("model") == model_id).select("pair_id")
+    return (delta_io.read(spark, lake, "pairs").select("pair_id", "discipline", "caption", "recaption", "image_sha256")
+            .join(done, "pair_id", "left_anti"))
+
+
+def with_thumbnails(spark: SparkSession, lake: str, todo: DataFrame) -> DataFrame:
+    """todo plus each pair's thumbnail (null when its image row is gone: scored as image_unreadable)."""
+    thumbs = delta_io.read(spark, lake, "images").select("image_sha256", "thumbnail")
+    return todo.join(thumbs, "image_sha256", "left").drop("image_sha256")
+
+
+def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec) -> dict:
+    """Score every pair not yet scored by spec's model; returns counts."""
+    started = time.monotonic()
+    require_ingested(lake)
+    mid = clip.model_id(spec)       # reads (and for s3://, downloads) the checkpoint once, on the driver
+    delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="score_clip")
+    todo = unscored(spark, lake, mid).localCheckpoint()     # small: ids and captions, no image bytes
+    n = todo.count()
+    log.info("stage plan: model %s, %d pairs to score", mid, n)
+    if n == 0:
+        return {"model": mid, "scored": 0, "seconds": time.monotonic() - started}
+    # one task per default-parallelism slot: each Python worker loads the model once
+    parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_size - 1) // spec.batch_size))
+    scored = with_thumbnails(spark, lake, todo.repartition(parts)).mapInArrow(score_task(spec, mid, cfg.clip.torch_threads),
+                                                schemas.table("clip_scores").spark())
+    t0 = time.monotonic()
+    metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored)
+    inserted = int(metrics.get("numTargetRowsInserted", 0))
+    secs = time.monotonic() - t0
+    stats = (delta_io.read(spark, lake, "clip_scores").where(F.col("model") == mid)
+             .groupBy("status").count().collect())
+    log.info("stage score: %d pairs scored in %.1fs (%.1f pairs/s); statuses for this model: %s",
+             inserted, secs, inserted / secs if secs else 0.0,
+             ", ".join(f"{r['status']}={r['count']}" for r in sorted(stats, key=lambda r: r["status"])))
+    return {"model": mid, "scored": inserted, "seconds": time.monotonic() - started}

@@ -1,0 +1,204 @@
+"""The CLIP scorer on CPU with a tiny open_clip model whose random weights the test saves as a checkpoint:
+the real loading path, agreement with open_clip's own reference, text strategies, bad inputs, refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from conftest import BIN
+from helpers import free_port, wait_port
+from s1mmalign import clip, images
+
+TINY = str(Path(__file__).parent / "data" / "tiny-clip.json")
+open_clip.add_model_config(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny-clip model with random weights (seed 3), saved as safetensors."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def figures(scifig300) -> list[tuple[bytes, str, str]]:
+    recs = [json.loads(line) for line in (scifig300 / "arxiv/jsonl/24_recaption.jsonl").read_text().splitlines()
+            if line.strip()][:24]
+    with tarfile.open(scifig300 / "arxiv/images_2024.tar.gz") as tar:
+        data = {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+    return [(data[r["image_path"]], r["caption"], r["recaption"]) for r in recs]
+
+
+def spec(ckpt, **kw) -> clip.ScorerSpec:
+    return clip.ScorerSpec(model="tiny-clip", checkpoint=str(ckpt), model_config=TINY, device="cpu",
+                           batch_size=8, **kw)
+
+
+def reference(ckpt, figs, chunk: bool) -> list[tuple[float, float]]:
+    """open_clip by hand: its model, checkpoint loader, preprocessing and tokenizer."""
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained=None)
+    open_clip.load_checkpoint(model, str(ckpt))
+    model.eval()
+    tok = open_clip.get_tokenizer("tiny-clip")
+
+    def text_emb(text):
+        if not chunk:
+            return model.encode_text(tok([text]), normalize=True)[0]
+        ids = tok.encode(text)
+        wins = [ids[i:i + 75] for i in range(0, len(ids), 75)]
+        t = torch.zeros(len(wins), 77, dtype=torch.long)
+        for k, w in enumerate(wins):
+            row = [tok.sot_token_id] + w + [tok.eot_token_id]
+            t[k, :len(row)] = torch.tensor(row)
+        return torch.nn.functional.normalize(model.encode_text(t, normalize=True).mean(0), dim=-1)
+
+    out = []
+    with torch.no_grad():
+        for data, cap, recap in figs:
+            img = model.encode_image(preprocess(Image.open(io.BytesIO(data)).convert("RGB"))[None], normalize=True)[0]
+            out.append((float(img @ text_emb(cap)), float(img @ text_emb(recap))))
+    return out
+
+
+@pytest.mark.parametrize("strategy", clip.STRATEGIES)
+def test_scores_agree_with_open_clip_reference(tiny_checkpoint, figures, strategy):
+    scorer = clip.Scorer(spec(tiny_checkpoint, text_strategy=strategy))
+    pairs = [clip.Pair(*f) for f in figures]
+    got = [s for batch in scorer.score_batches([pairs[i:i + 8] for i in range(0, len(pairs), 8)]) for s in batch]
+    want = reference(tiny_checkpoint, figures, chunk=strategy == "chunk_mean")
+    assert all(s.status == "ok" for s in got)
+    for s, (wc, wr) in zip(got, want):
+        assert abs(s.score_caption - wc) < 1e-4 and abs(s.score_recaption - wr) < 1e-4
+    long = [f for f in figures if len(scorer.tokenizer.encode(f[2])) > 75]
+    assert long, "some recaptions must run over 77 tokens for the strategies to differ"
+
+
+def test_strategies_differ_only_on_long_texts(tiny_checkpoint, figures):
+    trunc = clip.Scorer(spec(tiny_checkpoint, text_strategy="truncate"))
+    mean = clip.Scorer(spec(tiny_checkpoint, text_strategy="chunk_mean"))
+    pairs = [clip.Pair(*f) for f in figures]
+    a, b = trunc.score(pairs), mean.score(pairs)
+    for (data, cap, recap), x, y in zip(figures, a, b):
+        if len(trunc.tokenizer.encode(recap)) > 75:
+            assert abs(x.score_recaption - y.score_recaption) > 1e-6
+        else:
+            assert abs(x.score_recaption - y.score_recaption) < 1e-6
+    assert trunc.score(pairs) == a, "scores are deterministic"
+
+
+def test_thumbnails_sit_close_to_originals(tiny_checkpoint, figures, capsys):
+    """How far scores from the ingest's 256 px JPEG thumbnails sit from scores from the original files."""
+    scorer = clip.Scorer(spec(tiny_checkpoint))
+    policy = images.ImagePolicy()
+    thumbs = [images.analyze(data, policy).thumbnail for data, _, _ in figures]
+    orig = scorer.score([clip.Pair(*f) for f in figures])
+    small = scorer.score([clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures)])
+    diffs = [abs(a.score_caption - b.score_caption) for a, b in zip(orig, small)] + \
+            [abs(a.score_recaption - b.score_recaption) for a, b in zip(orig, small)]
+    spread = max(a.score_caption for a in orig) - min(a.score_caption for a in orig)
+    with capsys.disabled():
+        print(f"\nthumbnail vs original (tiny random CLIP, {len(figures)} figures): mean |diff| "
+              f"{sum(diffs) / len(diffs):.5f}, max {max(diffs):.5f}, score spread {spread:.5f}")
+    assert max(diffs) < 0.05
+
+
+def test_bad_images_and_empty_texts_give_null_scores_not_a_failed_batch(tiny_checkpoint, figures):
+    scorer = clip.Scorer(spec(tiny_checkpoint))
+    good = figures[0]
+    got = scorer.score([clip.Pair(b"not an image", good[1], good[2]), clip.Pair(None, good[1], good[2]),
+                        clip.Pair(good[0], "  ", good[2]), clip.Pair(good[0], good[1], None),
+                        clip.Pair(good[0][: len(good[0]) // 3], good[1], good[2]), clip.Pair(*good)])
+    assert [s.status for s in got] == ["image_unreadable", "image_unreadable", "caption_empty",
+                                       "recaption_empty", "image_unreadable", "ok"]
+    assert got[0].score_caption is None and got[0].score_recaption is None
+    assert got[2].score_caption is None and got[2].score_recaption == pytest.approx(got[5].score_recaption, abs=1e-6)
+    assert got[3].score_recaption is None and got[3].score_caption == pytest.approx(got[5].score_caption, abs=1e-6)
+
+
+def test_model_id_names_the_checkpoint_or_says_random(tiny_checkpoint):
+    mid = clip.model_id(spec(tiny_checkpoint))
+    assert mid.startswith("tiny-clip@sha256:") and len(mid.split(":")[1]) == 16
+    rnd = clip.ScorerSpec(model="tiny-clip", random_weights=True, model_config=TINY)
+    assert clip.model_id(rnd) == f"tiny-clip@{clip.RANDOM_WEIGHTS}"
+    assert clip.Scorer(rnd).model_id == clip.model_id(rnd)
+
+
+def test_refusals(tmp_path, tiny_checkpoint):
+    with pytest.raises(clip.ClipError, match="no checkpoint"):
+        clip.Scorer(clip.ScorerSpec(model="tiny-clip", model_config=TINY))
+    with pytest.raises(clip.ClipError, match="is not a file"):
+        clip.Scorer(spec(tmp_path / "nope.safetensors"))
+    with pytest.raises(clip.ClipError, match="unknown open_clip model"):
+        clip.Scorer(clip.ScorerSpec(model="no-such-model", random_weights=True))
+    with pytest.raises(clip.ClipError, match="not a plain"):   # a checkpoint of another architecture
+        clip.Scorer(clip.ScorerSpec(model="ViT-B-32", checkpoint=str(tiny_checkpoint)))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['EVIL_MARK']}",))
+
+
+def test_pickled_code_in_a_checkpoint_never_runs(tmp_path, monkeypatch):
+    mark = tmp_path / "pwned"
+    monkeypatch.setenv("EVIL_MARK", str(mark))
+    bad = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Evil()}, bad)
+    with pytest.raises(clip.ClipError, match="not a plain"):
+        clip.Scorer(clip.ScorerSpec(model="tiny-clip", checkpoint=str(bad), model_config=TINY))
+    assert not mark.exists()
+
+
+def test_a_torch_state_dict_loads_like_safetensors(tmp_path, tiny_checkpoint, figures):
+    from safetensors.torch import load_file
+
+    pt = tmp_path / "tiny.pt"
+    torch.save(load_file(str(tiny_checkpoint)), pt)
+    a = clip.Scorer(spec(tiny_checkpoint)).score([clip.Pair(*figures[0])])
+    b = clip.Scorer(spec(pt)).score([clip.Pair(*figures[0])])
+    assert a == b
+
+
+def test_checkpoint_from_s3(tmp_path, tiny_checkpoint, figures, monkeypatch):
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    try:
+        wait_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="models")
+        s3.upload_file(str(tiny_checkpoint), "models", "clip/tiny-clip.safetensors")
+        remote = clip.ScorerSpec(model="tiny-clip", checkpoint="s3://models/clip/tiny-clip.safetensors",
+                                 model_config=TINY, device="cpu", cache_dir=str(tmp_path / "cache"),
+                                 s3_endpoint_url=endpoint)
+        assert clip.model_id(remote) == clip.model_id(spec(tiny_checkpoint))
+        got = clip.Scorer(remote).score([clip.Pair(*figures[0])])
+        assert got == clip.Scorer(spec(tiny_checkpoint)).score([clip.Pair(*figures[0])])
+        assert len(list((tmp_path / "cache").rglob("tiny-clip.safetensors"))) == 1
+        missing = clip.ScorerSpec(model="tiny-clip", checkpoint="s3://models/nope.safetensors", model_config=TINY,
+                                  s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache"))
+        with pytest.raises(clip.ClipError, match="cannot be read"):
+            clip.model_id(missing)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
