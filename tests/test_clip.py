@@ -202,3 +202,21 @@ def test_checkpoint_from_s3(tmp_path, tiny_checkpoint, figures, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_device_decode_path_agrees_with_pillow(tiny_checkpoint, figures):
+    """The torch decode path (nvJPEG + resize on the GPU when there is one; here on the CPU) scores the
+    ingest's JPEG thumbnails like open_clip's Pillow preprocessing, and falls back for non-JPEGs."""
+    policy = images.ImagePolicy()
+    thumbs = [images.analyze(data, policy).thumbnail for data, _, _ in figures]
+    items = [clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures)]
+    items.append(clip.Pair(figures[0][0], figures[0][1], figures[0][2]))          # a PNG: Pillow path
+    items.append(clip.Pair(thumbs[0][:200], figures[0][1], figures[0][2]))        # a broken JPEG
+    pil = clip.Scorer(spec(tiny_checkpoint, image_decode="pil")).score(items)
+    dev_scorer = clip.Scorer(spec(tiny_checkpoint, image_decode="torch"))
+    assert dev_scorer.decode_on_device
+    dev = dev_scorer.score(items)
+    assert [s.status for s in dev] == [s.status for s in pil] and dev[-1].status == "image_unreadable"
+    worst = max(abs(a.score_caption - b.score_caption) for a, b in zip(pil[:-1], dev[:-1]))
+    assert worst < 5e-3, worst
+    assert dev[-2] == pil[-2]

@@ -14,6 +14,7 @@ import tarfile
 import pytest
 
 from conftest import BIN, REPO, run_job
+from test_clip import TINY, tiny_checkpoint  # noqa: F401  (fixture)
 from helpers import assert_image_bytes, assert_invariant, free_port, manifest, snapshot, table_rows, wait_port
 
 pytestmark = pytest.mark.e2e
@@ -260,3 +261,21 @@ def test_validate_bad_flags_are_one_clear_line(args, message, tmp_path):
     assert message in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "_catalog").exists(), "Spark started for a lake it cannot validate"
+
+
+def test_score_clip_through_spark_submit(spark, clean_lake, tmp_path, tiny_checkpoint):
+    lake = tmp_path / "lake"
+    shutil.copytree(clean_lake, lake)
+    args = ["--lake", str(lake), "--model", "tiny-clip", "--model-config", TINY, "--checkpoint", str(tiny_checkpoint)]
+    first = run_job("score_clip", *args)
+    ok(first)
+    pairs = len(table_rows(spark, lake, "pairs", "pair_id"))
+    assert f"score_clip: {pairs} pairs scored by tiny-clip@sha256:" in first.stdout
+    scores = table_rows(spark, lake, "clip_scores", "pair_id", "score_caption", "score_recaption", "status")
+    assert len(scores) == pairs and all(-1 <= r.score_caption <= 1 and r.status == "ok" for r in scores)
+    again = run_job("score_clip", *args, submit=False)
+    ok(again)
+    assert "score_clip: 0 pairs scored" in again.stdout
+    refused = run_job("score_clip", "--lake", str(lake), submit=False)
+    assert refused.returncode == 2 and "no checkpoint" in refused.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in refused.stderr

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "RANDOM-WEIGHTS-NOT-REAL-SCORES"
 STRATEGIES = ("truncate", "chunk_mean")
+DECODERS = ("auto", "pil", "torch")
 
 
 class ClipError(ValueError):
@@ -41,6 +42,7 @@ class ScorerSpec:
     batch_size: int = 256
     decode_threads: int = 4
     device: str = "auto"                 # auto | cpu | cuda
+    image_decode: str = "auto"           # pil | torch (JPEG decode + resize/crop on the model's device) | auto
     cache_dir: str = "~/.cache/s1mmalign/checkpoints"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
@@ -115,6 +117,8 @@ class Scorer:
 
         if spec.text_strategy not in STRATEGIES:
             raise ClipError(f"text strategy {spec.text_strategy!r} is not one of {STRATEGIES}")
+        if spec.image_decode not in DECODERS:
+            raise ClipError(f"image decode {spec.image_decode!r} is not one of {DECODERS}")
         if spec.model_config:
             open_clip.add_model_config(spec.model_config)
         if spec.model not in open_clip.list_models():
@@ -140,6 +144,12 @@ class Scorer:
                 raise ClipError(f"checkpoint {spec.checkpoint} is not a plain {spec.model} state dict: {first}") from None
         self.model = model.to(self.device, self.dtype).eval()
         self.preprocess = preprocess
+        self.decode_on_device = spec.image_decode == "torch" or (spec.image_decode == "auto" and cuda)
+        pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = pcfg.get("size", model.visual.image_size)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean = torch.tensor(pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
         self.tokenizer = open_clip.get_tokenizer(spec.model)
         self.context = int(getattr(self.tokenizer, "context_length", 77) or 77)
         self.model_id = model_id(spec)
@@ -158,6 +168,39 @@ class Scorer:
         except Exception:  # noqa: BLE001  any undecodable image: a null score with a status, never a failed batch
             return None
 
+    def _images_on_device(self, datas: Sequence[bytes | None]) -> list:
+        """JPEGs decoded (nvJPEG on CUDA) and resized/cropped/normalized with torch on the model's device,
+        as open_clip's preprocessing does (shorter side to size, bicubic with antialias, center crop).
+        Anything that is not a JPEG, or fails, goes through the PIL path."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        torch = self.torch
+        out: list = [None] * len(datas)
+        jpegs = [i for i, d in enumerate(datas) if d and d[:3] == b"\xff\xd8\xff"]
+        decoded: dict[int, object] = {}
+        if jpegs:
+            raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
+            try:
+                decoded = dict(zip(jpegs, decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)))
+            except RuntimeError:   # one bad JPEG fails the batched call: decode one by one
+                for i, r in zip(jpegs, raw):
+                    try:
+                        decoded[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device)
+                    except RuntimeError:
+                        pass
+        for i, img in decoded.items():
+            x = img.to(torch.float32) / 255.0
+            x = TF.resize(x, [self.image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            x = TF.center_crop(x, [self.image_size, self.image_size]).clamp_(0, 1)
+            out[i] = (x - self.mean) / self.std
+        for i, d in enumerate(datas):
+            if out[i] is None and i not in decoded:
+                t = self._image(d)
+                out[i] = None if t is None else t.to(self.device)
+        return out
+
     def _windows(self, text: str) -> list[list[int]]:
         """Token id lists (sot + up to context-2 tokens + eot) for one text, per the strategy."""
         tok = self.tokenizer
@@ -170,7 +213,10 @@ class Scorer:
     def prepare(self, pairs: Sequence[Pair]):
         """Everything before the model, on CPU threads: image tensors and token windows."""
         torch = self.torch
-        images = list(self.pool.map(self._image, [p.image for p in pairs]))
+        if self.decode_on_device:
+            images = self._images_on_device([p.image for p in pairs])
+        else:
+            images = list(self.pool.map(self._image, [p.image for p in pairs]))
         windows, owner = [], []       # owner: (pair index, 0 caption | 1 recaption) per window
         for i, p in enumerate(pairs):
             for j, text in enumerate((p.caption, p.recaption)):

@@ -76,6 +76,7 @@ class ClipConf:
     batch_size: int = 256
     decode_threads: int = 4
     device: str = "auto"                  # auto | cpu | cuda
+    image_decode: str = "auto"            # auto (torch on CUDA, else pil) | pil | torch
     torch_threads: int = 0                # 0: torch's default
     cache_dir: str = "~/.cache/s1mmalign/checkpoints"
     spark_extra: Mapping[str, str] = field(default_factory=dict)   # e.g. GPU scheduling, for score_clip only

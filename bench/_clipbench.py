@@ -1,0 +1,80 @@
+"""Shared by bench/clip_cpu.py and bench/clip_gpu.py: inputs, the model-only ceiling, the scorer end to end.
+
+Both measure pairs/s, a pair being one image and two texts (caption, recaption):
+  model-only  images already preprocessed and texts already tokenized (77 tokens) on the device: only
+              encode_image + 2 x encode_text at the best batch size; the ceiling for a pair;
+  scorer      clip.Scorer.score_batches from 256 px JPEG thumbnails and caption strings: JPEG decode,
+              preprocessing and tokenizing on CPU threads overlapping the model, as score_clip runs it.
+Throughput does not depend on the weights, so random weights are used (no hub, no checkpoint here).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "lib"))
+
+from s1mmalign import clip, sample  # noqa: E402
+
+WORDS = ("signal rate field model phase energy network sample flux layer spectrum noise temperature "
+         "pressure gradient lattice accuracy ablation distribution epoch").split()
+
+
+def thumbnails(n: int, distinct: int = 64) -> list[bytes]:
+    """n 256 px JPEG thumbnails of generated figures (distinct of them, repeated)."""
+    from PIL import Image
+
+    out = []
+    for k in range(distinct):
+        im = Image.open(io.BytesIO(sample.render(k, 1, "PNG"))).convert("RGB")
+        im.thumbnail((256, 256))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return [out[i % distinct] for i in range(n)]
+
+
+def texts(i: int) -> tuple[str, str]:
+    cap = "Figure %d: " % i + " ".join(WORDS[(i + j) % len(WORDS)] for j in range(25))
+    recap = "The figure shows " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(120))
+    return cap, recap
+
+
+def pairs(n: int) -> list[clip.Pair]:
+    thumbs = thumbnails(n)
+    return [clip.Pair(t, *texts(i)) for i, t in enumerate(thumbs)]
+
+
+def model_only(scorer: clip.Scorer, batch: int, seconds: float) -> float:
+    """Pairs/s of the model alone at one batch size (inputs resident on the device)."""
+    torch = scorer.torch
+    size = scorer.model.visual.image_size
+    size = size if isinstance(size, (tuple, list)) else (size, size)
+    img = torch.randn(batch, 3, *size, device=scorer.device, dtype=scorer.dtype)
+    tok = scorer.tokenizer([texts(i)[0] for i in range(batch)] + [texts(i)[1] for i in range(batch)]).to(scorer.device)
+    sync = torch.cuda.synchronize if scorer.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(2):   # warm up
+            scorer.model.encode_image(img, normalize=True)
+            scorer.model.encode_text(tok, normalize=True)
+        sync()
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            scorer.model.encode_image(img, normalize=True)
+            scorer.model.encode_text(tok, normalize=True)
+            sync()
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def end_to_end(scorer: clip.Scorer, items: list[clip.Pair], batch: int) -> float:
+    """Pairs/s of the scorer over items (after one warm-up batch)."""
+    groups = [items[i:i + batch] for i in range(0, len(items), batch)]
+    scorer.score(groups[0])
+    start = time.perf_counter()
+    n = sum(len(s) for s in scorer.score_batches(groups))
+    return n / (time.perf_counter() - start)
