@@ -10,7 +10,6 @@ Throughput does not depend on the weights, so random weights are used (no hub, n
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from pathlib import Path
@@ -18,23 +17,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
-from s1mmalign import clip, sample  # noqa: E402
+from s1mmalign import clip, images, sample  # noqa: E402
 
 WORDS = ("signal rate field model phase energy network sample flux layer spectrum noise temperature "
          "pressure gradient lattice accuracy ablation distribution epoch").split()
 
 
 def thumbnails(n: int, distinct: int = 64) -> list[bytes]:
-    """n 256 px JPEG thumbnails of generated figures (distinct of them, repeated)."""
-    from PIL import Image
-
-    out = []
-    for k in range(distinct):
-        im = Image.open(io.BytesIO(sample.render(k, 1, "PNG"))).convert("RGB")
-        im.thumbnail((256, 256))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
-        out.append(buf.getvalue())
+    """n thumbnails, as ingest makes them (256 px JPEG), of generated figures (distinct of them, repeated)."""
+    policy = images.ImagePolicy()
+    out = [images.analyze(sample.render(k, 1, "PNG"), policy).thumbnail for k in range(distinct)]
     return [out[i % distinct] for i in range(n)]
 
 

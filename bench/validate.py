@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 WORK = REPO / "work" / "bench"
 
-from s1mmalign import cli, config, delta_io, schemas, session, validate  # noqa: E402
+from s1mmalign import cli, config, dedup, delta_io, schemas, session, validate  # noqa: E402
 
 DISCIPLINES = ["mathematics", "physics", "chemistry", "biology", "astronomy", "earth_science", "medicine",
                "engineering", "computer_science"]
@@ -131,12 +131,8 @@ def baseline_sql(lake: Path, cfg) -> str:
     esc = lambda regex: regex.replace("\\", "\\\\")  # noqa: E731  (SQL literals unescape backslashes)
     layout = "CASE " + " ".join(f"WHEN source = '{s}' THEN image_path RLIKE '{esc(p)}'" for s, p in layouts.items()) \
              + f" ELSE image_path RLIKE '{esc(default)}' END"
-    width, extra = divmod(64, q.lsh_bands)
-    bands, shift = [], 0
-    for b in range(q.lsh_bands):
-        w = width + (1 if b < extra else 0)
-        bands.append(f"named_struct('band', {b}, 'key', shiftrightunsigned(h, {shift}) & {(1 << w) - 1})")
-        shift += w
+    bands = [f"named_struct('band', {b}, 'key', shiftrightunsigned(h, {shift}) & {mask})"
+             for b, (shift, mask) in enumerate(dedup._bands(q.lsh_bands))]
     unsafe, folder = esc(validate.UNSAFE_PATH), esc(validate.ARXIV_FOLDER)
     arxiv_re = r"^([0-9]{4}\\.[0-9]{4,5}|[a-z]+(-[a-z]+)*(\\.[A-Z]{2})?/[0-9]{7})$"
     return f"""

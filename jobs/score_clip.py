@@ -25,8 +25,7 @@ def body() -> int:
     args = p.parse_args()
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    if "://" in args.lake or not os.path.isdir(args.lake):
-        raise cli.UsageError(f"--lake {args.lake} is not a folder")
+    cli.require_lake_folder(args.lake)
     if args.model_config and not os.path.isfile(args.model_config):
         raise cli.UsageError(f"--model-config {args.model_config} is not a file")
     try:
@@ -36,17 +35,14 @@ def body() -> int:
         raise cli.UsageError(f"the CLIP stack is not installed ({exc.name}): pip install -e '.[clip]'") from None
     from s1mmalign import score
 
-    score.require_ingested(args.lake)
+    cli.require_tables(args.lake, score.NEEDED)
     spec = score.spec_from(cfg, args.model, args.checkpoint, args.random_weights_for_testing, args.model_config)
-    if not spec.checkpoint and not spec.random_weights:
-        raise clip.ClipError("no checkpoint: pass --checkpoint PATH_OR_S3_URI (models are never fetched from a "
-                             "hub; random weights only with --random-weights-for-testing)")
-    clip.model_id(spec)   # a missing or unreadable checkpoint fails here, before Spark starts
+    mid = clip.model_id(spec)   # no, a missing or an unreadable checkpoint fails here, before Spark starts
     run_cfg = dataclasses.replace(cfg, spark=dataclasses.replace(
         cfg.spark, arrow_batch_rows=spec.batch_size, extra={**cfg.spark.extra, **cfg.clip.spark_extra}))
     spark = session.build(args.lake, run_cfg)
     try:
-        result = score.run(spark, run_cfg, args.lake, spec)
+        result = score.run(spark, run_cfg, args.lake, spec, model_id=mid)
     finally:
         spark.stop()
     print(f"score_clip: {result['scored']} pairs scored by {result['model']} ({result['seconds']:.1f}s)")

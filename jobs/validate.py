@@ -21,12 +21,11 @@ def body() -> int:
     args = p.parse_args()
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    if "://" in args.lake or not os.path.isdir(args.lake):
-        raise cli.UsageError(f"--lake {args.lake} is not a folder")
+    cli.require_lake_folder(args.lake)
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise cli.UsageError(f"--out {args.out} exists and is not a folder")
     quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
-    validate.require_ingested(args.lake)
+    cli.require_tables(args.lake, validate.INGEST_TABLES)
     spark = session.build(args.lake, cfg)
     try:
         outcome = validate.run(spark, cfg, args.lake, out=args.out)

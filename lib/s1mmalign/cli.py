@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from s1mmalign.clip import ClipError
 from s1mmalign.config import ConfigError
@@ -19,6 +20,21 @@ class UsageError(Exception):
 
 class LakeError(UsageError):
     """A lake that lacks what a job needs (e.g. no tables yet)."""
+
+
+def require_lake_folder(lake: str) -> None:
+    """UsageError unless --lake names an existing local folder."""
+    if "://" in lake or not os.path.isdir(lake):
+        raise UsageError(f"--lake {lake} is not a folder")
+
+
+def require_tables(lake: str, tables: Sequence[str], spark=None) -> None:
+    """LakeError unless every one of `tables` exists (a local lake is checked without Spark)."""
+    from s1mmalign import delta_io
+
+    missing = [t for t in tables if not delta_io.exists(spark, lake, t)]
+    if missing:
+        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
 
 
 class _Parser(argparse.ArgumentParser):

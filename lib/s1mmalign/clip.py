@@ -100,11 +100,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_path(spec: ScorerSpec) -> Path | None:
+    """The local checkpoint file; None for random weights (refused unless spec.random_weights)."""
+    if spec.random_weights and not spec.checkpoint:
+        return None
+    return local_checkpoint(spec)
+
+
+def _model_id(spec: ScorerSpec, path: Path | None) -> str:
+    return f"{spec.model}@{RANDOM_WEIGHTS}" if path is None else f"{spec.model}@sha256:{file_digest(path)[:16]}"
+
+
 def model_id(spec: ScorerSpec) -> str:
     """What identifies the scores of this model: name + checkpoint digest (or the random-weights mark)."""
-    if spec.random_weights and not spec.checkpoint:
-        return f"{spec.model}@{RANDOM_WEIGHTS}"
-    return f"{spec.model}@sha256:{file_digest(local_checkpoint(spec))[:16]}"
+    return _model_id(spec, checkpoint_path(spec))
 
 
 class Scorer:
@@ -123,8 +132,7 @@ class Scorer:
             open_clip.add_model_config(spec.model_config)
         if spec.model not in open_clip.list_models():
             raise ClipError(f"unknown open_clip model {spec.model!r}")
-        if not spec.checkpoint and not spec.random_weights:
-            local_checkpoint(spec)   # raises the one-line refusal
+        path = checkpoint_path(spec)   # no checkpoint and no random weights: the one-line refusal
         self.spec = spec
         self.torch = torch
         cuda = spec.device in ("auto", "cuda") and torch.cuda.is_available()
@@ -132,11 +140,10 @@ class Scorer:
             raise ClipError("--device cuda asked, but torch sees no CUDA device")
         self.device = torch.device("cuda" if cuda else "cpu")
         self.dtype = torch.float16 if cuda else torch.float32
-        if spec.random_weights and not spec.checkpoint:
+        if path is None:
             torch.manual_seed(0)
         model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=None)
-        if spec.checkpoint:
-            path = local_checkpoint(spec)
+        if path is not None:
             try:
                 open_clip.load_checkpoint(model, str(path), weights_only=True)
             except Exception as exc:  # noqa: BLE001  pickled code, wrong keys or shapes, not a checkpoint
@@ -152,7 +159,7 @@ class Scorer:
         self.std = torch.tensor(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
         self.tokenizer = open_clip.get_tokenizer(spec.model)
         self.context = int(getattr(self.tokenizer, "context_length", 77) or 77)
-        self.model_id = model_id(spec)
+        self.model_id = _model_id(spec, path)
         self.pool = ThreadPoolExecutor(max(1, spec.decode_threads), thread_name_prefix="clip-decode")
         log.info("CLIP %s on %s (%s), text %s", self.model_id, self.device, self.dtype, spec.text_strategy)
 

@@ -14,8 +14,7 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import clip, delta_io, schemas
-from s1mmalign.cli import LakeError
+from s1mmalign import cli, clip, delta_io, schemas
 from s1mmalign.config import Config
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,6 @@ def spec_from(cfg: Config, model: str | None = None, checkpoint: str | None = No
                            decode_threads=c.decode_threads, device=c.device, image_decode=c.image_decode,
                            cache_dir=c.cache_dir,
                            s3_endpoint_url=cfg.s3.endpoint_url, s3_region=cfg.s3.region)
-
-
-def require_ingested(lake: str) -> None:
-    missing = [t for t in NEEDED if not delta_io.exists(None, lake, t)]
-    if missing:
-        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
 
 
 def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
@@ -90,11 +83,14 @@ def with_thumbnails(spark: SparkSession, lake: str, todo: DataFrame) -> DataFram
     return todo.join(thumbs, "image_sha256", "left").drop("image_sha256")
 
 
-def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec) -> dict:
-    """Score every pair not yet scored by spec's model; returns counts."""
+def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec, model_id: str | None = None) -> dict:
+    """Score every pair not yet scored by spec's model; returns counts.
+
+    model_id: clip.model_id(spec) when the caller has it already (it hashes the whole checkpoint).
+    """
     started = time.monotonic()
-    require_ingested(lake)
-    mid = clip.model_id(spec)       # reads (and for s3://, downloads) the checkpoint once, on the driver
+    cli.require_tables(lake, NEEDED)
+    mid = model_id or clip.model_id(spec)   # reads (for s3://, downloads) the checkpoint on the driver
     delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="score_clip")
     todo = unscored(spark, lake, mid).localCheckpoint()     # small: ids and captions, no image bytes
     n = todo.count()

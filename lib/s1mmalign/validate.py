@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,8 +24,7 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import dedup, delta_io, quality, resources, schemas
-from s1mmalign.cli import LakeError
+from s1mmalign import cli, dedup, delta_io, quality, resources, schemas
 from s1mmalign.config import Config
 
 log = logging.getLogger(__name__)
@@ -154,13 +153,6 @@ def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
             .unionByName(quarantine.select(F.lit(1).alias("quarantined"))))
 
 
-def require_ingested(lake: str, spark: SparkSession | None = None) -> None:
-    """Raise LakeError unless the ingest tables exist (a local lake is checked without Spark)."""
-    missing = [t for t in INGEST_TABLES if not delta_io.exists(spark, lake, t)]
-    if missing:
-        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
-
-
 def _docs_dir(cfg: Config, lake: str, out: str | None) -> str:
     return str(Path(out).resolve()) if out else str(Path(lake, cfg.quality.docs_dir).resolve())
 
@@ -170,7 +162,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
     """Validate the lake's tables; write duplicates and quality_results; build Data Docs."""
     started = time.monotonic()
     outcome = Outcome(run_id or time.strftime("v%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:8])
-    require_ingested(lake, spark)
+    cli.require_tables(lake, INGEST_TABLES, spark)
     delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="validate")
     now = datetime.now(timezone.utc)
     raw = {t: delta_io.read(spark, lake, t) for t in INGEST_TABLES}
@@ -225,11 +217,8 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
     log.info("stage suites: %d expectations in %.1fs", len(outcome.results), time.monotonic() - t0)
 
     t0 = time.monotonic()
-    result_rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **{
-        k: getattr(r, k) for k in ("suite", "suite_group", "table_name", "expectation", "expectation_type",
-                                   "severity", "success", "observed_value", "element_count",
-                                   "unexpected_count", "unexpected_percent", "details")})
-        for r in outcome.results]
+    result_rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r))
+                   for r in outcome.results]
     tdef = schemas.table("quality_results")
     results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in result_rows], tdef.spark())
     delta_io.merge_on_key(spark, lake, "quality_results", results_df)
