@@ -16,8 +16,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The tests also need the CLIP stack (torch, open_clip: several GB, as PyPI's torch is a CUDA build).
 extras=test
-if [ "${1:-}" = test ] || [ "${1:-}" = clip ]; then extras=test,clip; fi
-stamp=".venv/.s1mmalign-installed-${extras/,/-}"
+if [ "${1:-}" = test ] || [ "${1:-}" = clip ]; then extras=test,clip,bench; fi
+stamp=".venv/.s1mmalign-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
@@ -42,7 +42,7 @@ mkdir -p "$SPARK_HOME/conf"
 
 rm -rf dist/pkg && mkdir -p dist/pkg/s1mmalign/_data
 cp -r lib/s1mmalign/*.py dist/pkg/s1mmalign/
-cp -r conf schemas expectations dist/pkg/s1mmalign/_data/
+cp -r conf schemas expectations sql dist/pkg/s1mmalign/_data/
 (cd dist/pkg && rm -f ../s1mmalign.zip && "$OLDPWD/.venv/bin/python" -m zipfile -c ../s1mmalign.zip s1mmalign)
 rm -rf dist/pkg
 echo "build.sh: ready (.venv, $(ls jars/*.jar | wc -l) jars, dist/s1mmalign.zip)"

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from s1mmalign.analytics import ViewError
 from s1mmalign.clip import ClipError
 from s1mmalign.config import ConfigError
 from s1mmalign.quality import SuiteError
@@ -63,7 +64,7 @@ def main(prog: str, body: Callable[[], int]) -> None:
     """Run a job body; known failures become one line on stderr and a non-zero exit."""
     try:
         code = body()
-    except (ConfigError, SourceError, UsageError, SuiteError, ClipError) as exc:
+    except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

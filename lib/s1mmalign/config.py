@@ -83,6 +83,17 @@ class ClipConf:
 
 
 @dataclass(frozen=True)
+class ReportConf:
+    sql_dir: str = "sql"                  # the view definitions (in the checkout or the package)
+    short_chars: int = 20                 # a text under this many characters counts as short
+    figure_label_regex: str = r"(?i)^\s*(figure|figs?\.?)\s*s?[0-9]+"   # Java, RE2 and Python alike
+    review_pairs: int = 5                 # lowest-aligned pairs listed per model and discipline
+    preview_chars: int = 300              # caption text shown with them
+    score_bin_width: float = 0.01         # CLIP score histogram bins
+    length_bins_per_decade: int = 10      # word-count histogram bins (log scale)
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConf
     catalog: CatalogConf
@@ -91,6 +102,7 @@ class Config:
     disciplines: Mapping[str, Any]
     quality: QualityConf = field(default_factory=QualityConf)
     clip: ClipConf = field(default_factory=ClipConf)
+    report: ReportConf = field(default_factory=ReportConf)
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -157,7 +169,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip"}
+    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     return Config(
@@ -168,4 +180,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         disciplines=disciplines,
         quality=_section(QualityConf, merged.get("quality"), "quality"),
         clip=_section(ClipConf, merged.get("clip"), "clip"),
+        report=_section(ReportConf, merged.get("report"), "report"),
     )

@@ -1,0 +1,52 @@
+"""SQL analytics on caption quality: the views of sql/ in the catalog, report.html, summary.json, plots.
+
+    spark-submit jobs/report.py --lake LAKE_ROOT --out DIR [--conf conf/X.yaml]
+    spark-submit jobs/report.py --lake LAKE_ROOT --views-only     # (re)create the views, write nothing
+
+The views are created as s1mmalign.<view> (persistent: a later spark-sql session sees them); those whose
+tables are missing (no CLIP scores, no validate run yet) are dropped, and the page says so.
+"""
+
+import os
+
+import _bootstrap  # noqa: F401
+
+from s1mmalign import analytics, cli, config, report, session
+
+NEEDED = ("pairs", "quarantine")
+
+
+def body() -> int:
+    p = cli.parser("report", __doc__.splitlines()[0])
+    p.add_argument("--out", default=None, help="folder for report.html, summary.json and the PNG plots")
+    p.add_argument("--views-only", action="store_true", help="only (re)create the views in the catalog")
+    args = p.parse_args()
+    if not args.out and not args.views_only:
+        raise cli.UsageError("--out DIR is required (or --views-only)")
+    cli.setup_logging(args.log_level)
+    cfg = config.load(args.conf)
+    cli.require_lake_folder(args.lake)
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise cli.UsageError(f"--out {args.out} exists and is not a folder")
+    analytics.load_views(cfg)   # a broken view file fails here, before Spark starts
+    cli.require_tables(args.lake, NEEDED)
+    spark = session.build(args.lake, cfg)
+    try:
+        views = analytics.create_views(spark, cfg, args.lake)
+        summary = None if args.views_only else analytics.collect(spark, cfg, args.lake, views)
+    finally:
+        spark.stop()
+    names = ", ".join(f"{cfg.catalog.database}.{v.name}" for v in views.created)
+    if summary is None:
+        print(f"report: {len(views.created)} views in the catalog ({names})")
+        return 0
+    written = report.write(args.out, summary)
+    pairs = (summary["views"].get("overview") or [{}])[0].get("pairs", 0)
+    models = len({r["model"] for r in summary["views"].get("clip_stats", [])})
+    print(f"report: {written['report']} ({pairs} pairs, {models} CLIP model(s), {len(written['plots'])} plots; "
+          f"{len(views.created)} views in the catalog)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.main("report", body)

@@ -1,0 +1,158 @@
+"""The named SQL views of sql/ over the catalog tables, and the numbers the report is made of.
+
+Each file in sql/ holds one `CREATE OR REPLACE VIEW ${db}.<name> AS ...` statement, headed by
+`-- view: <name>` and `-- requires: <table>, ...`. The placeholders `${db}` and `${<report setting>}`
+are filled from conf (report section), and the views are created in the catalog as persistent views,
+so a later spark-sql session sees them as s1mmalign.<name>. A view whose tables are missing (no CLIP
+scores yet, no validate run yet) is dropped and reported as unavailable, with why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from s1mmalign import delta_io, resources
+from s1mmalign.config import Config
+
+log = logging.getLogger(__name__)
+
+BASE_VIEW = "pair_text"     # cached while the report collects: every caption view reads it
+# What to run when a table is missing, for the report's notes.
+PRODUCER = {"pairs": "jobs/ingest.py", "quarantine": "jobs/ingest.py", "clip_scores": "jobs/score_clip.py",
+            "duplicates": "jobs/validate.py"}
+# Rows of each view are sorted by these columns (those present), so summaries compare and diff cleanly.
+ORDER = ("model", "discipline", "rank", "source", "ingest_run_id", "field", "reason", "bin")
+
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+_HEADER = re.compile(r"^--\s*(view|requires):\s*(.*?)\s*$", re.MULTILINE)
+
+
+class ViewError(ValueError):
+    """A view file that cannot be used (bad header, unknown placeholder, unsafe setting)."""
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    requires: tuple[str, ...]
+    description: str
+    statement: str      # with ${...} placeholders
+    file: str
+
+
+def load_views(cfg: Config) -> list[View]:
+    """Every view file of report.sql_dir, in file-name order (a view may read those before it)."""
+    views = []
+    for file in resources.list_names(cfg.report.sql_dir, ".sql"):
+        text = resources.read_text(cfg.report.sql_dir, file)
+        header = dict(_HEADER.findall(text))
+        name = header.get("view", "")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ViewError(f"{cfg.report.sql_dir}/{file}: no '-- view: <name>' header line")
+        if f"VIEW ${{db}}.{name} AS" not in text:
+            raise ViewError(f"{cfg.report.sql_dir}/{file}: does not create view ${{db}}.{name}")
+        requires = tuple(t.strip() for t in header.get("requires", "").split(",") if t.strip())
+        comments = [ln[2:].strip() for ln in text.splitlines() if ln.startswith("--")]
+        description = " ".join(c for c in comments if not _HEADER.match("-- " + c))
+        views.append(View(name, requires, description, text, file))
+    if not views or views[0].name != BASE_VIEW:
+        raise ViewError(f"{cfg.report.sql_dir}/: the first view must be {BASE_VIEW}")
+    return views
+
+
+def parameters(cfg: Config) -> dict[str, object]:
+    """The values the views' placeholders take."""
+    r = cfg.report
+    return {"db": cfg.catalog.database, "short_chars": int(r.short_chars),
+            "figure_label_regex": r.figure_label_regex, "review_pairs": int(r.review_pairs),
+            "preview_chars": int(r.preview_chars), "score_bin_width": float(r.score_bin_width),
+            "length_bins_per_decade": int(r.length_bins_per_decade)}
+
+
+def render(view: View, params: dict[str, object]) -> str:
+    """The statement with its placeholders filled; an unknown placeholder or a quote in a value is refused."""
+    def fill(m: re.Match) -> str:
+        key = m.group(1)
+        if key not in params:
+            raise ViewError(f"{view.file}: unknown placeholder ${{{key}}}")
+        value = str(params[key])
+        if "'" in value:    # values sit inside r'...' literals or are numbers
+            raise ViewError(f"report setting {key} may not hold a quote: {value!r}")
+        return value
+    body = "\n".join(ln for ln in view.statement.splitlines() if not ln.startswith("--"))
+    return _PLACEHOLDER.sub(fill, body).strip()
+
+
+@dataclass
+class Views:
+    created: list[View]
+    unavailable: dict[str, str]     # view name -> why it was not created
+
+
+def create_views(spark, cfg: Config, lake: str) -> Views:
+    """Create (or replace) every view whose tables exist; drop the others. Idempotent."""
+    params = parameters(cfg)
+    db = cfg.catalog.database
+    created, unavailable = [], {}
+    for view in load_views(cfg):
+        missing = [t for t in view.requires if not delta_io.exists(spark, lake, t)]
+        if missing:
+            spark.sql(f"DROP VIEW IF EXISTS {db}.{view.name}")
+            unavailable[view.name] = "no {} table yet: run {}".format(
+                ", ".join(missing), " and ".join(sorted({PRODUCER.get(t, "the job that writes it") for t in missing})))
+            continue
+        spark.sql(render(view, params))
+        created.append(view)
+    log.info("views: %d created (%s), %d unavailable (%s)", len(created), ", ".join(v.name for v in created),
+             len(unavailable), ", ".join(unavailable) or "none")
+    return Views(created, unavailable)
+
+
+def _plain(value):
+    """A JSON-ready Python value (NaN and infinities become None)."""
+    if isinstance(value, Decimal):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value
+
+
+def _sort_key(row: dict):
+    return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in ORDER if c in row)
+
+
+def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
+    """Create the views, then read every one of them (but the base) into one JSON-ready summary."""
+    views = views or create_views(spark, cfg, lake)
+    db = cfg.catalog.database
+    summary = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "lake": lake, "database": db, "parameters": parameters(cfg),
+               "views": {}, "unavailable": dict(views.unavailable), "seconds": {}}
+    del summary["parameters"]["db"]
+    cached = False
+    if any(v.name == BASE_VIEW for v in views.created):
+        start = time.monotonic()
+        spark.sql(f"CACHE TABLE {db}.{BASE_VIEW}")  # eager: one pass over pairs for every caption view
+        cached = True
+        summary["seconds"][BASE_VIEW] = round(time.monotonic() - start, 3)
+    try:
+        for view in views.created:
+            if view.name == BASE_VIEW:
+                continue
+            start = time.monotonic()
+            rows = [{k: _plain(v) for k, v in r.asDict().items()} for r in spark.table(f"{db}.{view.name}").collect()]
+            summary["views"][view.name] = sorted(rows, key=_sort_key)
+            summary["seconds"][view.name] = round(time.monotonic() - start, 3)
+            log.info("view %s: %d rows (%.1fs)", view.name, len(rows), summary["seconds"][view.name])
+    finally:
+        if cached:
+            spark.sql(f"UNCACHE TABLE IF EXISTS {db}.{BASE_VIEW}")
+    return summary

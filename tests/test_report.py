@@ -1,0 +1,420 @@
+"""The views of sql/ and the report, on a small lake with known values: every number of every view
+equals an independent pandas computation over the same rows read back; the hand-checked CLIP uplift and
+variance change; plots are real PNGs; the page opens in headless Chromium and shows those numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from s1mmalign import analytics, delta_io, report, schemas
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, 0)
+M1, M2 = "tiny-clip@sha256:aaaaaaaaaaaaaaaa", "other-clip@sha256:bbbbbbbbbbbbbbbb"
+R1, R2 = "20261101T000000-run1", "20261120T000000-run2"
+# pair_id: (source, discipline, run, paper, caption, recaption)
+PAIRS = {
+    "p01": ("arxiv", "physics", R1, "2401.00001", "Figure 1: Band structure of graphene near the K point.",
+            "The figure shows the electronic band structure of graphene with Dirac cones at the K point."),
+    "p02": ("arxiv", "physics", R1, "2401.00001", "Fig. 2. Phase diagram",
+            "A phase diagram of temperature against pressure with three phases."),
+    "p03": ("arxiv", "physics", R1, "2401.00002", None, "Spectra of three samples measured at room temperature."),
+    "p04": ("arxiv", "physics", R1, "2401.00003", "   \n\t ", "Histogram of counts per energy bin."),
+    "p05": ("arxiv", "physics", R1, "2401.00004", "Short", "Two panels: left shows a map, right shows a profile."),
+    "p06": ("arxiv", "physics", R1, "2401.00005", "Figures of merit for all detectors in the experiment.",
+            "Bar chart comparing detector figures of merit."),
+    "p07": ("arxiv", "biology", R2, "2402.00001", "FIG. 3  Gene   expression\nover time",
+            "Line plot of gene expression levels over time for two cell lines."),
+    "p08": ("arxiv", "biology", R2, "2402.00002", "Cell counts after treatment with the drug.", "Box plots of cell counts."),
+    "p09": ("biorxiv", "biology", R2, "10.1101/001", "Figs. S4 Western blot of lysates.",
+            "Western blot image with six lanes of protein lysates."),
+    "p10": ("biorxiv", "biology", R2, "10.1101/002",
+            "Microscopy of tissue sections stained for collagen fibres in mice.", ""),
+    "p11": ("biorxiv", "biology", R2, "10.1101/003", "Fig 7 Survival curves",
+            "Kaplan-Meier survival curves for treated and control groups of patients."),
+    "p12": ("biorxiv", "biology", R2, "10.1101/004", "Heat map of correlations",
+            "A heat map of pairwise correlations between twenty genes."),
+}
+SHARED_IMAGE = {"p12": "p08"}       # p12's image bytes are p08's: an exact duplicate
+# (pair_id, model): (score_caption, score_recaption, status); p06 has no score yet
+SCORES = {
+    ("p01", M1): (0.2, 0.3, "ok"), ("p02", M1): (0.3, 0.35, "ok"), ("p03", M1): (0.4, 0.4, "ok"),
+    ("p04", M1): (None, None, "empty_text"), ("p05", M1): (0.25, None, "image_error"),
+    ("p07", M1): (0.22, 0.31, "ok"), ("p08", M1): (0.18, 0.15, "ok"), ("p09", M1): (0.27, 0.29, "ok"),
+    ("p10", M1): (0.3, None, "empty_text"), ("p11", M1): (0.21, 0.33, "ok"), ("p12", M1): (0.19, 0.26, "ok"),
+    ("p01", M2): (0.5, 0.6, "ok"), ("p07", M2): (0.4, 0.45, "ok"),
+}
+QUARANTINE = [("arxiv", "arxiv/jsonl/24_recaption.jsonl", 7, "malformed_json", R1),
+              ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 9, "image_missing", R1),
+              ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 11, "image_missing", R2),
+              ("biorxiv", "biorxiv/jsonl/records.jsonl", 3, "unsafe_path", R2)]
+NEAR = ["p02", "p05", "p09"]        # one near-duplicate cluster
+
+
+def sha(pid: str) -> str:
+    return (SHARED_IMAGE.get(pid, pid) * 32)[:64]
+
+
+def write_table(spark, lake: str, name: str, rows: list[dict]) -> None:
+    tdef = schemas.table(name)
+    df = spark.createDataFrame([tuple(r.get(c) for c in tdef.names) for r in rows], schema=tdef.spark())
+    delta_io.append(spark, lake, name, df)
+
+
+def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_duplicates: bool = True) -> None:
+    for job in ("ingest",) + (("score_clip",) if with_clip else ()) + (("validate",) if with_duplicates else ()):
+        delta_io.ensure_tables(spark, lake, database, job=job)
+    pairs = []
+    for n, (pid, (source, disc, run, paper, cap, recap)) in enumerate(sorted(PAIRS.items()), start=1):
+        pairs.append(dict(pair_id=pid, source=source, discipline=disc, paper_id=paper,
+                          arxiv_id=paper if source == "arxiv" else None, image_path=f"images/x/{pid}.png",
+                          caption=cap, recaption=recap, image_sha256=sha(pid), image_format="PNG", width=64,
+                          height=48, image_bytes=100, image_dhash=n, image_container="tree",
+                          source_file=f"{source}/jsonl/records.jsonl", source_line=n, row_hash=pid,
+                          ingest_run_id=run, ingested_at=NOW))
+    write_table(spark, lake, "pairs", pairs)
+    write_table(spark, lake, "quarantine", [dict(source=s, source_file=f, source_line=ln, raw="{", reason=r,
+                                                 ingest_run_id=run, ingested_at=NOW)
+                                            for s, f, ln, r, run in QUARANTINE])
+    if with_clip:
+        write_table(spark, lake, "clip_scores", [dict(pair_id=p, discipline=PAIRS[p][1], model=m, score_caption=c,
+                                                      score_recaption=r, status=st, scored_at=NOW)
+                                                 for (p, m), (c, r, st) in SCORES.items()])
+    if with_duplicates:
+        dups = [("exact", sha("p08"), ["p08", "p12"]), ("near", sha("p02"), NEAR)]
+        write_table(spark, lake, "duplicates", [
+            dict(group_kind=kind, group_id=gid, group_pairs=len(members), group_images=1 if kind == "exact" else 3,
+                 pair_id=p, source=PAIRS[p][0], discipline=PAIRS[p][1], image_path=f"images/x/{p}.png",
+                 image_sha256=sha(p), image_dhash=0, distance=0, validate_run_id="v-1", computed_at=NOW)
+            for kind, gid, members in dups for p in members])
+
+
+@pytest.fixture(scope="module")
+def known(spark, cfg, tmp_path_factory):
+    """The known lake, its own catalog database, and the summary collected from its views."""
+    tcfg = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, database="report_known"))
+    lake = str(tmp_path_factory.mktemp("report") / "lake")
+    build_lake(spark, lake, "report_known")
+    return tcfg, lake, analytics.collect(spark, tcfg, lake)
+
+
+# ------------------------------------------------------------------ the independent computation (pandas)
+
+def grouping_sets(df: pd.DataFrame, sets: list[tuple[str, ...]], stars: tuple[str, ...], fn) -> list[dict]:
+    """GROUP BY GROUPING SETS: one row per group of each set; columns of `stars` not in the set are '*'."""
+    rows = []
+    for keys in sets:
+        groups = df.groupby(list(keys), sort=True, dropna=False) if keys else [((), df)]
+        for name, g in groups:
+            name = name if isinstance(name, tuple) else (name,)
+            row = {k: "*" for k in stars}
+            row.update(dict(zip(keys, name)))
+            row.update(fn(g))
+            rows.append(row)
+    return rows
+
+
+def pct(values, q):
+    """numpy's linear percentiles (Spark's percentile interpolates the same way)."""
+    values = list(values)
+    if not values:
+        return None
+    got = np.percentile(values, q)
+    return [float(x) for x in got] if isinstance(q, list) else float(got)
+
+
+def num(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
+    """Every view's rows, computed with pandas from the tables read back (not from the views)."""
+    pairs = delta_io.read(spark, lake, "pairs").toPandas()
+    clip = delta_io.read(spark, lake, "clip_scores").toPandas()
+    quar = delta_io.read(spark, lake, "quarantine").toPandas()
+    dup = delta_io.read(spark, lake, "duplicates").toPandas()
+    label = re.compile(rcfg.figure_label_regex)
+    t = pairs.copy()
+    for f in ("caption", "recaption"):
+        text = [s if isinstance(s, str) else None for s in t[f]]      # pandas reads a null string as NaN
+        t[f + "_blank"] = [s is None or s.strip() == "" for s in text]
+        t[f + "_chars"] = [0 if s is None else len(s) for s in text]
+        t[f + "_words"] = [0 if b else len(s.split()) for s, b in zip(text, t[f + "_blank"])]
+        t[f + "_label"] = [(not b) and label.match(s) is not None for s, b in zip(text, t[f + "_blank"])]
+    out: dict[str, list[dict]] = {}
+    out["overview"] = [dict(pairs=len(t), papers=t.paper_id.nunique(), images=t.image_sha256.nunique(),
+                            sources=t.source.nunique(), disciplines=t.discipline.nunique(),
+                            quarantined_lines=len(quar), input_lines=len(t) + len(quar),
+                            quarantined_share=len(quar) / (len(t) + len(quar)),
+                            latest_ingest_run_id=t.ingest_run_id.max())]
+    ds = [("discipline", "source"), ("discipline",), ("source",), ()]
+    out["pair_counts"] = grouping_sets(t, ds, ("discipline", "source"), lambda g: dict(
+        pairs=len(g), papers=g.paper_id.nunique(), images=g.image_sha256.nunique()))
+    texts = pd.concat([pd.DataFrame(dict(discipline=t.discipline, source=t.source, field=f, blank=t[f + "_blank"],
+                                         chars=t[f + "_chars"], words=t[f + "_words"], label=t[f + "_label"]))
+                       for f in ("caption", "recaption")], ignore_index=True)
+
+    def lengths(g):
+        present = g[~g.blank]
+        cp, wp = (pct(present.chars, [5, 50, 95]) or [None] * 3), (pct(present.words, [5, 50, 95]) or [None] * 3)
+        return dict(pairs=len(g), present=len(present), empty_share=g.blank.mean(),
+                    empty_or_short_share=(g.blank | (g.chars < rcfg.short_chars)).mean(),
+                    label_share=present.label.sum() / len(present) if len(present) else None,
+                    chars_mean=present.chars.mean() if len(present) else None, chars_p5=cp[0], chars_p50=cp[1],
+                    chars_p95=cp[2], words_mean=present.words.mean() if len(present) else None,
+                    words_p5=wp[0], words_p50=wp[1], words_p95=wp[2])
+    out["caption_lengths"] = grouping_sets(texts, [k + ("field",) for k in ds], ("discipline", "source"), lengths)
+    both = t[~t.caption_blank & ~t.recaption_blank]
+    out["length_ratio"] = grouping_sets(both, ds, ("discipline", "source"), lambda g: dict(
+        pairs_with_both=len(g), chars_ratio=g.recaption_chars.sum() / g.caption_chars.sum(),
+        words_ratio=g.recaption_words.sum() / g.caption_words.sum(),
+        chars_ratio_p50=pct(g.recaption_chars / g.caption_chars, 50)))
+    k = rcfg.length_bins_per_decade
+    present = texts[~texts.blank].assign(bin=lambda d: np.floor(np.log10(d.words) * k).astype(int))
+    out["length_histogram"] = grouping_sets(present, [("discipline", "field", "bin"), ("field", "bin")],
+                                            ("discipline",), lambda g: dict(texts=len(g)))
+    for r in out["length_histogram"]:
+        r.update(words_lo=10 ** (r["bin"] / k), words_hi=10 ** ((r["bin"] + 1) / k))
+    ok = clip[clip.score_caption.notna() & clip.score_recaption.notna()]
+
+    def stats(g):
+        s = g[g.score_caption.notna() & g.score_recaption.notna()]
+        c, r = s.score_caption, s.score_recaption
+        cm, rm, cv, rv = c.mean(), r.mean(), c.var(ddof=1), r.var(ddof=1)
+        return dict(pairs_scored=len(s), pairs_unscored=len(g) - len(s), caption_mean=cm, caption_std=c.std(ddof=1),
+                    caption_var=cv, recaption_mean=rm, recaption_std=r.std(ddof=1), recaption_var=rv,
+                    uplift_pct=100 * (rm - cm) / abs(cm), variance_change_pct=100 * (rv - cv) / cv,
+                    recaption_higher_share=(r > c).mean())
+    out["clip_stats"] = grouping_sets(clip, [("model", "discipline"), ("model",)], ("discipline",), stats)
+    w = rcfg.score_bin_width
+    scores = pd.concat([pd.DataFrame(dict(model=ok.model, discipline=ok.discipline, field=f,
+                                          bin=np.floor(ok["score_" + f] / w).astype(int)))
+                        for f in ("caption", "recaption")], ignore_index=True)
+    out["clip_histogram"] = grouping_sets(scores, [("model", "discipline", "field", "bin"), ("model", "field", "bin")],
+                                          ("discipline",), lambda g: dict(pairs=len(g)))
+    for r in out["clip_histogram"]:
+        r.update(score_lo=r["bin"] * w, score_hi=(r["bin"] + 1) * w)
+    lowest = []
+    by_id = pairs.set_index("pair_id")
+    for (model, disc), g in ok.assign(best=np.maximum(ok.score_caption, ok.score_recaption)).groupby(["model", "discipline"]):
+        for rank, r in enumerate(g.sort_values(["best", "pair_id"]).head(rcfg.review_pairs).itertuples(), start=1):
+            p = by_id.loc[r.pair_id]
+            cut = (lambda s: s[:rcfg.preview_chars] if isinstance(s, str) else None)
+            lowest.append(dict(model=model, discipline=disc, rank=rank, pair_id=r.pair_id, source=p.source,
+                               paper_id=p.paper_id, image_path=p.image_path, score_caption=r.score_caption,
+                               score_recaption=r.score_recaption, best_score=r.best, caption=cut(p.caption),
+                               recaption=cut(p.recaption)))
+    out["clip_lowest"] = lowest
+    kinds = dup.groupby("pair_id").group_kind.agg(set)
+    t["exact"] = t.pair_id.map(lambda p: int("exact" in kinds.get(p, set())))
+    t["near"] = t.pair_id.map(lambda p: int("near" in kinds.get(p, set())))
+    out["duplicate_rates"] = grouping_sets(t, [("source",), ("ingest_run_id",), ()], ("source", "ingest_run_id"),
+                                           lambda g: dict(pairs=len(g), exact_duplicate_pairs=g.exact.sum(),
+                                                          exact_duplicate_share=g.exact.mean(),
+                                                          near_duplicate_pairs=g.near.sum(),
+                                                          near_duplicate_share=g.near.mean(),
+                                                          validate_run_id=dup.validate_run_id.max()))
+    lines = pd.concat([t[["source", "ingest_run_id"]], quar[["source", "ingest_run_id"]]])
+    rs = [("source",), ("ingest_run_id",), ()]
+    inputs = {(r["source"], r["ingest_run_id"]): r["n"] for r in
+              grouping_sets(lines, rs, ("source", "ingest_run_id"), lambda g: dict(n=len(g)))}
+    out["quarantine_reasons"] = grouping_sets(quar, [k + ("reason",) for k in rs], ("source", "ingest_run_id"),
+                                              lambda g: dict(lines=len(g)))
+    for r in out["quarantine_reasons"]:
+        r["input_lines"] = inputs[(r["source"], r["ingest_run_id"])]
+        r["share"] = r["lines"] / r["input_lines"]
+    return out
+
+
+KEYS = {"overview": (), "pair_counts": ("discipline", "source"), "caption_lengths": ("discipline", "source", "field"),
+        "length_ratio": ("discipline", "source"), "length_histogram": ("discipline", "field", "bin"),
+        "clip_stats": ("model", "discipline"), "clip_histogram": ("model", "discipline", "field", "bin"),
+        "clip_lowest": ("model", "discipline", "rank"), "duplicate_rates": ("source", "ingest_run_id"),
+        "quarantine_reasons": ("source", "ingest_run_id", "reason")}
+
+
+def assert_rows_equal(view: str, got: list[dict], want: list[dict]) -> None:
+    key = KEYS[view]
+    got_by = {tuple(r[k] for k in key): r for r in got}
+    want_by = {tuple(r[k] for k in key): r for r in want}
+    assert len(got_by) == len(got), f"{view}: duplicate keys"
+    assert sorted(got_by) == sorted(want_by), view
+    for k, w in want_by.items():
+        g = got_by[k]
+        assert set(g) == set(w), (view, k, set(g) ^ set(w))
+        for col, wv in w.items():
+            gv, wv = num(g[col]), num(wv.item() if hasattr(wv, "item") else wv)
+            if isinstance(wv, float) or isinstance(gv, float):
+                assert gv is not None and wv is not None and gv == pytest.approx(wv, rel=1e-9, abs=1e-12) \
+                    or gv is None and wv is None, (view, k, col, gv, wv)
+            else:
+                assert gv == wv, (view, k, col, gv, wv)
+
+
+def test_every_view_equals_pandas_over_the_same_rows(spark, known):
+    tcfg, lake, summary = known
+    want = expected_views(spark, lake, tcfg.report)
+    assert summary["unavailable"] == {}
+    assert sorted(summary["views"]) == sorted(KEYS)
+    for view in KEYS:
+        assert summary["views"][view], view
+        assert_rows_equal(view, summary["views"][view], want[view])
+
+
+def test_known_values_by_hand(known):
+    _, _, summary = known
+    v = summary["views"]
+    stats = {(r["model"], r["discipline"]): r for r in v["clip_stats"]}
+    phys = stats[(M1, "physics")]       # captions .2 .3 .4, recaptions .3 .35 .4 (p04, p05 unscored)
+    assert (phys["pairs_scored"], phys["pairs_unscored"]) == (3, 2)
+    assert phys["uplift_pct"] == pytest.approx(100 * (0.35 - 0.3) / 0.3)          # +16.67%
+    assert phys["variance_change_pct"] == pytest.approx(-75.0)                     # .01 -> .0025
+    assert phys["recaption_higher_share"] == pytest.approx(2 / 3)
+    one = stats[(M2, "physics")]        # one pair: no sample variance, so no variance change either
+    assert one["pairs_scored"] == 1 and one["caption_var"] is None and one["variance_change_pct"] is None
+    lengths = {(r["discipline"], r["source"], r["field"]): r for r in v["caption_lengths"]}
+    cap = lengths[("*", "*", "caption")]
+    assert (cap["pairs"], cap["present"]) == (12, 10)                   # p03 null, p04 whitespace
+    assert cap["empty_share"] == pytest.approx(2 / 12)
+    assert cap["empty_or_short_share"] == pytest.approx(3 / 12)         # + "Short"
+    assert cap["label_share"] == pytest.approx(5 / 10)                  # Figure 1:, Fig. 2., FIG. 3, Figs. S4, Fig 7
+    bio = lengths[("biology", "*", "caption")]     # words 4 4 6 6 7 10: linear percentiles
+    assert (bio["words_p5"], bio["words_p50"], bio["words_p95"]) == pytest.approx((4.0, 6.0, 9.25))
+    ov = v["overview"][0]
+    assert (ov["pairs"], ov["papers"], ov["images"], ov["quarantined_lines"]) == (12, 11, 11, 4)
+    assert ov["quarantined_share"] == pytest.approx(4 / 16)
+    dup = {(r["source"], r["ingest_run_id"]): r for r in v["duplicate_rates"]}
+    assert (dup[("*", "*")]["exact_duplicate_pairs"], dup[("*", "*")]["near_duplicate_pairs"]) == (2, 3)
+    assert dup[("biorxiv", "*")]["exact_duplicate_share"] == pytest.approx(1 / 4)
+    q = {(r["source"], r["ingest_run_id"], r["reason"]): r for r in v["quarantine_reasons"]}
+    assert q[("*", "*", "image_missing")]["lines"] == 2
+    assert q[("biorxiv", "*", "unsafe_path")]["share"] == pytest.approx(1 / 5)
+    assert q[("*", R2, "image_missing")]["share"] == pytest.approx(1 / 8)     # run 2: 6 pairs + 2 lines
+    low = [r for r in v["clip_lowest"] if r["model"] == M1 and r["discipline"] == "biology"]
+    assert [r["pair_id"] for r in low] == ["p08", "p12", "p09", "p07", "p11"]    # best .18 .26 .29 .31 .33
+
+
+def test_views_are_in_the_catalog(spark, known):
+    tcfg, _, summary = known
+    names = {t.name for t in spark.catalog.listTables("report_known") if t.tableType == "VIEW"}
+    assert names == set(summary["views"]) | {analytics.BASE_VIEW}
+    # the same numbers straight from SQL
+    row = spark.sql("SELECT uplift_pct FROM report_known.clip_stats WHERE discipline = 'physics' "
+                    f"AND model = '{M1}'").first()
+    assert row.uplift_pct == pytest.approx(100 * 0.05 / 0.3)
+
+
+def png_ok(data: bytes) -> None:
+    from PIL import Image, ImageStat
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    assert img.format == "PNG" and img.width > 300 and img.height > 150
+    assert max(ImageStat.Stat(img.convert("L")).stddev) > 10, "a blank picture"
+
+
+@pytest.fixture(scope="module")
+def written(known, tmp_path_factory):
+    _, _, summary = known
+    out = tmp_path_factory.mktemp("report-out")
+    return out, report.write(str(out), summary)
+
+
+def test_report_files_and_plots(known, written):
+    _, _, summary = known
+    out, files = written
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["views"] == json.loads(json.dumps(summary["views"]))
+    assert files["plots"] == on_disk["plots"] == sorted(
+        ["pairs.png", "lengths.png", "quarantine.png", "clip_tiny-clip-sha256-aaaaaaaaaaaaaaaa.png",
+         "clip_other-clip-sha256-bbbbbbbbbbbbbbbb.png"])
+    for name in files["plots"]:
+        png_ok((out / name).read_bytes())
+    page = (out / "report.html").read_text()
+    assert page.count('<img class="plot"') == len(files["plots"])
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page loads something from elsewhere"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(page: Path, tmp_path: Path) -> str:
+    """The page's DOM after it loaded in headless Chromium (scripts run, pictures decoded), no network."""
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (./build.sh test installs it)")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium'}", "--host-resolver-rules=MAP * ~NOTFOUND",
+           "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def cells(dom: str, table_id: str, key: str) -> list[str]:
+    table = re.search(rf'<table id="{re.escape(table_id)}">(.*?)</table>', dom, re.S)
+    assert table, table_id
+    return re.findall(rf'<td data-key="{key}"[^>]*>(.*?)</td>', table.group(1), re.S)
+
+
+def test_page_opens_in_headless_chromium_and_shows_the_numbers(known, written, tmp_path):
+    _, _, summary = known
+    out, files = written
+    dom = browse(out / "report.html", tmp_path)
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    n = len(files["plots"])
+    assert f'data-images="{n}"' in body and f'data-images-decoded="{n}"' in body, body
+    ov = summary["views"]["overview"][0]
+    kpi = dict(re.findall(r'<div data-key="(\w+)"><b>(.*?)</b>', dom))
+    assert kpi["pairs"] == "12" and kpi["quarantined_lines"] == "4"
+    assert kpi["quarantined_share"] == f"{100 * ov['quarantined_share']:.2f}%" == "25.00%"
+    # the CLIP table of the first model: one row per discipline and one for all, uplift and variance change
+    stats = [r for r in summary["views"]["clip_stats"] if r["model"] == M1]
+    tid = "clip_stats_tiny-clip-sha256-aaaaaaaaaaaaaaaa"
+    assert cells(dom, tid, "discipline") == ["all" if r["discipline"] == "*" else r["discipline"] for r in stats]
+    assert cells(dom, tid, "uplift_pct") == [f"{r['uplift_pct']:+.2f}%" for r in stats]
+    assert f"{100 * 0.05 / 0.3:+.2f}%" in cells(dom, tid, "uplift_pct") and "-75.00%" in cells(dom, tid, "variance_change_pct")
+    assert cells(dom, "quarantine_reasons", "lines") == [str(r["lines"]) for r in summary["views"]["quarantine_reasons"]]
+    assert "No CLIP scores" not in dom
+
+
+def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
+    tcfg = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, database="report_noclip"))
+    lake = str(tmp_path / "lake")
+    build_lake(spark, lake, "report_noclip", with_clip=False, with_duplicates=False)
+    spark.sql("CREATE OR REPLACE VIEW report_noclip.clip_stats AS SELECT 1 AS stale")   # left by an older run
+    summary = analytics.collect(spark, tcfg, lake)
+    assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates"}
+    assert "run jobs/score_clip.py" in summary["unavailable"]["clip_stats"]
+    assert "run jobs/validate.py" in summary["unavailable"]["duplicate_rates"]
+    assert not spark.catalog.tableExists("report_noclip.clip_stats"), "a stale view was left in the catalog"
+    files = report.write(str(tmp_path / "out"), summary)
+    assert files["plots"] == ["lengths.png", "pairs.png", "quarantine.png"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert '<p class="note" id="note-clip_stats">No CLIP scores in this lake: no clip_scores table yet: run jobs/score_clip.py.</p>' in page
+    assert "No duplicate analysis" in page and "clip_" not in " ".join(files["plots"])
+
+
+def test_view_files_are_checked(cfg):
+    views = analytics.load_views(cfg)
+    assert views[0].name == analytics.BASE_VIEW and len({v.name for v in views}) == len(views)
+    params = analytics.parameters(cfg)
+    for view in views:
+        text = analytics.render(view, params)
+        assert "${" not in text and text.startswith(f"CREATE OR REPLACE VIEW {cfg.catalog.database}.{view.name} AS")
+    bad = dataclasses.replace(views[1], statement=views[1].statement + " ${nope}")
+    with pytest.raises(analytics.ViewError, match="unknown placeholder"):
+        analytics.render(bad, params)
+    with pytest.raises(analytics.ViewError, match="may not hold a quote"):
+        analytics.render(views[0], {**params, "figure_label_regex": "x' OR '1"})
