@@ -24,6 +24,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The report test opens the page in Debian's headless Chromium (needs root for apt-get, as on CI).
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "build.sh: chromium is missing and this is not root: the browser test will skip" >&2
+  fi
+fi
+
 if [ ! -f jars/.resolved ] || [ pom.xml -nt jars/.resolved ]; then
   rm -rf jars && mkdir -p jars
   mvn -q -B dependency:copy-dependencies -DoutputDirectory=jars -DexcludeTransitive=true -DincludeScope=runtime
@@ -71,8 +80,13 @@ case "${1:-}" in
     python -m s1mmalign.sqlshell --lake work/lake -S -e "
       SELECT suite, expectation, severity, observed_value FROM s1mmalign.quality_results
       WHERE NOT success AND validate_run_id = (SELECT max(validate_run_id) FROM s1mmalign.quality_results);" 2>/dev/null
+    # The caption-quality report (no CLIP scores on the sample unless score_clip ran: the page says so).
+    spark-submit jobs/report.py --lake work/lake --out work/report --conf conf/local.yaml
+    python -m s1mmalign.sqlshell --lake work/lake -S -e "
+      SELECT field, present, round(empty_or_short_share, 4), round(label_share, 4), chars_p50, words_p50
+      FROM s1mmalign.caption_lengths WHERE discipline = '*' AND source = '*' ORDER BY field;" 2>/dev/null
     echo "build.sh: lake at work/lake (query it: python -m s1mmalign.sqlshell --lake work/lake);" \
-         "Data Docs at work/lake/_quality/data_docs/index.html"
+         "Data Docs at work/lake/_quality/data_docs/index.html; report at work/report/report.html"
     ;;
   test)
     shift

@@ -278,3 +278,41 @@ def test_score_clip_through_spark_submit(spark, clean_lake, tmp_path, tiny_check
     refused = run_job("score_clip", "--lake", str(lake), submit=False)
     assert refused.returncode == 2 and "no checkpoint" in refused.stderr.strip().splitlines()[-1]
     assert "Traceback" not in refused.stderr
+
+
+def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(spark, clean_lake, tmp_path):
+    lake, out = tmp_path / "lake", tmp_path / "report"
+    shutil.copytree(clean_lake, lake)
+    proc = run_job("report", "--lake", str(lake), "--out", str(out))
+    ok(proc)
+    import json
+    summary = json.loads((out / "summary.json").read_text())
+    pairs = len(table_rows(spark, lake, "pairs", "pair_id"))
+    assert summary["views"]["overview"][0]["pairs"] == pairs
+    assert f"report: {out / 'report.html'} ({pairs} pairs, 0 CLIP model(s), 3 plots; 7 views in the catalog)" in proc.stdout
+    assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates"}
+    assert sorted(summary["plots"]) == ["lengths.png", "pairs.png", "quarantine.png"]
+    assert all((out / name).stat().st_size > 1000 for name in summary["plots"])
+    assert "No CLIP scores in this lake" in (out / "report.html").read_text()
+    overall = {r["field"]: r for r in summary["views"]["caption_lengths"] if r["discipline"] == r["source"] == "*"}
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(lake), "-S", "-e",
+                           "SELECT pairs FROM s1mmalign.overview;"
+                           "SELECT field, present, words_p50 FROM s1mmalign.caption_lengths "
+                           "WHERE discipline = '*' AND source = '*' ORDER BY field"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    ok(proc)
+    assert proc.stdout.split() == [str(pairs)] + [str(x) for f in ("caption", "recaption")
+                                                  for x in (f, overall[f]["present"], overall[f]["words_p50"])]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "TMP"], "--out DIR is required (or --views-only)"),
+    (["--lake", "/nonexistent/lake", "--out", "OUT"], "--lake /nonexistent/lake is not a folder"),
+    (["--lake", "TMP", "--out", "OUT"], "no pairs, quarantine table(s): run jobs/ingest.py first"),
+])
+def test_report_bad_flags_are_one_clear_line(args, message, tmp_path):
+    proc = run_job("report", *[str(tmp_path) if a == "TMP" else str(tmp_path / "out") if a == "OUT" else a
+                               for a in args], submit=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "_catalog").exists()
