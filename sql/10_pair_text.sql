@@ -1,5 +1,6 @@
 -- view: pair_text
 -- requires: pairs
+-- key: pair_id
 -- One row per pair: the text measures every caption view is built on. A text is blank when it is null
 -- or only whitespace; chars counts characters (code points), words counts whitespace-separated tokens
 -- (0 when blank); *_label says whether a non-blank text starts with a figure label ("Figure 3:").

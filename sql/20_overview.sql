@@ -1,5 +1,6 @@
 -- view: overview
 -- requires: pairs, quarantine
+-- key: (one row)
 -- One row: the size of the lake. input_lines = pairs + quarantined lines (every non-blank input line
 -- is in exactly one of the two).
 CREATE OR REPLACE VIEW ${db}.overview AS

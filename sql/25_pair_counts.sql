@@ -1,5 +1,6 @@
 -- view: pair_counts
 -- requires: pairs
+-- key: discipline, source
 -- Pairs, papers and distinct images per discipline and source; '*' stands for all of them.
 CREATE OR REPLACE VIEW ${db}.pair_counts AS
 SELECT IF(grouping(discipline) = 1, '*', discipline) AS discipline,

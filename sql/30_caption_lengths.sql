@@ -1,5 +1,6 @@
 -- view: caption_lengths
 -- requires: pairs
+-- key: discipline, source, field
 -- Per discipline and source ('*': all) and per field (caption = the raw caption, recaption = the AI
 -- caption): how many are blank or short (under report.short_chars characters, blank included), and the
 -- length of the non-blank ones in characters and words: mean and exact percentiles p5, p50, p95

@@ -1,5 +1,6 @@
 -- view: length_ratio
 -- requires: pairs
+-- key: discipline, source
 -- How much longer the recaption is than the raw caption, over pairs where both are non-blank, per
 -- discipline and source ('*': all): the ratio of total characters and of total words, and the median
 -- of the per-pair character ratio.

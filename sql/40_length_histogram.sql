@@ -1,5 +1,6 @@
 -- view: length_histogram
 -- requires: pairs
+-- key: discipline, field, bin
 -- Word counts of non-blank captions and recaptions per discipline ('*': all), in log-scale bins:
 -- bin b holds counts w with floor(log10(w) * report.length_bins_per_decade) = b, i.e. words_lo <= w < words_hi.
 CREATE OR REPLACE VIEW ${db}.length_histogram AS

@@ -1,5 +1,6 @@
 -- view: clip_stats
 -- requires: clip_scores
+-- key: model, discipline
 -- CLIP alignment per model and discipline ('*': all), over pairs whose caption and recaption were both
 -- scored: mean, sample standard deviation and sample variance of each; uplift_pct = how much higher the
 -- recaption mean is than the caption mean, in percent of the caption mean; variance_change_pct = the

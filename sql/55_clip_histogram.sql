@@ -1,5 +1,6 @@
 -- view: clip_histogram
 -- requires: clip_scores
+-- key: model, discipline, field, bin
 -- CLIP scores of captions and recaptions per model and discipline ('*': all), in bins of
 -- report.score_bin_width: bin b holds scores s with floor(s / width) = b, i.e. score_lo <= s < score_hi.
 CREATE OR REPLACE VIEW ${db}.clip_histogram AS

@@ -1,5 +1,6 @@
 -- view: clip_lowest
 -- requires: clip_scores, pairs
+-- key: model, discipline, rank
 -- For review: per model and discipline, the report.review_pairs pairs whose better caption still aligns
 -- worst with the image (lowest greatest(score_caption, score_recaption)): likely a wrong or unreadable
 -- figure, or a caption about something else. Ties go to the lower pair_id.

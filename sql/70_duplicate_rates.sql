@@ -1,5 +1,6 @@
 -- view: duplicate_rates
 -- requires: pairs, duplicates
+-- key: source, ingest_run_id
 -- Duplicate rates per source and per ingest run (the run that last wrote the pair); '*': all. A pair is
 -- an exact duplicate when its image bytes also belong to another pair, a near duplicate when its image
 -- is in a cluster of perceptually near images (the duplicates table, from the latest validate run).

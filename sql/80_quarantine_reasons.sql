@@ -1,5 +1,6 @@
 -- view: quarantine_reasons
 -- requires: pairs, quarantine
+-- key: source, ingest_run_id, reason
 -- Quarantined input lines per reason, per source and per ingest run (the run that last wrote the line);
 -- '*': all. share = lines / input lines (pairs + quarantined lines) of the same source or run.
 CREATE OR REPLACE VIEW ${db}.quarantine_reasons AS

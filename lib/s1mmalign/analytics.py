@@ -1,7 +1,7 @@
 """The named SQL views of sql/ over the catalog tables, and the numbers the report is made of.
 
 Each file in sql/ holds one `CREATE OR REPLACE VIEW ${db}.<name> AS ...` statement, headed by
-`-- view: <name>` and `-- requires: <table>, ...`. The placeholders `${db}` and `${<report setting>}`
+`-- view: <name>`, `-- requires: <table>, ...` and `-- key: <column>, ...` (what makes a row unique). The placeholders `${db}` and `${<report setting>}`
 are filled from conf (report section), and the views are created in the catalog as persistent views,
 so a later spark-sql session sees them as s1mmalign.<name>. A view whose tables are missing (no CLIP
 scores yet, no validate run yet) is dropped and reported as unavailable, with why.
@@ -26,11 +26,9 @@ BASE_VIEW = "pair_text"     # cached while the report collects: every caption vi
 # What to run when a table is missing, for the report's notes.
 PRODUCER = {"pairs": "jobs/ingest.py", "quarantine": "jobs/ingest.py", "clip_scores": "jobs/score_clip.py",
             "duplicates": "jobs/validate.py"}
-# Rows of each view are sorted by these columns (those present), so summaries compare and diff cleanly.
-ORDER = ("model", "discipline", "rank", "source", "ingest_run_id", "field", "reason", "bin")
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
-_HEADER = re.compile(r"^--\s*(view|requires):\s*(.*?)\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^--\s*(view|requires|key):\s*(.*?)\s*$", re.MULTILINE)
 
 
 class ViewError(ValueError):
@@ -41,6 +39,7 @@ class ViewError(ValueError):
 class View:
     name: str
     requires: tuple[str, ...]
+    key: tuple[str, ...]        # the columns that make a row unique (none: one row)
     description: str
     statement: str      # with ${...} placeholders
     file: str
@@ -57,10 +56,11 @@ def load_views(cfg: Config) -> list[View]:
             raise ViewError(f"{cfg.report.sql_dir}/{file}: no '-- view: <name>' header line")
         if f"VIEW ${{db}}.{name} AS" not in text:
             raise ViewError(f"{cfg.report.sql_dir}/{file}: does not create view ${{db}}.{name}")
-        requires = tuple(t.strip() for t in header.get("requires", "").split(",") if t.strip())
+        requires, key = (tuple(t.strip() for t in header.get(h, "").split(",") if re.fullmatch(r"\s*\w+\s*", t))
+                         for h in ("requires", "key"))
         comments = [ln[2:].strip() for ln in text.splitlines() if ln.startswith("--")]
         description = " ".join(c for c in comments if not _HEADER.match("-- " + c))
-        views.append(View(name, requires, description, text, file))
+        views.append(View(name, requires, key, description, text, file))
     if not views or views[0].name != BASE_VIEW:
         raise ViewError(f"{cfg.report.sql_dir}/: the first view must be {BASE_VIEW}")
     return views
@@ -125,8 +125,8 @@ def _plain(value):
     return value
 
 
-def _sort_key(row: dict):
-    return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in ORDER if c in row)
+def _sort_key(row: dict, key: tuple[str, ...]):
+    return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in key)
 
 
 def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
@@ -149,7 +149,7 @@ def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
                 continue
             start = time.monotonic()
             rows = [{k: _plain(v) for k, v in r.asDict().items()} for r in spark.table(f"{db}.{view.name}").collect()]
-            summary["views"][view.name] = sorted(rows, key=_sort_key)
+            summary["views"][view.name] = sorted(rows, key=lambda r: _sort_key(r, view.key))   # stable diffs
             summary["seconds"][view.name] = round(time.monotonic() - start, 3)
             log.info("view %s: %d rows (%.1fs)", view.name, len(rows), summary["seconds"][view.name])
     finally:
