@@ -22,7 +22,7 @@ from s1mmalign.config import Config
 
 log = logging.getLogger(__name__)
 
-BASE_VIEW = "pair_text"     # cached while the report collects: every caption view reads it
+BASE_VIEW = "pair_text"     # every caption view reads it; not itself part of the summary
 # What to run when a table is missing, for the report's notes.
 PRODUCER = {"pairs": "jobs/ingest.py", "quarantine": "jobs/ingest.py", "clip_scores": "jobs/score_clip.py",
             "duplicates": "jobs/validate.py"}
@@ -137,22 +137,21 @@ def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
                "lake": lake, "database": db, "parameters": parameters(cfg),
                "views": {}, "unavailable": dict(views.unavailable), "seconds": {}}
     del summary["parameters"]["db"]
-    cached = False
-    if any(v.name == BASE_VIEW for v in views.created):
-        start = time.monotonic()
-        spark.sql(f"CACHE TABLE {db}.{BASE_VIEW}")  # eager: one pass over pairs for every caption view
-        cached = True
-        summary["seconds"][BASE_VIEW] = round(time.monotonic() - start, 3)
+    cached: list[str] = []
     try:
         for view in views.created:
-            if view.name == BASE_VIEW:
-                continue
+            # Each view is cached as it is read: the base once for every caption view, and the small
+            # results for the views built on them (overview on pair_counts' totals).
             start = time.monotonic()
-            rows = [{k: _plain(v) for k, v in r.asDict().items()} for r in spark.table(f"{db}.{view.name}").collect()]
-            summary["views"][view.name] = sorted(rows, key=lambda r: _sort_key(r, view.key))   # stable diffs
+            spark.sql(f"CACHE TABLE {db}.{view.name}")
+            cached.append(view.name)
+            if view.name != BASE_VIEW:
+                rows = [{k: _plain(v) for k, v in r.asDict().items()} for r in spark.table(f"{db}.{view.name}").collect()]
+                summary["views"][view.name] = sorted(rows, key=lambda r: _sort_key(r, view.key))   # stable diffs
             summary["seconds"][view.name] = round(time.monotonic() - start, 3)
-            log.info("view %s: %d rows (%.1fs)", view.name, len(rows), summary["seconds"][view.name])
+            log.info("view %s: %s (%.1fs)", view.name, f"{len(summary['views'][view.name])} rows"
+                     if view.name in summary["views"] else "cached", summary["seconds"][view.name])
     finally:
-        if cached:
-            spark.sql(f"UNCACHE TABLE IF EXISTS {db}.{BASE_VIEW}")
+        for name in reversed(cached):
+            spark.sql(f"UNCACHE TABLE IF EXISTS {db}.{name}")
     return summary

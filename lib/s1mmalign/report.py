@@ -172,7 +172,7 @@ def _img(name: str, png: bytes, alt: str) -> str:
 
 
 def _note(view: str, summary: dict, what: str) -> str:
-    why = summary["unavailable"].get(view, "no rows")
+    why = summary["unavailable"].get(view, "its table has no rows yet")
     return f'<p class="note" id="note-{view}">{html.escape(what)}: {html.escape(why)}.</p>'
 
 
