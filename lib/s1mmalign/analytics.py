@@ -137,14 +137,17 @@ def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
                "lake": lake, "database": db, "parameters": parameters(cfg),
                "views": {}, "unavailable": dict(views.unavailable), "seconds": {}}
     del summary["parameters"]["db"]
+    # A view that later views read is cached as it is read: pair_text once for every caption view,
+    # pair_counts for the overview built on its totals.
+    read_by_others = {v.name for v in views.created
+                      if any(f"${{db}}.{v.name}" in later.statement for later in views.created if later is not v)}
     cached: list[str] = []
     try:
         for view in views.created:
-            # Each view is cached as it is read: the base once for every caption view, and the small
-            # results for the views built on them (overview on pair_counts' totals).
             start = time.monotonic()
-            spark.sql(f"CACHE TABLE {db}.{view.name}")
-            cached.append(view.name)
+            if view.name in read_by_others:
+                spark.sql(f"CACHE TABLE {db}.{view.name}")
+                cached.append(view.name)
             if view.name != BASE_VIEW:
                 rows = [{k: _plain(v) for k, v in r.asDict().items()} for r in spark.table(f"{db}.{view.name}").collect()]
                 summary["views"][view.name] = sorted(rows, key=lambda r: _sort_key(r, view.key))   # stable diffs
