@@ -1,10 +1,11 @@
 """The named SQL views of sql/ over the catalog tables, and the numbers the report is made of.
 
 Each file in sql/ holds one `CREATE OR REPLACE VIEW ${db}.<name> AS ...` statement, headed by
-`-- view: <name>`, `-- requires: <table>, ...` and `-- key: <column>, ...` (what makes a row unique). The placeholders `${db}` and `${<report setting>}`
-are filled from conf (report section), and the views are created in the catalog as persistent views,
-so a later spark-sql session sees them as s1mmalign.<name>. A view whose tables are missing (no CLIP
-scores yet, no validate run yet) is dropped and reported as unavailable, with why.
+`-- view: <name>`, `-- requires: <table>, ...` and `-- key: <column>, ...` (what makes a row unique;
+"(one row)" for none), then comment lines that describe it. The placeholders `${db}` and
+`${<report setting>}` are filled from conf (report section), and the views are created in the catalog
+as persistent views, so a later spark-sql session sees them as s1mmalign.<name>. A view whose tables
+are missing (no CLIP scores yet, no validate run yet) is dropped and reported as unavailable, with why.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
     db = cfg.catalog.database
     summary = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "lake": lake, "database": db, "parameters": parameters(cfg),
-               "views": {}, "unavailable": dict(views.unavailable), "seconds": {}}
+               "views": {}, "unavailable": dict(views.unavailable), "seconds": {},
+               "descriptions": {v.name: v.description for v in views.created}}
     del summary["parameters"]["db"]
     # A view that later views read is cached as it is read: pair_text once for every caption view,
     # pair_counts for the overview built on its totals.

@@ -192,7 +192,7 @@ table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1.2em}th,td{border:
 th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5em .8em}img.plot{max-width:100%}
 .kpi{display:flex;flex-wrap:wrap;gap:1em}.kpi div{background:#f5f7fa;padding:.6em 1em;border-radius:6px}
-.kpi b{display:block;font-size:1.3em}small{color:#666}
+.kpi b{display:block;font-size:1.3em}small{color:#666}dd{margin:0 0 .6em 1.5em;font-size:.9em}
 """
 
 
@@ -274,6 +274,14 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
                              ("lines", "lines", ""), ("input_lines", "input lines", ""), ("share", "share", "share")]))
     else:
         parts.append('<p class="note" id="note-quarantine_reasons">No quarantined lines.</p>')
+
+    described = summary.get("descriptions", {})
+    if described:
+        parts.append("<h2>The views behind this page</h2><p>In the catalog; query them with spark-sql, e.g. "
+                     f"<code>SELECT * FROM {html.escape(summary['database'])}.clip_stats</code>. "
+                     "'*' in a key column means all of them.</p><dl>" + "".join(
+                         f"<dt><code>{html.escape(summary['database'])}.{html.escape(n)}</code></dt>"
+                         f"<dd>{html.escape(d)}</dd>" for n, d in described.items()) + "</dl>")
 
     # Marks the page once every picture has decoded: what a headless browser test (or a person) can check.
     script = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
