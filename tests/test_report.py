@@ -415,3 +415,12 @@ def test_view_files_are_checked(cfg):
         analytics.render(bad, params)
     with pytest.raises(analytics.ViewError, match="may not hold a quote"):
         analytics.render(views[0], {**params, "figure_label_regex": "x' OR '1"})
+
+
+def test_an_empty_lake_gives_a_page_that_says_so():
+    summary = {"views": {name: [] for name in VIEWS}, "unavailable": {}, "lake": "/lake", "database": "s1mmalign",
+               "generated_at": "2026-11-26T00:00:00+00:00", "parameters": {"short_chars": 20}}
+    assert report.make_plots(summary) == {}
+    page = report.render_html(summary, {})
+    assert "No pairs in this lake yet" in page and "No CLIP scores in this lake: its table has no rows yet" in page
+    assert "No duplicate analysis" in page and "No quarantined lines" in page and "<img" not in page

@@ -210,6 +210,8 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
                 ("quarantined_lines", "quarantined lines", ""), ("quarantined_share", "of input lines quarantined", "share")]
         parts.append('<div class="kpi" id="overview">' + "".join(
             f'<div data-key="{k}"><b>{fmt(ov[k], kind)}</b>{label}</div>' for k, label, kind in kpis) + "</div>")
+    else:
+        parts.append('<p class="note" id="note-overview">No pairs in this lake yet: run jobs/ingest.py.</p>')
 
     parts.append("<h2>Pairs per discipline and source</h2>")
     if "pairs.png" in plots:
