@@ -242,15 +242,21 @@ FROM q JOIN inputs i ON i.source = q.source AND i.ingest_run_id = q.ingest_run_i
     }
 
 
-def run_duckdb(lake: Path, params: dict, cores: int) -> tuple[float, dict[str, list[dict]], dict[str, float]]:
+def _duck_connect(lake: Path, tables: tuple[str, ...], cores: int):
+    """A DuckDB connection with the lake's Delta tables registered as Arrow datasets (read by delta-rs)."""
     import duckdb
     from deltalake import DeltaTable
 
-    t0 = time.monotonic()
     con = duckdb.connect()
     con.execute(f"SET threads = {cores}")
-    for name in ("pairs", "clip_scores", "quarantine", "duplicates"):
+    for name in tables:
         con.register(name, DeltaTable(str(lake / name)).to_pyarrow_dataset())
+    return con
+
+
+def run_duckdb(lake: Path, params: dict, cores: int) -> tuple[float, dict[str, list[dict]], dict[str, float]]:
+    t0 = time.monotonic()
+    con = _duck_connect(lake, ("pairs", "clip_scores", "quarantine", "duplicates"), cores)
     out, seconds = {}, {}
     for name, sql in duckdb_views(params).items():
         t = time.monotonic()
@@ -272,12 +278,7 @@ def _timed(fn) -> float:
 
 
 def _duck_scan(lake: Path, sql: str, cores: int) -> None:
-    import duckdb
-    from deltalake import DeltaTable
-
-    con = duckdb.connect()
-    con.execute(f"SET threads = {cores}")
-    con.register("pairs", DeltaTable(str(lake / "pairs")).to_pyarrow_dataset())
+    con = _duck_connect(lake, ("pairs",), cores)
     con.execute(sql.format("pairs")).fetchall()
     con.close()
 

@@ -17,7 +17,6 @@ over validation time (target: validation under 3 passes, ratio >= 0.33).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil

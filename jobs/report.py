@@ -7,8 +7,6 @@ The views are created as s1mmalign.<view> (persistent: a later spark-sql session
 tables are missing (no CLIP scores, no validate run yet) are dropped, and the page says so.
 """
 
-import os
-
 import _bootstrap  # noqa: F401
 
 from s1mmalign import analytics, cli, config, report, session
@@ -26,8 +24,7 @@ def body() -> int:
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
     cli.require_lake_folder(args.lake)
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise cli.UsageError(f"--out {args.out} exists and is not a folder")
+    cli.require_out_folder(args.out)
     analytics.load_views(cfg)   # a broken view file fails here, before Spark starts
     cli.require_tables(args.lake, NEEDED)
     spark = session.build(args.lake, cfg)

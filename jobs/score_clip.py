@@ -37,7 +37,7 @@ def body() -> int:
 
     cli.require_tables(args.lake, score.NEEDED)
     spec = score.spec_from(cfg, args.model, args.checkpoint, args.random_weights_for_testing, args.model_config)
-    mid = clip.model_id(spec)   # no, a missing or an unreadable checkpoint fails here, before Spark starts
+    mid = clip.model_id(spec)   # a missing or an unreadable checkpoint fails here, before Spark starts
     run_cfg = dataclasses.replace(cfg, spark=dataclasses.replace(
         cfg.spark, arrow_batch_rows=spec.batch_size, extra={**cfg.spark.extra, **cfg.clip.spark_extra}))
     spark = session.build(args.lake, run_cfg)

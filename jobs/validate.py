@@ -6,7 +6,6 @@ Exit 0: every critical expectation passed (warnings are logged and recorded); 1:
 named on one line; 2: the job could not run.
 """
 
-import os
 import sys
 
 import _bootstrap  # noqa: F401
@@ -22,8 +21,7 @@ def body() -> int:
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
     cli.require_lake_folder(args.lake)
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise cli.UsageError(f"--out {args.out} exists and is not a folder")
+    cli.require_out_folder(args.out)
     quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
     cli.require_tables(args.lake, validate.INGEST_TABLES)
     spark = session.build(args.lake, cfg)

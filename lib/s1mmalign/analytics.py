@@ -18,15 +18,12 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from s1mmalign import delta_io, resources
+from s1mmalign import delta_io, resources, schemas
 from s1mmalign.config import Config
 
 log = logging.getLogger(__name__)
 
 BASE_VIEW = "pair_text"     # every caption view reads it; not itself part of the summary
-# What to run when a table is missing, for the report's notes.
-PRODUCER = {"pairs": "jobs/ingest.py", "quarantine": "jobs/ingest.py", "clip_scores": "jobs/score_clip.py",
-            "duplicates": "jobs/validate.py"}
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 _HEADER = re.compile(r"^--\s*(view|requires|key):\s*(.*?)\s*$", re.MULTILINE)
@@ -106,7 +103,7 @@ def create_views(spark, cfg: Config, lake: str) -> Views:
         if missing:
             spark.sql(f"DROP VIEW IF EXISTS {db}.{view.name}")
             unavailable[view.name] = "no {} table yet: run {}".format(
-                ", ".join(missing), " and ".join(sorted({PRODUCER.get(t, "the job that writes it") for t in missing})))
+                ", ".join(missing), " and ".join(sorted({schemas.producer(t) for t in missing})))
             continue
         spark.sql(render(view, params))
         created.append(view)

@@ -31,11 +31,18 @@ def require_lake_folder(lake: str) -> None:
 
 def require_tables(lake: str, tables: Sequence[str], spark=None) -> None:
     """LakeError unless every one of `tables` exists (a local lake is checked without Spark)."""
-    from s1mmalign import delta_io
+    from s1mmalign import delta_io, schemas
 
     missing = [t for t in tables if not delta_io.exists(spark, lake, t)]
     if missing:
-        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run jobs/ingest.py first")
+        jobs = " and ".join(sorted({schemas.producer(t) for t in missing}))
+        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run {jobs} first")
+
+
+def require_out_folder(out: str | None) -> None:
+    """UsageError when --out names something that exists and is not a folder."""
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} exists and is not a folder")
 
 
 class _Parser(argparse.ArgumentParser):

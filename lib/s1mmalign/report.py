@@ -44,6 +44,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "model"
 
 
+def clip_plot_name(model: str) -> str:
+    """The file (and page) name of a CLIP model's score plot."""
+    return f"clip_{_slug(model)}.png"
+
+
 # ---------------------------------------------------------------------------------------------- plots
 
 def plot_histograms(rows: list[dict], *, x_lo: str, x_hi: str, count: str, title: str, xlabel: str,
@@ -119,7 +124,7 @@ def make_plots(summary: dict) -> dict[str, bytes]:
             title="Caption length: raw caption against recaption", xlabel="words (log scale)")
     for model in sorted({r["model"] for r in views.get("clip_histogram", [])}):
         rows = [r for r in views["clip_histogram"] if r["model"] == model]
-        plots[f"clip_{_slug(model)}.png"] = plot_histograms(
+        plots[clip_plot_name(model)] = plot_histograms(
             rows, x_lo="score_lo", x_hi="score_hi", count="pairs",
             title=f"CLIP alignment, {model}: raw caption against recaption", xlabel="cosine similarity")
     reasons = [r for r in views.get("quarantine_reasons", []) if r["source"] != "*" and r["ingest_run_id"] == "*"]
@@ -241,7 +246,7 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     if v.get("clip_stats"):
         for model in sorted({r["model"] for r in v["clip_stats"]}):
             parts.append(f"<h3>{html.escape(model)}</h3>")
-            name = f"clip_{_slug(model)}.png"
+            name = clip_plot_name(model)
             if name in plots:
                 parts.append(_img(name, plots[name], f"CLIP score distributions, {model}"))
             parts.append(_table(f"clip_stats_{_slug(model)}", [r for r in v["clip_stats"] if r["model"] == model],

@@ -86,6 +86,11 @@ def lake_tables(job: str | None = None) -> list[str]:
             if isinstance(s, dict) and "key" in s and (job is None or s.get("job") == job)]
 
 
+def producer(name: str) -> str:
+    """The job script that writes table `name` (its `job:` in tables.yaml), for "run ... first" messages."""
+    return f"jobs/{table(name).job}.py"
+
+
 def quarantine_reasons() -> tuple[str, ...]:
     """The stable reason codes of the quarantine table."""
     return tuple(_load()["quarantine_reasons"])
