@@ -70,3 +70,28 @@ def end_to_end(scorer: clip.Scorer, items: list[clip.Pair], batch: int) -> float
     start = time.perf_counter()
     n = sum(len(s) for s in scorer.score_batches(groups))
     return n / (time.perf_counter() - start)
+
+
+def prepare_only(scorer: clip.Scorer, items: list[clip.Pair], batch: int) -> float:
+    """Pairs/s of the CPU side alone (image decode + preprocessing, tokenizing), no model: what the
+    end-to-end rate cannot exceed however fast the model is."""
+    groups = [items[i:i + batch] for i in range(0, len(items), batch)]
+    scorer.prepare(groups[0])
+    start = time.perf_counter()
+    n = 0
+    for g in groups:
+        scorer.prepare(g)
+        n += len(g)
+    if scorer.device.type == "cuda":
+        scorer.torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
+
+
+def agreement(a: list[clip.Score], b: list[clip.Score]) -> float:
+    """Largest absolute difference between two score lists of the same pairs (statuses must match)."""
+    if [s.status for s in a] != [s.status for s in b]:
+        raise AssertionError("statuses differ between the two scorers")
+    diffs = [abs(x - y) for s, t in zip(a, b)
+             for x, y in ((s.score_caption, t.score_caption), (s.score_recaption, t.score_recaption))
+             if x is not None and y is not None]
+    return max(diffs)

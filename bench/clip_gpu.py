@@ -5,8 +5,11 @@
 Runs without Spark or Java (the device machine has neither): the scorer module itself, fp16 on CUDA.
 For each model: (a) the model-only ceiling (one image + two 77-token texts per pair, inputs resident on
 the GPU) at the best of several batch sizes, (b) the scorer end to end from 256 px JPEG thumbnails and
-caption strings (decode on the GPU with nvJPEG, or Pillow threads with --decode pil) at that batch size;
-ratio = (b) / (a), target >= 0.6. Needs torch, torchvision, open_clip_torch and Pillow (carry the wheels
+caption strings (decode on the GPU with nvJPEG, or Pillow threads with --decode pil) at that batch size,
+(c) the CPU side alone (decode + tokenize, no model), what (b) cannot exceed; ratio = (b) / (a), target
+>= 0.6. First, with --check N, N pairs are scored on the GPU (both decode paths, one batch and
+pipelined) and on the CPU in fp32 with the same weights: the largest score difference is printed, and
+over --tolerance the run fails. Needs torch, torchvision, open_clip_torch and Pillow (carry the wheels
 that the machine lacks: see the README's performance section).
 """
 
@@ -26,8 +29,11 @@ def main() -> int:
     ap.add_argument("--batches", default="128,256,512,1024")
     ap.add_argument("--decode", default="auto", choices=["auto", "pil", "torch"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 4)
+    ap.add_argument("--text-workers", type=int, default=-1, help="tokenizer processes (-1: the scorer's auto)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
     ap.add_argument("--model-config", default=None, help="an open_clip JSON config (models not built in)")
+    ap.add_argument("--check", type=int, default=128, help="pairs scored on GPU and CPU to compare (0: skip)")
+    ap.add_argument("--tolerance", type=float, default=0.005, help="largest GPU fp16 vs CPU fp32 score difference allowed")
     args = ap.parse_args()
     import torch
 
@@ -37,19 +43,48 @@ def main() -> int:
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     items = cb.pairs(args.pairs)
     ratios = []
+    if args.check:
+        # the first model, same random weights (seeded) in fp32 on the CPU and fp16 on the GPU
+        name = args.models.split(",")[0]
+        base = dict(model=name, random_weights=True, decode_threads=args.threads, model_config=args.model_config)
+        few = items[:args.check] + [cb.clip.Pair(items[0].image[:200], items[0].caption, None)]  # a broken JPEG
+        base["text_workers"] = 0      # the reference: in-process tokenizer, Pillow, fp32
+        ref = cb.clip.Scorer(cb.clip.ScorerSpec(device="cpu", image_decode="pil", **base))
+        cpu = ref.score(few)
+        ref.close()
+        worst = {}
+        for decode in ("torch", "pil"):
+            base["text_workers"] = args.text_workers
+            other = cb.clip.Scorer(cb.clip.ScorerSpec(device=args.device, image_decode=decode, **base))
+            worst[decode] = cb.agreement(cpu, other.score(few))
+            # the pipelined path (next batch prepared on a thread while the model runs) as well
+            piped = [x for b in other.score_batches([few[k:k + 16] for k in range(0, len(few), 16)]) for x in b]
+            worst[decode + " pipelined"] = cb.agreement(cpu, piped)
+            other.close()
+        print(f"check {name}: {len(few)} pairs, {args.device} vs CPU fp32 largest score difference: "
+              + ", ".join(f"decode {d} {w:.5f}" for d, w in worst.items())
+              + f"; caption scores span {min(s.score_caption for s in cpu[:-1]):.4f}.."
+              + f"{max(s.score_caption for s in cpu[:-1]):.4f}")
+        if max(worst.values()) > args.tolerance:
+            print(f"clip_gpu: GPU scores differ from CPU scores by more than {args.tolerance}")
+            return 1
     for name in args.models.split(","):
         spec = cb.clip.ScorerSpec(model=name, random_weights=True, device=args.device, image_decode=args.decode,
-                                  decode_threads=args.threads, model_config=args.model_config)
+                                  decode_threads=args.threads, text_workers=args.text_workers,
+                                  model_config=args.model_config)
         scorer = cb.clip.Scorer(spec)
         ceilings = {b: cb.model_only(scorer, b, args.seconds) for b in map(int, args.batches.split(","))}
         best = max(ceilings, key=ceilings.get)
         rate = cb.end_to_end(scorer, items, best)
+        cpu_side = cb.prepare_only(scorer, items[:best * 8], best)
         ratios.append(rate / ceilings[best])
         print(f"{name} {str(scorer.dtype).replace('torch.', '')} on {card}: model only "
               + ", ".join(f"b{b} {r:,.0f}" for b, r in ceilings.items())
               + f" pairs/s; best b{best} {ceilings[best]:,.0f}; scorer end to end (decode "
-              + f"{'torch on ' + scorer.device.type if scorer.decode_on_device else 'pillow x' + str(args.threads)}) {rate:,.0f} pairs/s; "
-              + f"ratio {rate / ceilings[best]:.2f}")
+              + f"{'torch on ' + scorer.device.type if scorer.decode_on_device else 'pillow x' + str(args.threads)}, "
+              + f"tokenizer processes {scorer.text_workers}) {rate:,.0f} pairs/s; "
+              + f"CPU side alone {cpu_side:,.0f} pairs/s; ratio {rate / ceilings[best]:.2f}")
+        scorer.close()
         del scorer
         if args.device == "cuda":
             torch.cuda.empty_cache()

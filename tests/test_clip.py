@@ -101,6 +101,36 @@ def test_strategies_differ_only_on_long_texts(tiny_checkpoint, figures):
     assert trunc.score(pairs) == a, "scores are deterministic"
 
 
+def test_word_cache_gives_open_clips_ids(scifig300):
+    """The cached encoder returns exactly open_clip's token ids, on real captions and on text that the
+    tokenizer's cleaning changes (HTML entities, mojibake, odd spaces, case, accents, CJK, emoji)."""
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    cache = clip.WordCache(tok)
+    assert cache.fast, "ViT-B-32's tokenizer is open_clip's SimpleTokenizer: the cached path must be used"
+    texts = [t for line in (scifig300 / "arxiv/jsonl/24_recaption.jsonl").read_text().splitlines() if line.strip()
+             for t in (json.loads(line)["caption"], json.loads(line)["recaption"]) if t]
+    texts += ["Fig. 3: &amp;lt;E&gt; vs. T  (K)", "caf\u00c3\u00a9 r\u00c3\u00a9sum\u00c3\u00a9",
+              "Ṫhe   ÉLECTRON\tflux\n\n", "粒子 の 分布 ≥ 3σ", "loss 📉 drops", "", "   ", "'s 've 'LL", "x" * 500]
+    for _ in range(2):   # the second pass is served from the cache
+        assert [cache.encode(t) for t in texts] == [tok.encode(t) for t in texts]
+    assert cache.words, "words were kept"
+
+
+@pytest.mark.parametrize("strategy", clip.STRATEGIES)
+def test_tokenizer_processes_give_the_same_scores(tiny_checkpoint, figures, strategy):
+    """Texts tokenized in spawned processes (as on a GPU) score exactly as when tokenized in-process."""
+    pairs = [clip.Pair(*f) for f in figures]
+    pairs += [clip.Pair(figures[0][0], None, " "), clip.Pair(figures[1][0], "a", None)]
+    here = clip.Scorer(spec(tiny_checkpoint, text_strategy=strategy, text_workers=0))
+    pooled = clip.Scorer(spec(tiny_checkpoint, text_strategy=strategy, text_workers=2))
+    try:
+        assert pooled.text_pool is not None and here.text_pool is None
+        assert pooled.score(pairs) == here.score(pairs)
+    finally:
+        pooled.close()
+        here.close()
+
+
 def test_thumbnails_sit_close_to_originals(tiny_checkpoint, figures, capsys):
     """How far scores from the ingest's 256 px JPEG thumbnails sit from scores from the original files."""
     scorer = clip.Scorer(spec(tiny_checkpoint))

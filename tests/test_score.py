@@ -26,7 +26,8 @@ def rows(spark, lake):
 
 
 def test_score_every_pair_once_then_only_what_is_missing(spark, cfg, lake, tiny_checkpoint):  # noqa: F811
-    tiny_cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, batch_size=16, decode_threads=2))
+    tiny_cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, batch_size=16, decode_threads=2,
+                                                                     text_workers=2))
     spec = score.spec_from(tiny_cfg, "tiny-clip", str(tiny_checkpoint), model_config=TINY)
     first = score.run(spark, tiny_cfg, str(lake), spec)
     pairs = delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption", "recaption", "image_sha256").collect()

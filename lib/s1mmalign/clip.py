@@ -41,6 +41,7 @@ class ScorerSpec:
     text_strategy: str = "truncate"
     batch_size: int = 256
     decode_threads: int = 4
+    text_workers: int = -1               # tokenizer processes: -1 auto (on CUDA half the cores, max 8), 0 in-process
     device: str = "auto"                 # auto | cpu | cuda
     image_decode: str = "auto"           # pil | torch (JPEG decode + resize/crop on the model's device) | auto
     cache_dir: str = "~/.cache/s1mmalign/checkpoints"
@@ -116,6 +117,77 @@ def model_id(spec: ScorerSpec) -> str:
     return _model_id(spec, checkpoint_path(spec))
 
 
+class WordCache:
+    """open_clip's SimpleTokenizer.encode with the ids of each word kept: the same ids, several times
+    faster on captions (the tokenizer itself keeps each word's BPE merge but redoes its byte mapping and
+    id lookups every time). Tokenizers of another kind (HF, SentencePiece) are called as they are."""
+
+    LIMIT = 1_000_000   # words kept; past it, new words are encoded but not kept
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.words: dict[str, list[int]] = {}
+        self.fast = all(hasattr(tokenizer, a) for a in ("pat", "clean_fn", "byte_encoder", "encoder", "bpe"))
+
+    def encode(self, text: str) -> list[int]:
+        tok = self.tok
+        if not self.fast:
+            return tok.encode(text)
+        out: list[int] = []
+        words = self.words
+        for word in tok.pat.findall(tok.clean_fn(text)):
+            ids = words.get(word)
+            if ids is None:
+                mapped = "".join(tok.byte_encoder[b] for b in word.encode("utf-8"))
+                ids = [tok.encoder[t] for t in tok.bpe(mapped).split(" ")]
+                if len(words) < self.LIMIT:
+                    words[word] = ids
+            out.extend(ids)
+        return out
+
+
+class TextWindows:
+    """Token windows (sot + up to context-2 ids + eot) of texts, per the text strategy."""
+
+    def __init__(self, tokenizer, strategy: str):
+        self.tok = tokenizer
+        self.words = WordCache(tokenizer)
+        self.context = int(getattr(tokenizer, "context_length", 77) or 77)
+        self.strategy = strategy
+
+    def __call__(self, text: str) -> list[list[int]]:
+        tok = self.tok
+        ids = self.words.encode(text)
+        body = self.context - 2
+        if self.strategy == "truncate" or len(ids) <= body:
+            return [[tok.sot_token_id] + ids[:body] + [tok.eot_token_id]]
+        return [[tok.sot_token_id] + ids[i:i + body] + [tok.eot_token_id] for i in range(0, len(ids), body)]
+
+
+_WORKER: dict[str, TextWindows] = {}
+
+
+def _text_worker_init(model: str, model_config: str | None, strategy: str) -> None:
+    """In a tokenizer process: the model's tokenizer, once."""
+    import open_clip
+
+    if model_config:
+        open_clip.add_model_config(model_config)
+    _WORKER["windows"] = TextWindows(open_clip.get_tokenizer(model), strategy)
+
+
+def _text_worker_windows(texts: list[str]) -> list[list[list[int]]]:
+    return [_WORKER["windows"](t) for t in texts]
+
+
+def text_workers(spec: ScorerSpec, cuda: bool) -> int:
+    """Tokenizer processes: spec.text_workers, or with 'auto' (-1) on CUDA half the cores up to 8 (the GPU
+    outruns one Python tokenizer several times over), on CPU none (the model is the bottleneck there)."""
+    if spec.text_workers >= 0:
+        return spec.text_workers
+    return min(8, (os.cpu_count() or 2) // 2) if cuda else 0
+
+
 class Scorer:
     """One open_clip model, reused across batches."""
 
@@ -158,9 +230,20 @@ class Scorer:
         self.mean = torch.tensor(pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
         self.std = torch.tensor(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
         self.tokenizer = open_clip.get_tokenizer(spec.model)
-        self.context = int(getattr(self.tokenizer, "context_length", 77) or 77)
+        self.windows = TextWindows(self.tokenizer, spec.text_strategy)
+        self.context = self.windows.context
         self.model_id = _model_id(spec, path)
         self.pool = ThreadPoolExecutor(max(1, spec.decode_threads), thread_name_prefix="clip-decode")
+        self.text_workers = text_workers(spec, cuda)
+        self.text_pool = None
+        if self.text_workers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: fresh interpreters (never a fork of a process holding CUDA or the JVM gateway)
+            self.text_pool = ProcessPoolExecutor(self.text_workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_text_worker_init,
+                                                 initargs=(spec.model, spec.model_config, spec.text_strategy))
         log.info("CLIP %s on %s (%s), text %s", self.model_id, self.device, self.dtype, spec.text_strategy)
 
     # -- CPU side: decode, preprocess, tokenize --------------------------------------------------
@@ -197,43 +280,50 @@ class Scorer:
                         decoded[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError:
                         pass
-        for i, img in decoded.items():
-            x = img.to(torch.float32) / 255.0
-            x = TF.resize(x, [self.image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-            x = TF.center_crop(x, [self.image_size, self.image_size]).clamp_(0, 1)
-            out[i] = (x - self.mean) / self.std
+        if decoded:
+            # per image only what depends on its size (resize, crop); scaling, clamping and normalizing
+            # once for the whole batch (resizing is linear, so x/255 resized = (x resized)/255)
+            size = self.image_size
+            crops = [TF.center_crop(TF.resize(img.to(torch.float32), [size], interpolation=InterpolationMode.BICUBIC,
+                                              antialias=True), [size, size]) for img in decoded.values()]
+            batch = torch.stack(crops).clamp_(0, 255).mul_(1 / 255.0).sub_(self.mean).div_(self.std)
+            for i, x in zip(decoded, batch):
+                out[i] = x
         for i, d in enumerate(datas):
             if out[i] is None and i not in decoded:
                 t = self._image(d)
                 out[i] = None if t is None else t.to(self.device)
         return out
 
-    def _windows(self, text: str) -> list[list[int]]:
-        """Token id lists (sot + up to context-2 tokens + eot) for one text, per the strategy."""
-        tok = self.tokenizer
-        ids = tok.encode(text)
-        body = self.context - 2
-        if self.spec.text_strategy == "truncate" or len(ids) <= body:
-            return [[tok.sot_token_id] + ids[:body] + [tok.eot_token_id]]
-        return [[tok.sot_token_id] + ids[i:i + body] + [tok.eot_token_id] for i in range(0, len(ids), body)]
-
     def prepare(self, pairs: Sequence[Pair]):
-        """Everything before the model, on CPU threads: image tensors and token windows."""
+        """Everything before the model, on CPU threads (and tokenizer processes): image tensors and token windows."""
+        import numpy as np
+
         torch = self.torch
+        slots = [(i, j) for i, p in enumerate(pairs) for j, text in enumerate((p.caption, p.recaption))
+                 if text and text.strip()]
+        texts = [(pairs[i].caption, pairs[i].recaption)[j] for i, j in slots]
+        if self.text_pool is not None and texts:
+            # tokenized in other processes while this thread prepares the images
+            step = -(-len(texts) // self.text_workers)
+            chunks = [self.text_pool.submit(_text_worker_windows, texts[k:k + step])
+                      for k in range(0, len(texts), step)]
         if self.decode_on_device:
             images = self._images_on_device([p.image for p in pairs])
         else:
             images = list(self.pool.map(self._image, [p.image for p in pairs]))
+        if self.text_pool is not None and texts:
+            per_text = [w for c in chunks for w in c.result()]
+        else:
+            per_text = [self.windows(t) for t in texts]
         windows, owner = [], []       # owner: (pair index, 0 caption | 1 recaption) per window
-        for i, p in enumerate(pairs):
-            for j, text in enumerate((p.caption, p.recaption)):
-                if text and text.strip():
-                    for w in self._windows(text):
-                        windows.append(w)
-                        owner.append((i, j))
-        tokens = torch.zeros(len(windows), self.context, dtype=torch.long)
+        for slot, ws in zip(slots, per_text):
+            windows.extend(ws)
+            owner.extend([slot] * len(ws))
+        flat = np.zeros((len(windows), self.context), dtype=np.int64)
         for k, w in enumerate(windows):
-            tokens[k, :len(w)] = torch.tensor(w)
+            flat[k, :len(w)] = w
+        tokens = torch.from_numpy(flat)
         ok = [i for i, t in enumerate(images) if t is not None]
         stack = torch.stack([images[i] for i in ok]) if ok else None
         return len(pairs), ok, stack, tokens, owner
@@ -282,6 +372,12 @@ class Scorer:
             sr = cos[i][1] if i in good and has_text[i][1] else None
             out.append(Score(sc, sr, ",".join(status) or "ok"))
         return out
+
+    def close(self) -> None:
+        """Stops the decode threads and tokenizer processes (a Scorer kept for the process needs no close)."""
+        self.pool.shutdown(wait=True)
+        if self.text_pool is not None:
+            self.text_pool.shutdown(wait=True)
 
     def score(self, pairs: Sequence[Pair]) -> list[Score]:
         """Scores for one batch of pairs."""

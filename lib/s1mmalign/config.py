@@ -75,6 +75,7 @@ class ClipConf:
     text_strategy: str = "truncate"       # truncate | chunk_mean
     batch_size: int = 256
     decode_threads: int = 4
+    text_workers: int = -1                # tokenizer processes: -1 auto (on CUDA half the cores, max 8), 0 none
     device: str = "auto"                  # auto | cpu | cuda
     image_decode: str = "auto"            # auto (torch on CUDA, else pil) | pil | torch
     torch_threads: int = 0                # 0: torch's default

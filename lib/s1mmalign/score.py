@@ -29,7 +29,8 @@ def spec_from(cfg: Config, model: str | None = None, checkpoint: str | None = No
     return clip.ScorerSpec(model=model or c.model, checkpoint=checkpoint or c.checkpoint,
                            random_weights=random_weights, model_config=model_config,
                            text_strategy=c.text_strategy, batch_size=c.batch_size,
-                           decode_threads=c.decode_threads, device=c.device, image_decode=c.image_decode,
+                           decode_threads=c.decode_threads, text_workers=c.text_workers, device=c.device,
+                           image_decode=c.image_decode,
                            cache_dir=c.cache_dir,
                            s3_endpoint_url=cfg.s3.endpoint_url, s3_region=cfg.s3.region)
 
