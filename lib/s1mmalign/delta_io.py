@@ -55,6 +55,15 @@ def _log_write(spark, lake: str, name: str, what: str) -> dict[str, str]:
     return metrics
 
 
+def _writer(df, name: str):
+    """A Delta writer for table `name`'s columns with its write options from schemas/."""
+    tdef = schemas.table(name)
+    writer = df.select(*tdef.names).write.format("delta")
+    for key, value in tdef.write_options:
+        writer = writer.option(key, value)
+    return writer
+
+
 def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | None = None,
                  delete_unmatched_when: str | None = None) -> dict[str, str]:
     """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones.
@@ -77,14 +86,13 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
 
 def append(spark, lake: str, name: str, df) -> dict[str, str]:
     """Append rows (for callers that have already excluded what the table holds)."""
-    df.select(*schemas.table(name).names).write.format("delta").mode("append").save(table_path(lake, name))
+    _writer(df, name).mode("append").save(table_path(lake, name))
     return _log_write(spark, lake, name, "append")
 
 
 def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:
     """Atomically replace the rows matching `where` with df (one commit)."""
-    (df.select(*schemas.table(name).names).write.format("delta").mode("overwrite")
-     .option("replaceWhere", where).save(table_path(lake, name)))
+    _writer(df, name).mode("overwrite").option("replaceWhere", where).save(table_path(lake, name))
     return _log_write(spark, lake, name, f"replace where {where[:80]}")
 
 
@@ -105,5 +113,5 @@ def exists(spark, lake: str, name: str) -> bool:
 
 def replace_all(spark, lake: str, name: str, df) -> dict[str, str]:
     """Atomically replace every row of table `name` with df (one commit)."""
-    df.select(*schemas.table(name).names).write.format("delta").mode("overwrite").save(table_path(lake, name))
+    _writer(df, name).mode("overwrite").save(table_path(lake, name))
     return _log_write(spark, lake, name, "replace all")

@@ -39,6 +39,7 @@ class TableDef:
     key: tuple[str, ...] = ()
     catalog: bool = False
     job: str | None = None
+    write_options: tuple[tuple[str, str], ...] = ()   # Delta/Parquet writer options (e.g. compression)
 
     @property
     def names(self) -> list[str]:
@@ -77,6 +78,7 @@ def table(name: str) -> TableDef:
         key=tuple(spec.get("key", ())),
         catalog=bool(spec.get("catalog", False)),
         job=spec.get("job"),
+        write_options=tuple((str(k), str(v)) for k, v in (spec.get("write_options") or {}).items()),
     )
 
 
