@@ -4,10 +4,12 @@
 
 Corpus: the 300 real figures of ../shared/data/scifig300 (PNG), each copy k made distinct bytes by a
 PNG text chunk (same pixels, same decode work; copies x 300 figures), laid out as arXiv with one
-yearly archive and JSONL file per copy, and unpacked as loose files for the baseline. Both sides do the same per-image work (decode check, sha256, difference
-hash, 256 px JPEG thumbnail) with the same function, on the same cores:
-  baseline  multiprocessing.Pool(cores) over the unpacked files, no Spark, no tables;
-  ingest    ingest.run in a warm local[cores] session: archives streamed, JSONL parsed, Delta MERGEs.
+yearly archive and JSONL file per copy, and unpacked as loose files for the baseline. Every side does
+the same per-image work (decode check, sha256, difference hash, 256 px JPEG thumbnail) with the same
+function, on the same cores:
+  baseline   multiprocessing.Pool(cores) over the unpacked files, no Spark, no tables;
+  streaming  the archive tasks' own code in the same kind of Pool, no Spark (what Spark adds, apart);
+  ingest     ingest.run in a warm local[cores] session: archives streamed, JSONL parsed, Delta MERGEs.
 Memory: one archive task (the code Spark's Python worker runs) over a generated archive of
 --archive-gb GB, its peak RSS measured by the OS.
 """
