@@ -114,6 +114,10 @@ def test_word_cache_gives_open_clips_ids(scifig300):
     for _ in range(2):   # the second pass is served from the cache
         assert [cache.encode(t) for t in texts] == [tok.encode(t) for t in texts]
     assert cache.words, "words were kept"
+    small = clip.WordCache(tok)
+    small.LIMIT = 5
+    assert [small.encode(t) for t in texts[:20]] == [tok.encode(t) for t in texts[:20]]
+    assert len(small.words) == 5, "past its limit the cache stops growing, and the ids stay right"
 
 
 @pytest.mark.parametrize("strategy", clip.STRATEGIES)

@@ -122,7 +122,7 @@ class WordCache:
     faster on captions (the tokenizer itself keeps each word's BPE merge but redoes its byte mapping and
     id lookups every time). Tokenizers of another kind (HF, SentencePiece) are called as they are."""
 
-    LIMIT = 1_000_000   # words kept; past it, new words are encoded but not kept
+    LIMIT = 200_000     # words kept (~200 bytes each); past it, new words are encoded but not kept
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
