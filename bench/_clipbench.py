@@ -41,6 +41,11 @@ def pairs(n: int) -> list[clip.Pair]:
     return [clip.Pair(t, *texts(i)) for i, t in enumerate(thumbs)]
 
 
+def batches(items: list, size: int) -> list[list]:
+    """items in consecutive batches of `size`."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def model_only(scorer: clip.Scorer, batch: int, seconds: float) -> float:
     """Pairs/s of the model alone at one batch size (inputs resident on the device)."""
     torch = scorer.torch
@@ -65,7 +70,7 @@ def model_only(scorer: clip.Scorer, batch: int, seconds: float) -> float:
 
 def end_to_end(scorer: clip.Scorer, items: list[clip.Pair], batch: int) -> float:
     """Pairs/s of the scorer over items (after one warm-up batch)."""
-    groups = [items[i:i + batch] for i in range(0, len(items), batch)]
+    groups = batches(items, batch)
     scorer.score(groups[0])
     start = time.perf_counter()
     n = sum(len(s) for s in scorer.score_batches(groups))
@@ -75,7 +80,7 @@ def end_to_end(scorer: clip.Scorer, items: list[clip.Pair], batch: int) -> float
 def prepare_only(scorer: clip.Scorer, items: list[clip.Pair], batch: int) -> float:
     """Pairs/s of the CPU side alone (image decode + preprocessing, tokenizing), no model: what the
     end-to-end rate cannot exceed however fast the model is."""
-    groups = [items[i:i + batch] for i in range(0, len(items), batch)]
+    groups = batches(items, batch)
     scorer.prepare(groups[0])
     start = time.perf_counter()
     n = 0

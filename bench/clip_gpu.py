@@ -58,7 +58,7 @@ def main() -> int:
             other = cb.clip.Scorer(cb.clip.ScorerSpec(device=args.device, image_decode=decode, **base))
             worst[decode] = cb.agreement(cpu, other.score(few))
             # the pipelined path (next batch prepared on a thread while the model runs) as well
-            piped = [x for b in other.score_batches([few[k:k + 16] for k in range(0, len(few), 16)]) for x in b]
+            piped = [x for b in other.score_batches(cb.batches(few, 16)) for x in b]
             worst[decode + " pipelined"] = cb.agreement(cpu, piped)
             other.close()
         print(f"check {name}: {len(few)} pairs, {args.device} vs CPU fp32 largest score difference: "

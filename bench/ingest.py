@@ -104,6 +104,7 @@ def baseline(root: Path, cores: int) -> tuple[int, float]:
 
 
 def _stream_one(path: str) -> int:
+    """Archive members streamed by the archive task's own code (tasks.stream_archives) over one archive."""
     import pyarrow as pa
 
     from s1mmalign import images, tasks
@@ -165,18 +166,12 @@ def archive_memory(gb: float) -> tuple[int, int]:
                 tar.addfile(info, io.BytesIO(blob))
                 n += 1
         path.with_suffix(".tmp").rename(path)
+    # a fresh process running the archive task's code (_stream_one), so its peak RSS is the task's alone
     code = f"""
-import json, resource, sys, pyarrow as pa
-sys.path.insert(0, {str(REPO / 'lib')!r})
-from s1mmalign import tasks, images
-from s1mmalign.storage import LocalStore
-fn = tasks.stream_archives(LocalStore({str(path.parent)!r}), images.ImagePolicy())
-desc = pa.RecordBatch.from_pylist([{{"source": "big", "archive": {path.name!r}, "missing_after": None,
-    "parts": json.dumps([{{"rel": {path.name!r}, "size": {path.stat().st_size}}}])}}])
-members = 0
-for batch in fn(iter([desc])):
-    members += sum(1 for k in batch.column("kind").to_pylist() if k == "member")
-print(members, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+import resource, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from ingest import _stream_one
+print(_stream_one({str(path)!r}), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]), int(out[1]) * 1024

@@ -231,7 +231,6 @@ class Scorer:
         self.std = torch.tensor(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
         self.tokenizer = open_clip.get_tokenizer(spec.model)
         self.windows = TextWindows(self.tokenizer, spec.text_strategy)
-        self.context = self.windows.context
         self.model_id = _model_id(spec, path)
         self.pool = ThreadPoolExecutor(max(1, spec.decode_threads), thread_name_prefix="clip-decode")
         self.text_workers = text_workers(spec, cuda)
@@ -303,6 +302,7 @@ class Scorer:
         slots = [(i, j) for i, p in enumerate(pairs) for j, text in enumerate((p.caption, p.recaption))
                  if text and text.strip()]
         texts = [(pairs[i].caption, pairs[i].recaption)[j] for i, j in slots]
+        chunks = []
         if self.text_pool is not None and texts:
             # tokenized in other processes while this thread prepares the images
             step = -(-len(texts) // self.text_workers)
@@ -312,15 +312,12 @@ class Scorer:
             images = self._images_on_device([p.image for p in pairs])
         else:
             images = list(self.pool.map(self._image, [p.image for p in pairs]))
-        if self.text_pool is not None and texts:
-            per_text = [w for c in chunks for w in c.result()]
-        else:
-            per_text = [self.windows(t) for t in texts]
+        per_text = [w for c in chunks for w in c.result()] if chunks else [self.windows(t) for t in texts]
         windows, owner = [], []       # owner: (pair index, 0 caption | 1 recaption) per window
         for slot, ws in zip(slots, per_text):
             windows.extend(ws)
             owner.extend([slot] * len(ws))
-        flat = np.zeros((len(windows), self.context), dtype=np.int64)
+        flat = np.zeros((len(windows), self.windows.context), dtype=np.int64)
         for k, w in enumerate(windows):
             flat[k, :len(w)] = w
         tokens = torch.from_numpy(flat)
