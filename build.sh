@@ -19,6 +19,15 @@ extras=test
 if [ "${1:-}" = test ] || [ "${1:-}" = clip ]; then extras=test,clip,bench; fi
 stamp=".venv/.s1mmalign-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # Measured on a fresh clone: the CLIP stack peaks at 10 GB while pip installs it (7 GB kept), the rest at 2 GB.
+  need_gb=3; [ "$extras" = test ] || need_gb=11
+  for dir in . "${TMPDIR:-/tmp}"; do
+    free_gb=$(df -Pk "$dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+    if [ "$free_gb" -lt "$need_gb" ]; then
+      echo "build.sh: installing .venv needs about $need_gb GB free; $(cd "$dir" && pwd) has $free_gb GB" >&2
+      exit 1
+    fi
+  done
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
   touch "$stamp"
