@@ -37,3 +37,24 @@ def test_bad_files_are_one_clear_error(tmp_path, text, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         config.load("/nonexistent/conf.yaml", environ={})
+
+
+@pytest.mark.parametrize("spark_conf, expected", [
+    ({"shuffle_partitions": 4}, "4"),
+    ({"shuffle_partitions": 1}, "2"),
+    ({"shuffle_partitions": 200}, "50"),
+    ({"shuffle_partitions": 200, "delta_snapshot_partitions": 16}, "16"),
+])
+def test_delta_log_read_tasks(spark_conf, expected):
+    from s1mmalign import session
+
+    settings = session.session_settings("/tmp/lake", config.load(overrides={"spark": spark_conf}, environ={}))
+    assert settings["spark.databricks.delta.snapshotPartitions"] == expected
+
+
+def test_cluster_conf_reads_delta_logs_with_few_tasks():
+    from s1mmalign import session
+    from s1mmalign.resources import repo_root
+
+    cfg = config.load(str(repo_root() / "conf" / "cluster.yaml"), environ={})
+    assert cfg.spark.shuffle_partitions == 200 and session.snapshot_partitions(cfg) == 16

@@ -21,6 +21,7 @@ class SparkConf:
     app_name: str = "s1mmalign-lake"
     master: str | None = None
     shuffle_partitions: int = 8
+    delta_snapshot_partitions: int | None = None
     arrow_batch_rows: int = 256
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -43,8 +43,8 @@ def session_settings(lake: str, cfg: Config) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.log.level": os.environ.get("S1MMALIGN_SPARK_LOG", "ERROR"),
         "spark.scheduler.mode": "FAIR",   # the concurrent writes of one run share the cores
-        # Delta reads its log with this many tasks (default 50): far too many for small tables.
-        "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.spark.shuffle_partitions)),
+        # Delta reads a table's log with this many tasks (its default, 50, is far too many for small logs).
+        "spark.databricks.delta.snapshotPartitions": str(snapshot_partitions(cfg)),
         **catalog_settings(lake, cfg),
     }
     jars = delta_jars()
@@ -52,6 +52,11 @@ def session_settings(lake: str, cfg: Config) -> dict[str, str]:
         settings["spark.jars"] = ",".join(jars)
     settings.update(cfg.spark.extra)
     return settings
+
+
+def snapshot_partitions(cfg: Config) -> int:
+    """spark.delta_snapshot_partitions, else shuffle_partitions kept within 2..50 (Delta's default)."""
+    return cfg.spark.delta_snapshot_partitions or min(50, max(2, cfg.spark.shuffle_partitions))
 
 
 def build(lake: str, cfg: Config):
