@@ -75,23 +75,31 @@ def test_scifig300_real_figures(spark, scifig300, tmp_path):
     assert (lake / "_quality" / "data_docs" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("kill_after", ["stage archives", "write pairs:"])
-def test_kill_9_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path, kill_after):
-    lake = tmp_path / "lake"
-    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "ingest.py"),
-           "--source", str(faults_corpus), "--lake", str(lake)]
+def kill_9_after(job: str, args: list[str], marker: str) -> None:
+    """Start jobs/<job>.py through spark-submit and kill -9 its whole process group once it logs `marker`."""
+    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / f"{job}.py"), *args]
     # spark-submit passes the Python driver's stderr (our log) through its stdout: read both.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if kill_after in line:
+        if marker in line:
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
-    ok(run_job("ingest", "--source", str(faults_corpus), "--lake", str(lake)))
+
+
+def test_kill_9_twice_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path):
+    lake = tmp_path / "lake"
+    args = ["--source", str(faults_corpus), "--lake", str(lake)]
+    # Killed while staging archives: nothing written yet.
+    kill_9_after("ingest", args, "stage archives")
+    # Killed again between commits: images, quarantine and pairs are in, ingest_log is not.
+    kill_9_after("ingest", args, "write pairs:")
+    assert snapshot(spark, lake, "pairs") and not snapshot(spark, lake, "ingest_log")
+    ok(run_job("ingest", *args))
     for table in ("pairs", "images", "quarantine", "image_index", "ingest_log"):
         assert snapshot(spark, lake, table) == snapshot(spark, clean_lake, table), table
 
@@ -204,7 +212,7 @@ def verdict(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_validate_exit_codes_one_line_and_catalog(spark, clean_lake, tmp_path):
+def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, clean_lake, tmp_path):
     lake = tmp_path / "lake"
     shutil.copytree(clean_lake, lake)
     # (exit 0 is checked on scifig300 above; with the default 10% the faults corpus fails
@@ -212,39 +220,22 @@ def test_validate_exit_codes_one_line_and_catalog(spark, clean_lake, tmp_path):
     from delta.tables import DeltaTable
     pid = table_rows(spark, lake, "pairs", "pair_id")[0].pair_id
     DeltaTable.forPath(spark, str(lake / "pairs")).update(f"pair_id = '{pid}'", {"image_path": "'../../etc/passwd'"})
+    kill_9_after("validate", ["--lake", str(lake)], "stage frames")     # duplicates written, results not yet
+    assert table_rows(spark, lake, "quality_results", "suite") == []
     planted = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path), "--out", str(tmp_path / "docs"))
     assert planted.returncode == 1
     assert "1 critical expectation(s) failed: path_integrity.pairs:image_path_no_dotdot (1 unexpected of" in verdict(planted)
     assert "Traceback" not in planted.stderr
     assert (tmp_path / "docs" / "index.html").is_file()
+    runs = {r.validate_run_id for r in table_rows(spark, lake, "quality_results", "validate_run_id")}
+    assert len(runs) == 1
+    assert {r.validate_run_id for r in table_rows(spark, lake, "duplicates", "validate_run_id")} <= runs
     proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(lake), "-S", "-e",
                            "SELECT count(DISTINCT validate_run_id), sum(IF(success, 0, 1)) FROM s1mmalign.quality_results;"
                            "SELECT count(*) FROM s1mmalign.duplicates"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     ok(proc)
     assert [int(x) for x in proc.stdout.split()] == [1, 1, 0]
-
-
-def test_kill_9_mid_validate_then_rerun_equals_one_clean_run(spark, clean_lake, tmp_path):
-    lake = tmp_path / "lake"
-    shutil.copytree(clean_lake, lake)
-    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "validate.py"), "--lake", str(lake)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "stage frames" in line:          # duplicates written, results not yet
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
-    assert table_rows(spark, lake, "quality_results", "suite") == []
-    rerun = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path))
-    ok(rerun)
-    runs = {r.validate_run_id for r in table_rows(spark, lake, "quality_results", "validate_run_id")}
-    assert len(runs) == 1
-    assert {r.validate_run_id for r in table_rows(spark, lake, "duplicates", "validate_run_id")} <= runs
 
 
 @pytest.mark.parametrize("args, message", [
@@ -272,9 +263,7 @@ def test_score_clip_through_spark_submit(spark, clean_lake, tmp_path, tiny_check
     assert f"score_clip: {pairs} pairs scored by tiny-clip@sha256:" in first.stdout
     scores = table_rows(spark, lake, "clip_scores", "pair_id", "score_caption", "score_recaption", "status")
     assert len(scores) == pairs and all(-1 <= r.score_caption <= 1 and r.status == "ok" for r in scores)
-    again = run_job("score_clip", *args, submit=False)
-    ok(again)
-    assert "score_clip: 0 pairs scored" in again.stdout
+    # (a second run scoring nothing new: test_score, in-process)
     refused = run_job("score_clip", "--lake", str(lake), submit=False)
     assert refused.returncode == 2 and "no checkpoint" in refused.stderr.strip().splitlines()[-1]
     assert "Traceback" not in refused.stderr
