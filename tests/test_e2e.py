@@ -96,7 +96,7 @@ def test_kill_9_twice_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_la
     args = ["--source", str(faults_corpus), "--lake", str(lake)]
     # Killed while staging archives: nothing written yet.
     kill_9_after("ingest", args, "stage archives")
-    # Killed again between commits: images, quarantine and pairs are in, ingest_log is not.
+    # Killed again between commits: pairs is in (the other three commit beside it), ingest_log is not.
     kill_9_after("ingest", args, "write pairs:")
     assert snapshot(spark, lake, "pairs") and not snapshot(spark, lake, "ingest_log")
     ok(run_job("ingest", *args))
