@@ -1,7 +1,8 @@
 import pytest
 
-from s1mmalign import config
+from s1mmalign import config, session
 from s1mmalign.config import ConfigError
+from s1mmalign.resources import repo_root
 
 
 def test_layers_base_env_environment_flags(tmp_path):
@@ -46,15 +47,10 @@ def test_missing_file():
     ({"shuffle_partitions": 200, "delta_snapshot_partitions": 16}, "16"),
 ])
 def test_delta_log_read_tasks(spark_conf, expected):
-    from s1mmalign import session
-
     settings = session.session_settings("/tmp/lake", config.load(overrides={"spark": spark_conf}, environ={}))
     assert settings["spark.databricks.delta.snapshotPartitions"] == expected
 
 
 def test_cluster_conf_reads_delta_logs_with_few_tasks():
-    from s1mmalign import session
-    from s1mmalign.resources import repo_root
-
     cfg = config.load(str(repo_root() / "conf" / "cluster.yaml"), environ={})
     assert cfg.spark.shuffle_partitions == 200 and session.snapshot_partitions(cfg) == 16
