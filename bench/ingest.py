@@ -1,17 +1,20 @@
-"""Ingest throughput against a bare multiprocessing Pillow loop, and the memory of an archive task.
+"""Ingest throughput against a bare multiprocessing Pillow loop, on two archive layouts, with peak memory.
 
-    .venv/bin/python bench/ingest.py [--copies 8] [--archive-gb 2]
+    .venv/bin/python bench/ingest.py [--copies 8] [--layout one-archive many-archives] [--archive-gb 2]
 
 Corpus: the 300 real figures of ../shared/data/scifig300 (PNG), each copy k made distinct bytes by a
-PNG text chunk (same pixels, same decode work; copies x 300 figures), laid out as arXiv with one
-yearly archive and JSONL file per copy, and unpacked as loose files for the baseline. Every side does
-the same per-image work (decode check, sha256, difference hash, 256 px JPEG thumbnail) with the same
-function, on the same cores:
+PNG text chunk (same pixels, same decode work; copies x 300 figures), laid out as arXiv with one JSONL
+file per copy and the images either in ONE archive (one-archive: the real release's shape, a year in
+one gzip tar) or in one small archive per copy (many-archives), and unpacked as loose files for the
+baseline. Every side does the same per-image work (decode check, sha256, difference hash, 256 px JPEG
+thumbnail) with the same function, on the same cores:
   baseline   multiprocessing.Pool(cores) over the unpacked files, no Spark, no tables;
-  streaming  the archive tasks' own code in the same kind of Pool, no Spark (what Spark adds, apart);
-  ingest     ingest.run in a warm local[cores] session: archives streamed, JSONL parsed, Delta MERGEs.
-Memory: one archive task (the code Spark's Python worker runs) over a generated archive of
---archive-gb GB, its peak RSS measured by the OS.
+  task code  the archive tasks' own code (split into slices, then analyse each slice) in the same kind
+             of Pool, no Spark (what Spark adds, apart);
+  ingest     ingest.run in a warm local[cores] session with Spark's default memory: archives split,
+             slices analysed, JSONL parsed, Delta writes; peak RSS of the JVM and the Python workers.
+Memory: the archive task's code over a generated archive of --archive-gb GB in one process, its peak
+RSS measured by the OS.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import tarfile
 import time
 import zlib
+from contextlib import ExitStack
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -35,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 SCIFIG = REPO.parent / "shared" / "data" / "scifig300"
 WORK = REPO / "work" / "bench"
+LAYOUTS = ("many", "one")
+LAYOUT_DIRS = {"one-archive": "one", "many-archives": "many"}
 
 
 def figures() -> list[tuple[str, bytes, dict]]:
@@ -56,33 +62,47 @@ def _variant(k: int, blob: bytes) -> bytes:
 
 
 def make_corpus(copies: int) -> Path:
+    """copies x 300 figures, laid out twice over the same JSONL files: many/ (one yearly archive per copy,
+    as today's small archives) and one/ (every figure in one archive, as the real release ships a year);
+    loose/ holds the same files unpacked, for the baseline."""
     if not 1 <= copies <= 89:
         sys.exit("bench/ingest: --copies runs from 1 to 89 (one arXiv year per copy, 2010-2098)")
-    root = WORK / f"corpus-v2-{copies}"
+    root = WORK / f"corpus-v3-{copies}"
     if (root / "done").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    (root / "arxiv/jsonl").mkdir(parents=True)
+    for layout in LAYOUTS:
+        (root / layout / "arxiv/jsonl").mkdir(parents=True)
     (root / "loose").mkdir()
     figs = figures()
-    for k in range(copies):
-        year = 10 + k
-        blobs = [_variant(k, b) for _, b, _ in figs]
-        with open(root / f"arxiv/jsonl/{year}_recaption.jsonl", "w") as out, \
-                open(root / f"arxiv/images_20{year}.tar.gz", "wb") as raw, \
-                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
-                tarfile.open(fileobj=gz, mode="w|") as tar:
-            for i, ((path, _, rec), blob) in enumerate(zip(figs, blobs)):
-                new_id = f"{year}01.{i:0{4 if year < 15 else 5}d}"
-                new_path = f"images/{year}01/{new_id}.tar.gz/{Path(path).name}"
-                info = tarfile.TarInfo(new_path)
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-                out.write(json.dumps({**rec, "image_path": new_path,
-                                      "metadata": {**rec["metadata"], "arxiv_id": new_id}}) + "\n")
-                (root / "loose" / f"{k}-{i}-{Path(path).name}").write_bytes(blob)
+    with ExitStack() as stack:
+        one = _tar_writer(stack, root / "one/arxiv/images_all.tar.gz")
+        for k in range(copies):
+            year = 10 + k
+            blobs = [_variant(k, b) for _, b, _ in figs]
+            with ExitStack() as per_year:
+                many = _tar_writer(per_year, root / f"many/arxiv/images_20{year}.tar.gz")
+                lines = []
+                for i, ((path, _, rec), blob) in enumerate(zip(figs, blobs)):
+                    new_id = f"{year}01.{i:0{4 if year < 15 else 5}d}"
+                    new_path = f"images/{year}01/{new_id}.tar.gz/{Path(path).name}"
+                    for tar in (many, one):
+                        info = tarfile.TarInfo(new_path)
+                        info.size = len(blob)
+                        tar.addfile(info, io.BytesIO(blob))
+                    lines.append(json.dumps({**rec, "image_path": new_path,
+                                             "metadata": {**rec["metadata"], "arxiv_id": new_id}}) + "\n")
+                    (root / "loose" / f"{k}-{i}-{Path(path).name}").write_bytes(blob)
+            for layout in LAYOUTS:
+                (root / layout / f"arxiv/jsonl/{year}_recaption.jsonl").write_text("".join(lines))
     (root / "done").touch()
     return root
+
+
+def _tar_writer(stack: ExitStack, path: Path) -> tarfile.TarFile:
+    raw = stack.enter_context(open(path, "wb"))
+    gz = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6))
+    return stack.enter_context(tarfile.open(fileobj=gz, mode="w|"))
 
 
 def _baseline_one(path: str):
@@ -103,51 +123,130 @@ def baseline(root: Path, cores: int) -> tuple[int, float]:
     return len(paths), secs
 
 
-def _stream_one(path: str) -> int:
-    """Archive members streamed by the archive task's own code (tasks.stream_archives) over one archive."""
+def _split_one(args: tuple[str, str]) -> list[str]:
+    """The archive task's own code (tasks.split_archives) over one archive: its slice files."""
+    import pyarrow as pa
+
+    from s1mmalign import tasks
+    from s1mmalign.storage import LocalStore
+
+    path, slice_dir = args
+    p = Path(path)
+    fn = tasks.split_archives(LocalStore(str(p.parent)), 32 << 20, slice_dir, 64 << 20)
+    desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": p.name, "missing_after": None,
+                                        "parts": json.dumps([{"rel": p.name, "size": p.stat().st_size}])}])
+    rows = [r for b in fn(iter([desc])) for r in b.to_pylist()]
+    return [r["image_path"] for r in rows if r["kind"] == "slice"]
+
+
+def _analyze_one(slice_path: str) -> int:
+    """The slice task's own code (tasks.analyze_slices) over one slice file: members analysed."""
     import pyarrow as pa
 
     from s1mmalign import images, tasks
-    from s1mmalign.storage import LocalStore
 
-    p = Path(path)
-    fn = tasks.stream_archives(LocalStore(str(p.parent)), images.ImagePolicy())
-    desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": p.name, "missing_after": None,
-                                        "parts": json.dumps([{"rel": p.name, "size": p.stat().st_size}])}])
-    return sum(sum(1 for k in b.column("kind").to_pylist() if k == "member") for b in fn(iter([desc])))
+    fn = tasks.analyze_slices(images.ImagePolicy())
+    desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": "a", "slice": slice_path}])
+    return sum(sum(1 for s in b.column("status").to_pylist() if s == "ok") for b in fn(iter([desc])))
 
 
-def streaming(root: Path, cores: int) -> tuple[int, float]:
-    """The archive tasks' own code (gunzip, untar, per-image work, Arrow batches) in a plain Pool: what
-    the archive stage would take without Spark, its JVM and the tables."""
-    paths = sorted(str(p) for p in (root / "arxiv").glob("images_*.tar.gz"))
+def _stream_one(path: str) -> int:
+    """An archive split, then its slices analysed, in this one process: members analysed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=WORK) as slice_dir:
+        return sum(_analyze_one(s) for s in _split_one((path, slice_dir)))
+
+
+def task_code(source: Path, cores: int) -> tuple[int, float]:
+    """The archive tasks' own code (gunzip + untar into slices, then the per-image work per slice, Arrow
+    batches) in plain Pools, archives then slices as Spark schedules them: the stage without Spark."""
+    import tempfile
+
+    paths = sorted(str(p) for p in (source / "arxiv").glob("images_*.tar.gz"))
     t0 = time.perf_counter()
-    with Pool(cores) as pool:
-        n = sum(pool.map(_stream_one, paths, chunksize=1))
+    with tempfile.TemporaryDirectory(dir=WORK) as slice_dir, Pool(cores) as pool:
+        slices = [s for got in pool.map(_split_one, [(p, slice_dir) for p in paths], chunksize=1) for s in got]
+        n = sum(pool.map(_analyze_one, slices, chunksize=1))
     return n, time.perf_counter() - t0
 
 
-def ingest_run(root: Path, cores: int) -> tuple[int, float, float]:
-    from s1mmalign import config, ingest, session
+class PeakRSS:
+    """Samples the RSS of this process's descendants: the Spark JVM and its Python workers."""
+
+    def __init__(self, every: float = 0.25):
+        import threading
+
+        self.every, self.jvm, self.worker, self.workers = every, 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                kids.setdefault(ppid, []).append(int(d))
+        return kids
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            kids, todo, total = self._children(), [os.getpid()], 0
+            while todo:
+                for pid in kids.get(todo.pop(), []):
+                    todo.append(pid)
+                    try:
+                        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+                        status = open(f"/proc/{pid}/status").read()
+                    except OSError:
+                        continue
+                    rss = int(status.split("VmRSS:")[1].split()[0]) * 1024 if "VmRSS:" in status else 0
+                    if b"java" in cmd.split(b"\0")[0]:
+                        self.jvm = max(self.jvm, rss)
+                    elif b"pyspark" in cmd or b"python" in cmd.split(b"\0")[0]:
+                        self.worker = max(self.worker, rss)
+                        total += rss
+            self.workers = max(self.workers, total)
+
+
+def session(cores: int):
+    """A local[cores] session with Spark's default memory, and the config its runs use."""
+    from s1mmalign import config, session as sessions
 
     cfg = config.load(str(REPO / "conf" / "local.yaml"),
                       overrides={"spark": {"master": f"local[{cores}]", "shuffle_partitions": cores,
                                            "extra": {"spark.ui.enabled": "false"}}})
-    lake = WORK / "lake"
-    shutil.rmtree(lake, ignore_errors=True)
     t0 = time.perf_counter()
-    spark = session.build(str(lake), cfg)
+    spark = sessions.build(str(WORK / "catalog"), cfg)
     spark.range(1).count()
-    startup = time.perf_counter() - t0
-    # Warm the Delta tables (created once per lake, not per run) outside the timed part.
-    from s1mmalign import delta_io
+    return spark, cfg, time.perf_counter() - t0
+
+
+def ingest_run(spark, cfg, source: Path, layout: str) -> tuple[int, float, PeakRSS, dict]:
+    """ingest.run over `source` into a new lake, the Delta tables created (once per lake) beforehand."""
+    from s1mmalign import delta_io, ingest
+
+    lake = WORK / f"lake-{layout}"
+    shutil.rmtree(lake, ignore_errors=True)
     delta_io.ensure_tables(spark, str(lake), cfg.catalog.database)
-    t0 = time.perf_counter()
-    summary = ingest.run(spark, cfg, str(root), str(lake))
-    secs = time.perf_counter() - t0
-    spark.stop()
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        summary = ingest.run(spark, cfg, str(source), str(lake))
+        secs = time.perf_counter() - t0
     assert summary.quarantined == 0, summary
-    return summary.pairs, secs, startup
+    return summary.pairs, secs, rss, summary.archive_tasks
 
 
 def archive_memory(gb: float) -> tuple[int, int]:
@@ -185,29 +284,45 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=8, help="copies of the 300 figures (8: 2,400 figures)")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     p.add_argument("--archive-gb", type=float, default=2.0, help="0 skips the memory measurement")
+    p.add_argument("--layout", nargs="+", choices=sorted(LAYOUT_DIRS), default=["one-archive", "many-archives"],
+                   help="one-archive: every figure in one archive (the real release's shape); many-archives: "
+                        "one small archive per copy")
     args = p.parse_args()
     if not SCIFIG.is_dir():
         sys.exit(f"bench/ingest: {SCIFIG} is missing (shared/ must be beside the checkout)")
     WORK.mkdir(parents=True, exist_ok=True)
     root = make_corpus(args.copies)
     n_base, t_base = baseline(root, args.cores)
-    n_str, t_str = streaming(root, args.cores)
-    n_ing, t_ing, startup = ingest_run(root, args.cores)
-    base_rate, ing_rate = n_base / t_base, n_ing / t_ing
+    base_rate = n_base / t_base
     print(f"machine: {os.cpu_count()} cores, {args.cores} used; {n_base} real-size figures "
           f"({sum(f.stat().st_size for f in (root / 'loose').iterdir()) / 1e6:.0f} MB of PNG)")
     print(f"baseline Pool({args.cores}) Pillow loop: {n_base} figures in {t_base:.1f}s = {base_rate:.1f}/s")
-    print(f"archive tasks' code alone in Pool({args.cores}) (gunzip + untar + same work + Arrow, no Spark): "
-          f"{n_str} figures in {t_str:.1f}s = {n_str / t_str:.1f}/s")
-    print(f"ingest (warm session, all stages and Delta writes): {n_ing} pairs in {t_ing:.1f}s = {ing_rate:.1f}/s"
-          f" (+{startup:.1f}s JVM/session start, not counted)")
+    ratios = {}
+    spark, cfg, startup = session(args.cores)
+    for layout in args.layout:
+        source = root / LAYOUT_DIRS[layout]
+        archives = len(list((source / "arxiv").glob("images_*.tar.gz")))
+        n_str, t_str = task_code(source, args.cores)
+        n_ing, t_ing, rss, spread = ingest_run(spark, cfg, source, layout)
+        ratios[layout] = n_ing / t_ing / base_rate
+        print(f"[{layout}: {archives} archive(s)] archive tasks' code alone in Pool({args.cores}) (gunzip + untar "
+              f"into slices, then the same work per slice + Arrow, no Spark): {n_str} figures in {t_str:.1f}s "
+              f"= {n_str / t_str:.1f}/s")
+        print(f"[{layout}] ingest (warm session, all stages and Delta writes): {n_ing} pairs in {t_ing:.1f}s "
+              f"= {n_ing / t_ing:.1f}/s (+{startup:.1f}s JVM/session start, not counted); "
+              f"ratio {ratios[layout]:.2f}; tasks per archive: max {max(spread.values(), default=0)}")
+        print(f"[{layout}] peak RSS during the ingest: driver JVM {rss.jvm / 1e6:.0f} MB (heap: Spark's default), "
+              f"largest Python worker {rss.worker / 1e6:.0f} MB, all Python workers at once {rss.workers / 1e6:.0f} MB")
     if args.archive_gb > 0:
         members, peak = archive_memory(args.archive_gb)
         size = (WORK / f"big-{args.archive_gb}g.tar.gz").stat().st_size
         print(f"archive task memory: {size / 1e9:.2f} GB archive, {members} members streamed, "
               f"peak RSS {peak / 1e6:.0f} MB")
-    print(f"ingest throughput: {ing_rate:.1f} pairs/s vs bare Pillow loop {base_rate:.1f}/s "
-          f"ratio={ing_rate / base_rate:.2f}")
+    spark.stop()
+    worst = min(ratios, key=ratios.get)
+    print(f"ingest throughput ({', '.join(f'{k} {v * base_rate:.1f} pairs/s' for k, v in ratios.items())}; "
+          f"the lower, {worst}): {ratios[worst] * base_rate:.1f} pairs/s vs bare Pillow loop {base_rate:.1f}/s "
+          f"ratio={ratios[worst]:.2f}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,75 @@ def test_scifig300_real_figures(spark, scifig300, tmp_path):
     assert (lake / "_quality" / "data_docs" / "index.html").is_file()
 
 
+def _large_archive_corpus(root, total_bytes: int) -> int:
+    """An arXiv source whose images, about total_bytes of JPEG noise (4 MB each, distinct bytes), sit in
+    ONE archive, as the real release ships a year; returns the number of figures."""
+    import gzip
+    import io
+    import json
+    import struct
+
+    from PIL import Image
+
+    (root / "arxiv/jsonl").mkdir(parents=True)
+    bases = []
+    for k in range(8):
+        noise = Image.frombytes("RGB", (2000, 1500), os.urandom(2000 * 1500 * 3))
+        out = io.BytesIO()
+        noise.save(out, "JPEG", quality=95)
+        bases.append(out.getvalue())
+    # every discipline, interleaved: each writing task keeps a file open per discipline
+    categories = ["cs.CV", "math.AP", "astro-ph.GA", "q-bio.NC", "physics.ao-ph", "physics.chem-ph",
+                  "physics.med-ph", "eess.IV", "hep-th", "q-fin.ST"]
+    n, written = 0, 0
+    with open(root / "arxiv/images_2024.tar.gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as gz, \
+            tarfile.open(fileobj=gz, mode="w|") as tar, \
+            open(root / "arxiv/jsonl/24_recaption.jsonl", "w") as jsonl:
+        while written < total_bytes:
+            comment = f"s1mmalign test figure {n}".encode()   # a JPEG COM segment: distinct bytes, same pixels
+            blob = bases[n % 8][:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + bases[n % 8][2:]
+            arxiv_id = f"2401.{n:05d}"
+            info = tarfile.TarInfo(f"images/2401/{arxiv_id}.tar.gz/fig1.jpg")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+            jsonl.write(json.dumps({"image_path": info.name, "caption": f"Figure 1: noise {n}.",
+                                    "recaption": f"A field of random color noise, number {n}.",
+                                    "metadata": {"arxiv_id": arxiv_id, "title": "Noise",
+                                                 "categories": categories[n % len(categories)]}}) + "\n")
+            n += 1
+            written += len(blob)
+    return n
+
+
+def test_one_archive_larger_than_the_driver_heap(spark, tmp_path):
+    """About 1 GB of figures in one archive, ingested through spark-submit with a 512 MB driver (local
+    mode: the tasks run in the driver's heap): every figure becomes a pair, the archive's members spread
+    over tasks, and the images table's row groups stay capped in bytes."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    source, lake = tmp_path / "source", tmp_path / "lake"
+    n = _large_archive_corpus(source, 1 << 30)
+    assert (source / "arxiv/images_2024.tar.gz").stat().st_size > 1_000_000_000     # twice the heap
+    proc = run_job("ingest", "--source", str(source), "--lake", str(lake),
+                   submit_args=("--driver-memory", "512m"), timeout=900)
+    ok(proc)
+    done = [line for line in (proc.stdout + proc.stderr).splitlines() if "ingest run " in line and " done in " in line]
+    summary = json.loads(done[-1].split(": ", 2)[-1])
+    assert (summary["pairs"], summary["quarantined"]) == (n, 0)
+    assert summary["archive_tasks"]["arxiv/images_2024.tar.gz"] >= 2
+    images = spark.read.format("delta").load(str(lake / "images"))
+    assert images.count() == n
+    assert images.where("sha2(content, 256) <> image_sha256").count() == 0
+    pairs = spark.read.format("delta").load(str(lake / "pairs"))
+    assert pairs.count() == n and pairs.select("discipline").distinct().count() == 10
+    groups = [pq.ParquetFile(f).metadata.row_group(i).total_byte_size
+              for f in (lake / "images").rglob("*.parquet") for i in range(pq.ParquetFile(f).num_row_groups)]
+    assert groups and max(groups) < 48 << 20, max(groups)
+
+
 def kill_9_after(job: str, args: list[str], marker: str) -> None:
     """Start jobs/<job>.py through spark-submit and kill -9 its whole process group once it logs `marker`."""
     cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / f"{job}.py"), *args]

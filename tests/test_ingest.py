@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import json
 import os
+import shutil
+import tarfile
 
 import pytest
 from delta.tables import DeltaTable
@@ -15,8 +19,10 @@ from s1mmalign import delta_io, ingest, schemas
 
 @pytest.fixture(scope="module")
 def small_chunks(cfg):
-    """Tiny JSONL chunks, so that every file is parsed by several tasks across line boundaries."""
-    return dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, jsonl_chunk_bytes=4096))
+    """Tiny JSONL chunks and archive slices, so that every file is parsed by several tasks across line
+    boundaries and the members of one archive (split parts too) are analysed by several tasks."""
+    return dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, jsonl_chunk_bytes=4096,
+                                                               archive_slice_bytes=128 << 10))
 
 
 def versions(spark, lake) -> dict[str, int]:
@@ -34,6 +40,9 @@ def test_faults_corpus_every_line_in_exactly_one_table(spark, small_chunks, corp
     assert reasons == {e["expect"] for e in expected.values()} - {"pair"}
     assert reasons <= set(schemas.quarantine_reasons())
     assert_image_bytes(spark, lake, pairs)
+    # Members of the whole archives and of the split (and broken) one went to more than one task.
+    for archive in ("arxiv/images_2007.tar.gz", "arxiv/images_2024.tar.gz", "arxiv/images_2019.tar.gz"):
+        assert summary.archive_tasks[archive] > 1, summary.archive_tasks
 
     log = {r.source_file: r for r in table_rows(spark, lake, "ingest_log", "source_file", "kind", "status",
                                                  "read", "accepted", "quarantined", "checksum", "detail")}
@@ -132,3 +141,47 @@ def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(
     assert_invariant(spark, lake, expected)
     # Rows of other sources are exactly as they were, run ids and times included.
     assert [r for r in snapshot(spark, lake, "pairs", drop=()) if "chemrxiv" not in r] == untouched
+
+
+def _write_tar_gz(path, members: list[tuple[str, bytes]]) -> None:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w|") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_one_archive_in_parts_spreads_over_tasks_and_equals_many_archives(spark, cfg, scifig300, tmp_path):
+    """The real release's shape (a year in one archive, split into byte parts) against small archives:
+    one archive's members are analysed by several tasks, and every table holds the same rows."""
+    jsonl = scifig300 / "arxiv/jsonl/24_recaption.jsonl"
+    with tarfile.open(scifig300 / "arxiv/images_2024.tar.gz") as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+    one, many = tmp_path / "one", tmp_path / "many"
+    for root in (one, many):
+        (root / "arxiv/jsonl").mkdir(parents=True)
+        shutil.copy(jsonl, root / "arxiv/jsonl/24_recaption.jsonl")
+    for k in range(3):
+        _write_tar_gz(many / f"arxiv/images_202{k}.tar.gz", members[k::3])
+    _write_tar_gz(tmp_path / "whole.tar.gz", members)
+    data = (tmp_path / "whole.tar.gz").read_bytes()
+    third = len(data) // 3 + 1
+    for i, suffix in enumerate(("aa", "ab", "ac")):
+        (one / f"arxiv/images_2024.tar.gz.part{suffix}").write_bytes(data[i * third:(i + 1) * third])
+
+    sliced = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, archive_slice_bytes=2 << 20))
+    got = {}
+    for name, root in (("one", one), ("many", many)):
+        summary = ingest.run(spark, sliced, str(root), str(tmp_path / f"lake-{name}"))
+        assert (summary.pairs, summary.quarantined) == (300, 0), summary
+        got[name] = summary
+    assert got["one"].archive_tasks["arxiv/images_2024.tar.gz"] >= 2, got["one"].archive_tasks
+    lakes = {name: tmp_path / f"lake-{name}" for name in got}
+    where = ("image_container", "row_hash", "ingest_run_id", "ingested_at")   # which archive held the image
+    assert snapshot(spark, lakes["one"], "pairs", drop=where) == snapshot(spark, lakes["many"], "pairs", drop=where)
+    assert snapshot(spark, lakes["one"], "images") == snapshot(spark, lakes["many"], "images")
+    assert_image_bytes(spark, lakes["one"], table_rows(spark, lakes["one"], "pairs", "pair_id", "image_sha256"))
+    log = {r.source_file: r for r in table_rows(spark, lakes["one"], "ingest_log", "source_file", "status", "read")}
+    parts = [log[f"arxiv/images_2024.tar.gz.part{s}"] for s in ("aa", "ab", "ac")]
+    assert [p.status for p in parts] == ["ok"] * 3 and sum(p.read for p in parts) == 300

@@ -36,6 +36,7 @@ class CatalogConf:
 class IngestConf:
     jsonl_chunk_bytes: int = 64 << 20
     image_tasks: int = 0
+    archive_slice_bytes: int = 64 << 20
     thumbnail_px: int = 256
     thumbnail_quality: int = 85
     max_image_bytes: int = 32 << 20

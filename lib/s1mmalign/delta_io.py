@@ -33,7 +33,15 @@ def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
             builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(tdef.spark())
             if tdef.partition_by:
                 builder = builder.partitionedBy(*tdef.partition_by)
+            for key, value in tdef.properties:
+                builder = builder.property(key, value)
             builder.execute()
+        if tdef.properties:   # a table made by an earlier version lacks them: set them once
+            have = DeltaTable.forPath(spark, path).detail().first().properties or {}
+            missing = {k: v for k, v in tdef.properties if have.get(k) != v}
+            if missing:
+                pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+                spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
         if tdef.catalog and not spark.catalog.tableExists(f"{database}.{name}"):
             spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{path}'")
 
@@ -62,6 +70,14 @@ def _writer(df, name: str):
     for key, value in tdef.write_options:
         writer = writer.option(key, value)
     return writer
+
+
+def write_staging(df, path: str, name: str) -> None:
+    """Write df as a run's Parquet staging at `path`, with intermediate `name`'s write options from schemas/."""
+    writer = df.write.mode("overwrite")
+    for key, value in schemas.table(name).write_options:
+        writer = writer.option(key, value)
+    writer.parquet(path)
 
 
 def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | None = None,

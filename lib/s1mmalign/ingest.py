@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -50,6 +51,7 @@ class RunSummary:
     quarantined: int = 0
     images_read: int = 0
     seconds: float = 0.0
+    archive_tasks: dict[str, int] = field(default_factory=dict)   # archive -> tasks that analysed its members
 
 
 class Stage:
@@ -68,7 +70,12 @@ class Stage:
         log.info("stage %-8s %d %s in %.1fs (%.0f/s)%s", self.name, count, what, secs, rate,
                  f"; {extra}" if extra else "")
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and not hasattr(exc, "stage"):
+            try:
+                exc.stage = self.name     # for the one line a job prints (e.g. which stage ran out of memory)
+            except AttributeError:
+                pass
         return False
 
 
@@ -123,15 +130,15 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
         summary.seconds = time.perf_counter() - t_start
         return summary
 
-    staging = delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}")
+    job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc),
+                    delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}"), summary,
+                    todo_jsonl, todo_archives)
     _clear_staging(lake, cfg)
-    now = datetime.now(timezone.utc)
     try:
-        parts = _stage_archives(spark, cfg, store, todo_archives, staging)
-        chunks = _stage_jsonl(spark, cfg, store, todo_jsonl, staging)
-        outputs = _resolve(spark, cfg, store, plan, lake, staging, todo_jsonl, parts, run_id, now, summary)
-        summary.pairs, summary.quarantined = _write(spark, cfg, lake, outputs, todo_jsonl, todo_archives,
-                                                   parts, chunks, staging, run_id, now)
+        parts = job.stage_archives()
+        chunks = job.stage_jsonl()
+        outputs = job.resolve(parts)
+        summary.pairs, summary.quarantined = job.write(outputs, parts, chunks)
         summary.lines = summary.pairs + summary.quarantined
     finally:
         _clear_staging(lake, cfg)
@@ -160,259 +167,313 @@ def _clear_staging(lake: str, cfg: Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- archives -------------------------------------------------------------------------------------
-
-def _stage_archives(spark, cfg: Config, store: Store, todo: list[Archive], staging: str) -> list:
-    """Stream the archives into staging/members; returns the part rows (one per part, small)."""
-    facts_schema = schemas.table("image_facts")
-    path = f"{staging}/members"
-    with Stage("archives") as st:
-        if not todo:
-            spark.createDataFrame([], facts_schema.spark()).write.parquet(path)
-            st.done(0, "archives")
-            return []
-        from pyspark.sql import types as T
-        desc_schema = T.StructType([T.StructField(n, T.StringType()) for n in
-                                    ("source", "archive", "parts", "missing_after")])
-        rows = [{"source": a.source, "archive": a.name, "missing_after": a.missing_after,
-                 "parts": json.dumps([{"rel": p.rel, "size": p.size} for p in a.parts])}
-                for a in sorted(todo, key=lambda a: -sum(p.size for p in a.parts))]
-        out = _descriptors(spark, rows, desc_schema).mapInArrow(
-            tasks.stream_archives(store, image_policy(cfg)), facts_schema.spark())
-        out.write.option("compression", "none").parquet(path)  # image bytes do not compress: skip snappy
-        staged = spark.read.parquet(path)
-        parts = staged.where("kind = 'part'").drop("content", "thumbnail").collect()
-        members = sum(p.members or 0 for p in parts)
-        broken = [f"{p.image_path}: {p.status}" for p in parts if p.status != "ok"]
-        st.done(members, "archive members", f"{len(todo)} archives" + (f"; broken: {broken}" if broken else ""))
-    return parts
-
-
-# --- jsonl ----------------------------------------------------------------------------------------
-
-def _stage_jsonl(spark, cfg: Config, store: Store, todo: list[tuple[str, FileInfo]], staging: str) -> list:
-    """Parse every line of the JSONL files into staging/parsed; returns the chunk rows (small)."""
-    from pyspark.sql import types as T
-
-    size = cfg.ingest.jsonl_chunk_bytes
-    chunks = [{"source": src, "source_file": f.rel, "chunk": i, "start": start, "end": min(start + size, f.size),
-               "size": min(start + size, f.size) - start}
-              for src, f in todo for i, start in enumerate(range(0, max(f.size, 1), size))]
-    path = f"{staging}/parsed"
-    with Stage("jsonl") as st:
-        desc = T.StructType([T.StructField("source", T.StringType()), T.StructField("source_file", T.StringType()),
-                             T.StructField("chunk", T.LongType()), T.StructField("start", T.LongType()),
-                             T.StructField("end", T.LongType())])
-        stats = []
-        if chunks:
-            stats = _descriptors(spark, chunks, desc, weight="size").mapInArrow(
-                tasks.chunk_stats(store), schemas.table("jsonl_chunks").spark()).collect()
-        counts = {(r.source_file, r.chunk): r.lines for r in stats}
-        before, running = [], {}
-        for c in chunks:
-            key = c["source_file"]
-            before.append({**c, "newlines_before": running.get(key, 0)})
-            running[key] = running.get(key, 0) + counts[(key, c["chunk"])]
-        desc_lines = T.StructType(desc.fields + [T.StructField("newlines_before", T.LongType())])
-        ctx_args = {"disciplines": dict(cfg.disciplines), "arxiv_sources": list(cfg.ingest.arxiv_sources),
-                    "raw_cap_chars": cfg.ingest.raw_cap_chars}
-        parsed_schema = schemas.table("parsed_lines").spark()
-        if before:
-            _descriptors(spark, before, desc_lines, weight="size").mapInArrow(
-                tasks.parse_chunks(store, ctx_args), parsed_schema).write.parquet(path)
-        else:
-            spark.createDataFrame([], parsed_schema).write.parquet(path)
-        n = spark.read.parquet(path).count()
-        st.done(n, "lines parsed", f"{len(todo)} files, {len(chunks)} chunks")
-    return stats
-
-
-# --- resolve --------------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------------
 
 @dataclass
 class Outputs:
     pairs: DataFrame
     quarantine: DataFrame
-    blobs: DataFrame          # every good image read this run (archive members and tree), with bytes
+    blobs: DataFrame          # every good image read this run (archive members and tree): facts, slice
     image_index: DataFrame
 
 
-def _resolve(spark, cfg: Config, store: Store, plan: SourcePlan, lake: str, staging: str,
-             todo_jsonl, parts, run_id: str, now: datetime, summary: RunSummary) -> Outputs:
-    with Stage("resolve") as st:
-        parsed = spark.read.parquet(f"{staging}/parsed")
-        members = spark.read.parquet(f"{staging}/members").where("kind = 'member'")
-        todo_files = [f.rel for _, f in todo_jsonl]
+@dataclass
+class IngestRun:
+    """What every step of one ingest run needs; the steps run in order, each returning what it made."""
 
-        valid = parsed.where("reason IS NULL")
-        rejected = parsed.where("reason IS NOT NULL")
+    spark: SparkSession
+    cfg: Config
+    store: Store
+    plan: SourcePlan
+    lake: str
+    run_id: str
+    now: datetime
+    staging: str                                # this run's staging folder under the lake
+    summary: RunSummary
+    todo_jsonl: list[tuple[str, FileInfo]]      # (source, file) of the JSONL files to read
+    todo_archives: list[Archive]
 
-        # Repeats: the first line (by file, line) of a pair wins, and a pair already owned by a file
-        # this run does not touch keeps its owner.
-        owners = (delta_io.read(spark, lake, "pairs").where(f"NOT ({_in_list('source_file', todo_files)})")
-                  .select("pair_id", F.concat_ws(":", "source_file", "source_line").alias("owner")))
-        order = Window.partitionBy("pair_id").orderBy("source_file", "source_line")
-        ranked = (valid.withColumn("_rank", F.row_number().over(order))
-                  .withColumn("_first", F.first(F.concat_ws(":", "source_file", "source_line")).over(order))
-                  .join(owners, "pair_id", "left"))
-        dup = F.col("_rank") > 1
-        dup_owner = F.when(F.col("owner").isNotNull(), F.col("owner")).otherwise(F.col("_first"))
-        duplicates = (ranked.where(dup | F.col("owner").isNotNull())
-                      .withColumn("reason", F.lit("duplicate_pair"))
-                      .withColumn("detail", F.concat(F.lit("same source and image_path as "), dup_owner)))
-        unique = ranked.where(~dup & F.col("owner").isNull()).drop("_rank", "_first", "owner")
+    @property
+    def todo_files(self) -> list[str]:
+        return [f.rel for _, f in self.todo_jsonl]
 
-        # Image lookup: this run's archive members, then the index of earlier runs.
-        fact_cols = ["status", "detail", "image_sha256", "image_format", "width", "height", "image_bytes",
-                     "image_dhash", "container"]
-        index = delta_io.read(spark, lake, "image_index")
-        known = (members.select("source", "image_path", *fact_cols)
-                 .unionByName(index.join(members.select("source", "image_path"), ["source", "image_path"],
-                                         "left_anti").select("source", "image_path", *fact_cols)))
-        keyed = unique.drop("detail").join(known, ["source", "image_path"], "left")
-        lines = (rejected.unionByName(duplicates.drop("_rank", "_first", "owner"), allowMissingColumns=True)
-                 .unionByName(keyed, allowMissingColumns=True))
+    def slice_dir(self) -> str:
+        """Where tasks write image bytes (slice files) for later steps: the staging folder, which the
+        executors must share (a local lake, or a shared file system)."""
+        path = f"{self.staging}/slices"
+        if "://" in path:
+            raise ValueError(f"staging {path} must be on a file system the executors share")
+        os.makedirs(path, exist_ok=True)
+        return path
 
-        # Records no archive holds: read from the unpacked tree, where the source has one.
-        tree_sources = [s.name for s in plan.sources if s.has_tree]
-        facts_schema = schemas.table("image_facts").spark()
-        if tree_sources:
-            lines.write.parquet(f"{staging}/lines")
-            lines = spark.read.parquet(f"{staging}/lines")
-            need_tree = lines.where(F.col("reason").isNull() & F.col("status").isNull()
-                                    & F.col("source").isin(tree_sources))
-            n_tasks = cfg.ingest.image_tasks or 2 * spark.sparkContext.defaultParallelism
-            (need_tree.select("source", "image_path").distinct().repartition(n_tasks)
-             .mapInArrow(tasks.read_tree(store, image_policy(cfg)), facts_schema)
-             .write.parquet(f"{staging}/tree"))
-            tree = spark.read.parquet(f"{staging}/tree")
-            tree_facts = tree.select("source", "image_path", *[F.col(c).alias(f"_t_{c}") for c in fact_cols])
-            lines = lines.join(tree_facts, ["source", "image_path"], "left")
-            for c in fact_cols:
-                lines = lines.withColumn(c, F.when(F.col("reason").isNull(), F.coalesce(c, f"_t_{c}"))
-                                         .otherwise(F.col(c))).drop(f"_t_{c}")
-        else:
-            tree = spark.createDataFrame([], facts_schema)
+    # --- archives -------------------------------------------------------------------------------------
 
-        # Every line gets its outcome: a reason, or none for a pair.
-        broken = sorted({p.container for p in parts if p.status != "ok"})
-        missing_detail = "in no archive" + ("" if not tree_sources else " and not in the unpacked tree")
-        if broken:
-            missing_detail += f"; archives broken this run: {', '.join(broken)}"
-        unresolved = F.col("reason").isNull() & F.col("status").isNull()
-        resolved = (lines.withColumn("detail", F.when(unresolved, F.lit(missing_detail)).otherwise(F.col("detail")))
-                    .withColumn("status", F.when(unresolved, F.lit("image_missing")).otherwise(F.col("status")))
-                    .withColumn("reason", F.coalesce("reason", F.when(F.col("status") != "ok", F.col("status")))))
-        resolved.write.parquet(f"{staging}/resolved")
-        resolved = spark.read.parquet(f"{staging}/resolved")
+    def stage_archives(self) -> list:
+        """Stream the archives, then analyse their members in slices, into staging/members; returns the part
+        rows (one per part, small).
 
-        pairs = (resolved.where("reason IS NULL").withColumnRenamed("container", "image_container")
-                 .withColumn("ingest_run_id", F.lit(run_id))
-                 .withColumn("ingested_at", F.lit(now).cast("timestamp")))
-        pairs = pairs.withColumn("row_hash", F.sha2(F.to_json(F.struct(*PAIR_CONTENT)), 256))
-        quarantine = (resolved.where("reason IS NOT NULL")
-                      .select("source", "source_file", "source_line", "raw", "image_path", "reason", "detail")
-                      .withColumn("ingest_run_id", F.lit(run_id))
-                      .withColumn("ingested_at", F.lit(now).cast("timestamp")))
+        One task per archive only gunzips and untars, writing member bytes to slice files; every slice is
+        then its own task, so the per-image work of one huge archive spreads over all cores.
+        """
+        facts_schema = schemas.table("image_facts")
+        with Stage("archives") as st:
+            if not self.todo_archives:
+                delta_io.write_staging(self.spark.createDataFrame([], facts_schema.spark()),
+                                       f"{self.staging}/members", "image_facts")
+                st.done(0, "archives")
+                return []
+            from pyspark.sql import types as T
+            desc_schema = T.StructType([T.StructField(n, T.StringType()) for n in
+                                        ("source", "archive", "parts", "missing_after")])
+            rows = [{"source": a.source, "archive": a.name, "missing_after": a.missing_after,
+                     "parts": json.dumps([{"rel": p.rel, "size": p.size} for p in a.parts])}
+                    for a in sorted(self.todo_archives, key=lambda a: -sum(p.size for p in a.parts))]
+            slice_dir = self.slice_dir()
+            streamed = _descriptors(self.spark, rows, desc_schema).mapInArrow(
+                tasks.split_archives(self.store, self.cfg.ingest.max_image_bytes, slice_dir,
+                                     self.cfg.ingest.archive_slice_bytes),
+                facts_schema.spark())
+            delta_io.write_staging(streamed, f"{self.staging}/streamed", "image_facts")
+            staged = self.spark.read.parquet(f"{self.staging}/streamed").drop("thumbnail")
+            listed = staged.where("kind IN ('part', 'slice')").collect()
+            parts = [r for r in listed if r.kind == "part"]
+            slices = [{"source": r.source, "archive": r.container, "slice": r.image_path}
+                      for r in sorted((r for r in listed if r.kind == "slice"), key=lambda r: r.image_path)]
+            slice_schema = T.StructType([T.StructField(n, T.StringType()) for n in ("source", "archive", "slice")])
+            analysed = (_descriptors(self.spark, slices, slice_schema)
+                        .mapInArrow(tasks.analyze_slices(image_policy(self.cfg)), facts_schema.spark())
+                        if slices else self.spark.createDataFrame([], facts_schema.spark()))
+            unread = self.spark.read.parquet(f"{self.staging}/streamed").where("kind = 'member'")
+            delta_io.write_staging(analysed.unionByName(unread), f"{self.staging}/members", "image_facts")
+            self.summary.archive_tasks = {
+                r.container: r.tasks for r in self.spark.read.parquet(f"{self.staging}/members")
+                .where("task IS NOT NULL").groupBy("container").agg(F.countDistinct("task").alias("tasks"))
+                .collect()}
+            members = sum(p.members or 0 for p in parts)
+            broken = [f"{p.image_path}: {p.status}" for p in parts if p.status != "ok"]
+            st.done(members, "archive members", f"{len(self.todo_archives)} archives in {len(slices)} slices"
+                    + (f"; broken: {broken}" if broken else ""))
+        return parts
 
-        blobs = members.unionByName(tree).where("status = 'ok'")
-        image_index = members.select("source", "image_path", "container", "status", "detail", "image_sha256",
-                                     "image_format", "width", "height", "image_bytes", "image_dhash",
-                                     F.lit(run_id).alias("ingest_run_id"))
-        n_tree = tree.count() if tree_sources else 0
-        summary.images_read = n_tree + sum(p.members or 0 for p in parts)
-        st.done(n_tree, "tree images read")
-    return Outputs(pairs, quarantine, blobs, image_index)
+    # --- jsonl ----------------------------------------------------------------------------------------
+
+    def stage_jsonl(self) -> list:
+        """Parse every line of the JSONL files into staging/parsed; returns the chunk rows (small)."""
+        from pyspark.sql import types as T
+
+        size = self.cfg.ingest.jsonl_chunk_bytes
+        chunks = [{"source": src, "source_file": f.rel, "chunk": i, "start": start, "end": min(start + size, f.size),
+                   "size": min(start + size, f.size) - start}
+                  for src, f in self.todo_jsonl for i, start in enumerate(range(0, max(f.size, 1), size))]
+        path = f"{self.staging}/parsed"
+        with Stage("jsonl") as st:
+            desc = T.StructType([T.StructField("source", T.StringType()), T.StructField("source_file", T.StringType()),
+                                 T.StructField("chunk", T.LongType()), T.StructField("start", T.LongType()),
+                                 T.StructField("end", T.LongType())])
+            stats = []
+            if chunks:
+                stats = _descriptors(self.spark, chunks, desc, weight="size").mapInArrow(
+                    tasks.chunk_stats(self.store), schemas.table("jsonl_chunks").spark()).collect()
+            counts = {(r.source_file, r.chunk): r.lines for r in stats}
+            before, running = [], {}
+            for c in chunks:
+                key = c["source_file"]
+                before.append({**c, "newlines_before": running.get(key, 0)})
+                running[key] = running.get(key, 0) + counts[(key, c["chunk"])]
+            desc_lines = T.StructType(desc.fields + [T.StructField("newlines_before", T.LongType())])
+            ingest_cfg = self.cfg.ingest
+            ctx_args = {"disciplines": dict(self.cfg.disciplines), "arxiv_sources": list(ingest_cfg.arxiv_sources),
+                        "raw_cap_chars": ingest_cfg.raw_cap_chars}
+            parsed_schema = schemas.table("parsed_lines").spark()
+            if before:
+                _descriptors(self.spark, before, desc_lines, weight="size").mapInArrow(
+                    tasks.parse_chunks(self.store, ctx_args), parsed_schema).write.parquet(path)
+            else:
+                self.spark.createDataFrame([], parsed_schema).write.parquet(path)
+            n = self.spark.read.parquet(path).count()
+            st.done(n, "lines parsed", f"{len(self.todo_jsonl)} files, {len(chunks)} chunks")
+        return stats
+
+    # --- resolve --------------------------------------------------------------------------------------
+
+    def resolve(self, parts) -> Outputs:
+        with Stage("resolve") as st:
+            parsed = self.spark.read.parquet(f"{self.staging}/parsed")
+            members = self.spark.read.parquet(f"{self.staging}/members").where("kind = 'member'")
+
+            valid = parsed.where("reason IS NULL")
+            rejected = parsed.where("reason IS NOT NULL")
+
+            # Repeats: the first line (by file, line) of a pair wins, and a pair already owned by a file
+            # this run does not touch keeps its owner.
+            owners = (delta_io.read(self.spark, self.lake, "pairs")
+                      .where(f"NOT ({_in_list('source_file', self.todo_files)})")
+                      .select("pair_id", F.concat_ws(":", "source_file", "source_line").alias("owner")))
+            order = Window.partitionBy("pair_id").orderBy("source_file", "source_line")
+            ranked = (valid.withColumn("_rank", F.row_number().over(order))
+                      .withColumn("_first", F.first(F.concat_ws(":", "source_file", "source_line")).over(order))
+                      .join(owners, "pair_id", "left"))
+            dup = F.col("_rank") > 1
+            dup_owner = F.when(F.col("owner").isNotNull(), F.col("owner")).otherwise(F.col("_first"))
+            duplicates = (ranked.where(dup | F.col("owner").isNotNull())
+                          .withColumn("reason", F.lit("duplicate_pair"))
+                          .withColumn("detail", F.concat(F.lit("same source and image_path as "), dup_owner)))
+            unique = ranked.where(~dup & F.col("owner").isNull()).drop("_rank", "_first", "owner")
+
+            # Image lookup: this run's archive members, then the index of earlier runs.
+            fact_cols = ["status", "detail", "image_sha256", "image_format", "width", "height", "image_bytes",
+                         "image_dhash", "container"]
+            index = delta_io.read(self.spark, self.lake, "image_index")
+            known = (members.select("source", "image_path", *fact_cols)
+                     .unionByName(index.join(members.select("source", "image_path"), ["source", "image_path"],
+                                             "left_anti").select("source", "image_path", *fact_cols)))
+            keyed = unique.drop("detail").join(known, ["source", "image_path"], "left")
+            lines = (rejected.unionByName(duplicates.drop("_rank", "_first", "owner"), allowMissingColumns=True)
+                     .unionByName(keyed, allowMissingColumns=True))
+
+            # Records no archive holds: read from the unpacked tree, where the source has one.
+            tree_sources = [s.name for s in self.plan.sources if s.has_tree]
+            facts_schema = schemas.table("image_facts").spark()
+            if tree_sources:
+                lines.write.parquet(f"{self.staging}/lines")
+                lines = self.spark.read.parquet(f"{self.staging}/lines")
+                need_tree = lines.where(F.col("reason").isNull() & F.col("status").isNull()
+                                        & F.col("source").isin(tree_sources))
+                ingest_cfg = self.cfg.ingest
+                n_tasks = ingest_cfg.image_tasks or 2 * self.spark.sparkContext.defaultParallelism
+                delta_io.write_staging(need_tree.select("source", "image_path").distinct().repartition(n_tasks)
+                                       .mapInArrow(tasks.read_tree(self.store, image_policy(self.cfg),
+                                                                   self.slice_dir(), ingest_cfg.archive_slice_bytes),
+                                                   facts_schema),
+                                       f"{self.staging}/tree", "image_facts")
+                tree = self.spark.read.parquet(f"{self.staging}/tree")
+                tree_facts = tree.select("source", "image_path", *[F.col(c).alias(f"_t_{c}") for c in fact_cols])
+                lines = lines.join(tree_facts, ["source", "image_path"], "left")
+                for c in fact_cols:
+                    lines = lines.withColumn(c, F.when(F.col("reason").isNull(), F.coalesce(c, f"_t_{c}"))
+                                             .otherwise(F.col(c))).drop(f"_t_{c}")
+            else:
+                tree = self.spark.createDataFrame([], facts_schema)
+
+            # Every line gets its outcome: a reason, or none for a pair.
+            broken = sorted({p.container for p in parts if p.status != "ok"})
+            missing_detail = "in no archive" + ("" if not tree_sources else " and not in the unpacked tree")
+            if broken:
+                missing_detail += f"; archives broken this run: {', '.join(broken)}"
+            unresolved = F.col("reason").isNull() & F.col("status").isNull()
+            resolved = (lines.withColumn("detail", F.when(unresolved, F.lit(missing_detail)).otherwise(F.col("detail")))
+                        .withColumn("status", F.when(unresolved, F.lit("image_missing")).otherwise(F.col("status")))
+                        .withColumn("reason", F.coalesce("reason", F.when(F.col("status") != "ok", F.col("status")))))
+            resolved.write.parquet(f"{self.staging}/resolved")
+            resolved = self.spark.read.parquet(f"{self.staging}/resolved")
+
+            pairs = (resolved.where("reason IS NULL").withColumnRenamed("container", "image_container")
+                     .withColumn("ingest_run_id", F.lit(self.run_id))
+                     .withColumn("ingested_at", F.lit(self.now).cast("timestamp")))
+            pairs = pairs.withColumn("row_hash", F.sha2(F.to_json(F.struct(*PAIR_CONTENT)), 256))
+            quarantine = (resolved.where("reason IS NOT NULL")
+                          .select("source", "source_file", "source_line", "raw", "image_path", "reason", "detail")
+                          .withColumn("ingest_run_id", F.lit(self.run_id))
+                          .withColumn("ingested_at", F.lit(self.now).cast("timestamp")))
+
+            blobs = members.unionByName(tree).where("status = 'ok'")
+            image_index = members.select("source", "image_path", "container", "status", "detail", "image_sha256",
+                                         "image_format", "width", "height", "image_bytes", "image_dhash",
+                                         F.lit(self.run_id).alias("ingest_run_id"))
+            n_tree = tree.count() if tree_sources else 0
+            self.summary.images_read = n_tree + sum(p.members or 0 for p in parts)
+            st.done(n_tree, "tree images read")
+        return Outputs(pairs, quarantine, blobs, image_index)
+
+    # --- write ----------------------------------------------------------------------------------------
+
+    def write(self, out: Outputs, parts, chunks) -> tuple[int, int]:
+        with Stage("write") as st:
+            pairs = out.pairs.select(*schemas.table("pairs").names)
+            quarantine = out.quarantine.select(*schemas.table("quarantine").names)
+            new_images = self._new_images(out.blobs, pairs)
+
+            # The four tables are independent: commit them concurrently (Spark runs jobs from threads).
+            # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
+            writes = [
+                lambda: delta_io.append(self.spark, self.lake, "images", new_images),
+                lambda: delta_io.merge_on_key(self.spark, self.lake, "pairs", pairs,
+                                              update_when="t.row_hash <> s.row_hash",
+                                              delete_unmatched_when=_in_list("t.source_file", self.todo_files)),
+                lambda: delta_io.replace_slice(self.spark, self.lake, "quarantine", quarantine,
+                                               _in_list("source_file", self.todo_files)),
+            ]
+            if self.todo_archives:
+                writes.append(lambda: delta_io.merge_on_key(self.spark, self.lake, "image_index", out.image_index))
+            with ThreadPoolExecutor(len(writes)) as pool:
+                for future in [pool.submit(w) for w in writes]:
+                    future.result()
+
+            per_file = {r.source_file: (r.accepted, r.quarantined) for r in
+                        pairs.groupBy("source_file").agg(F.count("*").alias("accepted"))
+                        .join(quarantine.groupBy("source_file").agg(F.count("*").alias("quarantined")),
+                              "source_file", "full").fillna(0).collect()}
+            log_rows = self._log_rows(parts, chunks, per_file)
+            delta_io.merge_on_key(self.spark, self.lake, "ingest_log",
+                                  self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()))
+            n_pairs = sum(a for a, _ in per_file.values())
+            n_quarantine = sum(q for _, q in per_file.values())
+            st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")
+        return n_pairs, n_quarantine
 
 
-# --- write ----------------------------------------------------------------------------------------
+    def _new_images(self, blobs: DataFrame, pairs: DataFrame) -> DataFrame:
+        """Images rows for content the lake does not hold yet, without shuffling any image bytes.
 
-def _write(spark, cfg: Config, lake: str, out: Outputs, todo_jsonl, todo_archives, parts, chunks,
-           staging: str, run_id: str, now: datetime) -> tuple[int, int]:
-    todo_files = [f.rel for _, f in todo_jsonl]
-    with Stage("write") as st:
-        pairs = out.pairs.select(*schemas.table("pairs").names)
-        quarantine = out.quarantine.select(*schemas.table("quarantine").names)
-        new_images = _new_images(spark, cfg, lake, staging, out.blobs, pairs, run_id, now)
+        The choice of one (source, image_path) per sha256, its discipline (that of the lowest pair_id
+        using it, else the fallback) and the anti-join with what is stored all run on key columns; the
+        facts then meet that small table in a broadcast join, and the bytes are read back from the
+        slice files only for the rows written. Re-running adds nothing: content-addressed.
+        """
+        keys = blobs.select("image_sha256", "source", "image_path")
+        first = (keys.groupBy("image_sha256").agg(F.min(F.struct("source", "image_path")).alias("k"))
+                 .select("image_sha256", "k.source", "k.image_path"))
+        used = pairs.groupBy("image_sha256").agg(
+            F.min(F.struct("pair_id", "discipline")).getField("discipline").alias("discipline"))
+        stored = delta_io.read(self.spark, self.lake, "images").select("image_sha256")
+        chosen = (first.join(stored, "image_sha256", "left_anti").join(used, "image_sha256", "left")
+                  .withColumn("discipline", F.coalesce("discipline",
+                                                       F.lit(self.cfg.disciplines.get("fallback", "unknown")))))
+        chosen.write.parquet(f"{self.staging}/chosen_images")
+        chosen = self.spark.read.parquet(f"{self.staging}/chosen_images")
+        if chosen.count() <= BROADCAST_KEYS:
+            chosen = F.broadcast(chosen)
+        return (blobs.join(chosen, ["image_sha256", "source", "image_path"])
+                .select("image_sha256", "discipline", F.col("image_format").alias("format"), "width", "height",
+                        "image_bytes", "image_dhash", "thumbnail", "thumbnail_width", "thumbnail_height",
+                        F.col("source").alias("first_source"), F.col("image_path").alias("first_image_path"),
+                        F.lit(self.run_id).alias("ingest_run_id"),
+                        F.lit(self.now).cast("timestamp").alias("ingested_at"), "slice", "slice_row")
+                .mapInArrow(tasks.fetch_content(), schemas.table("images").spark()))
 
-        # The four tables are independent: commit them concurrently (Spark runs jobs from threads).
-        # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
-        writes = [
-            lambda: delta_io.append(spark, lake, "images", new_images),
-            lambda: delta_io.merge_on_key(spark, lake, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
-                                          delete_unmatched_when=_in_list("t.source_file", todo_files)),
-            lambda: delta_io.replace_slice(spark, lake, "quarantine", quarantine,
-                                           _in_list("source_file", todo_files)),
-        ]
-        if todo_archives:
-            writes.append(lambda: delta_io.merge_on_key(spark, lake, "image_index", out.image_index))
-        with ThreadPoolExecutor(len(writes)) as pool:
-            for future in [pool.submit(w) for w in writes]:
-                future.result()
+    def _log_rows(self, parts, chunks, per_file) -> list[dict]:
+        """ingest_log rows: one per JSONL file and per archive part read this run."""
+        digests: dict[str, list] = {}
+        for c in sorted(chunks, key=lambda c: (c.source_file, c.chunk)):
+            digests.setdefault(c.source_file, []).append(c.sha256)
+        rows = []
+        for source, f in self.todo_jsonl:
+            accepted, quarantined = per_file.get(f.rel, (0, 0))
+            checksum = (hashlib.sha256("".join(digests[f.rel]).encode()).hexdigest()
+                        if len(digests.get(f.rel, ())) > 1 else (digests.get(f.rel) or [None])[0])
+            rows.append(self._log_row(source, f, "jsonl", checksum=checksum, read=accepted + quarantined,
+                                      accepted=accepted, quarantined=quarantined, status="ok"))
+        part_info = {(a.name, p.rel): p for a in self.todo_archives for p in a.parts}
+        for p in parts:
+            rows.append(self._log_row(p.source, part_info[(p.container, p.image_path)], "archive_part",
+                                      archive=p.container, checksum=p.image_sha256, read=p.members or 0,
+                                      status=p.status, detail=p.detail))
+        return rows
 
-        per_file = {r.source_file: (r.accepted, r.quarantined) for r in
-                    pairs.groupBy("source_file").agg(F.count("*").alias("accepted"))
-                    .join(quarantine.groupBy("source_file").agg(F.count("*").alias("quarantined")),
-                          "source_file", "full").fillna(0).collect()}
-        log_rows = _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now)
-        delta_io.merge_on_key(spark, lake, "ingest_log",
-                              spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()))
-        n_pairs = sum(a for a, _ in per_file.values())
-        n_quarantine = sum(q for _, q in per_file.values())
-        st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")
-    return n_pairs, n_quarantine
-
-
-def _new_images(spark, cfg: Config, lake: str, staging: str, blobs: DataFrame, pairs: DataFrame, run_id: str,
-                now) -> DataFrame:
-    """Images rows for content the lake does not hold yet, without shuffling any image bytes.
-
-    The choice of one (source, image_path) per sha256, its discipline (that of the lowest pair_id
-    using it, else the fallback) and the anti-join with what is stored all run on key columns; the
-    bytes then meet that small table in a broadcast join. Re-running adds nothing: content-addressed.
-    """
-    keys = blobs.select("image_sha256", "source", "image_path")
-    first = (keys.groupBy("image_sha256").agg(F.min(F.struct("source", "image_path")).alias("k"))
-             .select("image_sha256", "k.source", "k.image_path"))
-    used = pairs.groupBy("image_sha256").agg(
-        F.min(F.struct("pair_id", "discipline")).getField("discipline").alias("discipline"))
-    stored = delta_io.read(spark, lake, "images").select("image_sha256")
-    chosen = (first.join(stored, "image_sha256", "left_anti").join(used, "image_sha256", "left")
-              .withColumn("discipline", F.coalesce("discipline", F.lit(cfg.disciplines.get("fallback", "unknown")))))
-    chosen.write.parquet(f"{staging}/chosen_images")
-    chosen = spark.read.parquet(f"{staging}/chosen_images")
-    if chosen.count() <= BROADCAST_KEYS:
-        chosen = F.broadcast(chosen)
-    return (blobs.join(chosen, ["image_sha256", "source", "image_path"])
-            .select("image_sha256", "discipline", F.col("image_format").alias("format"), "width", "height",
-                    "image_bytes", "image_dhash", "content", "thumbnail", "thumbnail_width", "thumbnail_height",
-                    F.col("source").alias("first_source"), F.col("image_path").alias("first_image_path"),
-                    F.lit(run_id).alias("ingest_run_id"), F.lit(now).cast("timestamp").alias("ingested_at")))
-
-
-def _log_rows(todo_jsonl, todo_archives, parts, chunks, per_file, run_id, now) -> list[dict]:
-    """ingest_log rows: one per JSONL file and per archive part read this run."""
-    digests: dict[str, list] = {}
-    for c in sorted(chunks, key=lambda c: (c.source_file, c.chunk)):
-        digests.setdefault(c.source_file, []).append(c.sha256)
-    rows = []
-    for source, f in todo_jsonl:
-        accepted, quarantined = per_file.get(f.rel, (0, 0))
-        checksum = (hashlib.sha256("".join(digests[f.rel]).encode()).hexdigest()
-                    if len(digests.get(f.rel, ())) > 1 else (digests.get(f.rel) or [None])[0])
-        rows.append(_log_row(source, f, "jsonl", None, checksum, accepted + quarantined, accepted, quarantined,
-                             "ok", None, run_id, now))
-    part_info = {(a.name, p.rel): p for a in todo_archives for p in a.parts}
-    for p in parts:
-        info = part_info[(p.container, p.image_path)]
-        rows.append(_log_row(p.source, info, "archive_part", p.container, p.image_sha256, p.members or 0,
-                             0, 0, p.status, p.detail, run_id, now))
-    return rows
-
-
-def _log_row(source, f: FileInfo, kind, archive, checksum, read, accepted, quarantined, status, detail,
-             run_id, now) -> dict:
-    return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
-            "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
-            "read": read, "accepted": accepted, "quarantined": quarantined, "status": status, "detail": detail,
-            "ingest_run_id": run_id, "ingested_at": now}
+    def _log_row(self, source: str, f: FileInfo, kind: str, *, status: str, checksum: str | None,
+                 read: int, accepted: int = 0, quarantined: int = 0, archive: str | None = None,
+                 detail: str | None = None) -> dict:
+        return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
+                "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
+                "read": read, "accepted": accepted, "quarantined": quarantined, "status": status,
+                "detail": detail, "ingest_run_id": self.run_id, "ingested_at": self.now}

@@ -40,6 +40,7 @@ class TableDef:
     catalog: bool = False
     job: str | None = None
     write_options: tuple[tuple[str, str], ...] = ()   # Delta/Parquet writer options (e.g. compression)
+    properties: tuple[tuple[str, str], ...] = ()      # Delta table properties (also the Parquet writer's conf)
 
     @property
     def names(self) -> list[str]:
@@ -79,6 +80,7 @@ def table(name: str) -> TableDef:
         catalog=bool(spec.get("catalog", False)),
         job=spec.get("job"),
         write_options=tuple((str(k), str(v)) for k, v in (spec.get("write_options") or {}).items()),
+        properties=tuple((str(k), str(v)) for k, v in (spec.get("properties") or {}).items()),
     )
 
 

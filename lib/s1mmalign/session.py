@@ -43,6 +43,9 @@ def session_settings(lake: str, cfg: Config) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.log.level": os.environ.get("S1MMALIGN_SPARK_LOG", "ERROR"),
         "spark.scheduler.mode": "FAIR",   # the concurrent writes of one run share the cores
+        # A task writing a table partitioned by discipline keeps one open file per discipline (10 values)
+        # instead of first sorting its rows by discipline: sorting image rows buffers and spills their bytes.
+        "spark.sql.maxConcurrentOutputFileWriters": "12",
         # Delta reads a table's log with this many tasks (its default, 50, is far too many for small logs).
         "spark.databricks.delta.snapshotPartitions": str(snapshot_partitions(cfg)),
         **catalog_settings(lake, cfg),
