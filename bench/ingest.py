@@ -298,16 +298,17 @@ def main() -> None:
           f"({sum(f.stat().st_size for f in (root / 'loose').iterdir()) / 1e6:.0f} MB of PNG)")
     print(f"baseline Pool({args.cores}) Pillow loop: {n_base} figures in {t_base:.1f}s = {base_rate:.1f}/s")
     ratios = {}
-    spark, cfg, startup = session(args.cores)
-    for layout in args.layout:
+    for layout in args.layout:   # Pools fork: run them before the JVM and its gateway exist
         source = root / LAYOUT_DIRS[layout]
         archives = len(list((source / "arxiv").glob("images_*.tar.gz")))
         n_str, t_str = task_code(source, args.cores)
-        n_ing, t_ing, rss, spread = ingest_run(spark, cfg, source, layout)
-        ratios[layout] = n_ing / t_ing / base_rate
         print(f"[{layout}: {archives} archive(s)] archive tasks' code alone in Pool({args.cores}) (gunzip + untar "
               f"into slices, then the same work per slice + Arrow, no Spark): {n_str} figures in {t_str:.1f}s "
               f"= {n_str / t_str:.1f}/s")
+    spark, cfg, startup = session(args.cores)
+    for layout in args.layout:
+        n_ing, t_ing, rss, spread = ingest_run(spark, cfg, root / LAYOUT_DIRS[layout], layout)
+        ratios[layout] = n_ing / t_ing / base_rate
         print(f"[{layout}] ingest (warm session, all stages and Delta writes): {n_ing} pairs in {t_ing:.1f}s "
               f"= {n_ing / t_ing:.1f}/s (+{startup:.1f}s JVM/session start, not counted); "
               f"ratio {ratios[layout]:.2f}; tasks per archive: max {max(spread.values(), default=0)}")

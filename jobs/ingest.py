@@ -28,7 +28,7 @@ def body() -> int:
     try:
         ingest.run(spark, cfg, args.source, args.lake, discovered=found)
     finally:
-        spark.stop()
+        session.stop(spark)
     return 0
 
 

@@ -32,7 +32,7 @@ def body() -> int:
         views = analytics.create_views(spark, cfg, args.lake)
         summary = None if args.views_only else analytics.collect(spark, cfg, args.lake, views)
     finally:
-        spark.stop()
+        session.stop(spark)
     names = ", ".join(f"{cfg.catalog.database}.{v.name}" for v in views.created)
     if summary is None:
         print(f"report: {len(views.created)} views in the catalog ({names})")

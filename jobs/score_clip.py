@@ -44,7 +44,7 @@ def body() -> int:
     try:
         result = score.run(spark, run_cfg, args.lake, spec, model_id=mid)
     finally:
-        spark.stop()
+        session.stop(spark)
     print(f"score_clip: {result['scored']} pairs scored by {result['model']} ({result['seconds']:.1f}s)")
     return 0
 

@@ -28,7 +28,7 @@ def body() -> int:
     try:
         outcome = validate.run(spark, cfg, args.lake, out=args.out)
     finally:
-        spark.stop()
+        session.stop(spark)
     line = f"validate: {outcome.summary_line()} (run {outcome.run_id}, Data Docs {outcome.docs_index})"
     if outcome.critical_failures:
         print(line, file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -45,6 +46,30 @@ def require_out_folder(out: str | None) -> None:
         raise UsageError(f"--out {out} exists and is not a folder")
 
 
+_EXECUTOR_OOM = re.compile(r"exit (code|status):? ?52\b")   # an executor JVM that died of OutOfMemoryError
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """The one line for a job that ran out of memory (which stage, which setting to raise), else None.
+
+    exc carries the stage it broke in (`exc.stage`, set by the pipelines' Stage helper). Spark reports a
+    JVM heap exhausted as java.lang.OutOfMemoryError in the error's text, an executor killed by it as
+    exit code 52, and a local-mode JVM that died of it by that exit code of the process itself.
+    """
+    from s1mmalign.session import jvm_exit_code
+
+    stage = getattr(exc, "stage", None)
+    where = f" in stage {stage}" if stage else ""
+    text = f"{type(exc).__name__}: {exc}"
+    if "OutOfMemoryError" in text or _EXECUTOR_OOM.search(text) or jvm_exit_code() == 52:
+        return (f"out of memory{where}: the Spark JVM's heap ran out; raise spark.driver.memory in local mode "
+                f"(spark-submit --driver-memory 4g) or spark.executor.memory on a cluster")
+    if isinstance(exc, MemoryError) or "MemoryError" in text:
+        return (f"out of memory{where}: a Python worker ran out; give the executors more memory "
+                f"(spark.executor.pyspark.memory, spark.executor.memoryOverhead) or lower ingest.archive_slice_bytes")
+    return None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -80,6 +105,6 @@ def main(prog: str, body: Callable[[], int]) -> None:
     except Exception as exc:  # anything else: still one line, with the type, and the log has detail
         logging.getLogger(prog).debug("failure", exc_info=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"{prog}: failed: {type(exc).__name__}: {first[:500]}", file=sys.stderr)
+        print(f"{prog}: {out_of_memory(exc) or f'failed: {type(exc).__name__}: {first[:500]}'}", file=sys.stderr)
         code = 1
     sys.exit(code)

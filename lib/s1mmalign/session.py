@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -79,6 +80,23 @@ def build(lake: str, cfg: Config):
     meta.mkdir(parents=True, exist_ok=True)
     spark.sparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", str(meta / "derby.log"))
     return spark
+
+
+def stop(spark) -> None:
+    """Stop the session; a JVM that already died (e.g. out of memory) leaves nothing to stop, and must not
+    hide the error that the job is about to report."""
+    try:
+        spark.stop()
+    except Exception:   # py4j errors: the gateway is gone
+        logging.getLogger(__name__).debug("the Spark JVM was already gone at stop", exc_info=True)
+
+
+def jvm_exit_code() -> int | None:
+    """The exit code of the Spark JVM this Python process started, once it has exited (else None)."""
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)
+    return proc.poll() if proc is not None else None
 
 
 def _submitted() -> bool:
