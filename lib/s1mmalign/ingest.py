@@ -91,19 +91,27 @@ def _in_list(column: str, values) -> str:
 
 def _descriptors(spark: SparkSession, rows: list[dict], schema, weight: str | None = None) -> DataFrame:
     """A DataFrame of task descriptors. Without `weight`, one per partition (each its own task);
-    with it, packed greedily by that weight into about 2 tasks per core (many small files, few tasks)."""
+    with it, packed greedily by that weight into about 2 tasks per core (many small files, few tasks).
+
+    Built on the JVM side (a range of task numbers joined with the descriptors, broadcast), not from a
+    Python RDD, which would start a Python worker per task just to hand the descriptors over.
+    """
+    from pyspark.sql import types as T
+
     tuples = [tuple(r[f.name] for f in schema.fields) for r in rows]
     if weight is None or len(rows) <= 1:
-        return spark.createDataFrame(spark.sparkContext.parallelize(tuples, max(len(rows), 1)), schema)
-    n_tasks = max(1, min(len(rows), 2 * spark.sparkContext.defaultParallelism))
-    bins: list[list] = [[] for _ in range(n_tasks)]
-    loads = [0] * n_tasks
-    for row, tup in sorted(zip(rows, tuples), key=lambda rt: -rt[0][weight]):
-        i = loads.index(min(loads))
-        bins[i].append(tup)
-        loads[i] += row[weight] + 1
-    rdd = spark.sparkContext.parallelize(range(n_tasks), n_tasks).flatMap(lambda i, b=bins: b[i])
-    return spark.createDataFrame(rdd, schema)
+        bins = [[t] for t in tuples] or [[]]
+    else:
+        bins = [[] for _ in range(max(1, min(len(rows), 2 * spark.sparkContext.defaultParallelism)))]
+        loads = [0] * len(bins)
+        for row, tup in sorted(zip(rows, tuples), key=lambda rt: -rt[0][weight]):
+            i = loads.index(min(loads))
+            bins[i].append(tup)
+            loads[i] += row[weight] + 1
+    binned = spark.createDataFrame([(i, *tup) for i, b in enumerate(bins) for tup in b],
+                                   T.StructType([T.StructField("_task", T.LongType())] + schema.fields))
+    return (spark.range(0, len(bins), 1, len(bins)).withColumnRenamed("id", "_task")
+            .join(F.broadcast(binned), "_task").drop("_task"))
 
 
 def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: str | None = None,
@@ -135,8 +143,11 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
                     todo_jsonl, todo_archives)
     _clear_staging(lake, cfg)
     try:
-        parts = job.stage_archives()
-        chunks = job.stage_jsonl()
+        # Independent stages, run side by side: while one task streams a large archive, the other cores
+        # parse the JSONL files.
+        with ThreadPoolExecutor(2) as pool:
+            archives_done, jsonl_done = pool.submit(job.stage_archives), pool.submit(job.stage_jsonl)
+            parts, chunks = archives_done.result(), jsonl_done.result()
         outputs = job.resolve(parts)
         summary.pairs, summary.quarantined = job.write(outputs, parts, chunks)
         summary.lines = summary.pairs + summary.quarantined
