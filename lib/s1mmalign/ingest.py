@@ -2,11 +2,13 @@
 
 Stages (each logs one line with counts and rates):
   plan      list sources; compare fingerprints with ingest_log; pick the files to (re)read
-  archives  stream changed archives in parallel tasks: image facts, bytes and thumbnails -> staging
-  jsonl     count lines per chunk, then parse every line -> staging (records and rejects)
+  archives  stream each changed archive in one task into slice files of member bytes (staging), then
+            analyse every slice in its own task: image facts and thumbnails -> staging
+  jsonl     (beside archives) count lines per chunk, then parse every line -> staging (records, rejects)
   resolve   dedupe; look each record's image up in archives (this run's, then earlier runs' index),
             else read it from the unpacked tree; anything unresolved -> quarantine with a reason
-  write     images, image_index, pairs (MERGE), quarantine (slice replace), ingest_log (last)
+  write     images (bytes read back from the slices), image_index, pairs (MERGE), quarantine (slice
+            replace), ingest_log (last)
 
 A crash before the last write leaves ingest_log as it was, so a re-run redoes the same files and
 every write converges to what one clean run writes.
