@@ -23,12 +23,13 @@ BATCH_BYTES = 8 << 20      # image bytes per Arrow batch handed to the JVM (a me
 
 def _batched(rows: Iterable[dict], schema: pa.Schema, size: int = BATCH_ROWS,
              max_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
-    """Arrow batches of at most `size` rows and about `max_bytes` of binary values."""
+    """Arrow batches of at most `size` rows and about `max_bytes` of thumbnails (the only bytes in rows
+    of image facts: originals stay in slice files until fetch_content)."""
     buf: list[dict] = []
     held = 0
     for row in rows:
         buf.append(row)
-        held += len(row.get("content") or b"") + len(row.get("thumbnail") or b"")
+        held += len(row.get("thumbnail") or b"")
         if len(buf) >= size or held >= max_bytes:
             yield pa.RecordBatch.from_pylist(buf, schema=schema)
             buf, held = [], 0
