@@ -66,18 +66,12 @@ def _log_write(spark, lake: str, name: str, what: str) -> dict[str, str]:
 def _writer(df, name: str):
     """A Delta writer for table `name`'s columns with its write options from schemas/."""
     tdef = schemas.table(name)
-    writer = df.select(*tdef.names).write.format("delta")
-    for key, value in tdef.write_options:
-        writer = writer.option(key, value)
-    return writer
+    return df.select(*tdef.names).write.format("delta").options(**dict(tdef.write_options))
 
 
 def write_staging(df, path: str, name: str) -> None:
     """Write df as a run's Parquet staging at `path`, with intermediate `name`'s write options from schemas/."""
-    writer = df.write.mode("overwrite")
-    for key, value in schemas.table(name).write_options:
-        writer = writer.option(key, value)
-    writer.parquet(path)
+    df.write.mode("overwrite").options(**dict(schemas.table(name).write_options)).parquet(path)
 
 
 def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | None = None,
