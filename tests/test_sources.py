@@ -3,7 +3,7 @@ import os
 import pytest
 
 from s1mmalign.sources import discover, group_archives
-from s1mmalign.storage import FileInfo, LocalStore, SourceError
+from s1mmalign.storage import FileInfo, LocalStore, SourceError, StoreError, TooLarge
 
 
 def info(rel):
@@ -55,13 +55,43 @@ def test_no_sources_and_no_root(tmp_path):
         discover(LocalStore(str(tmp_path / "nope")))
 
 
-def test_local_read_never_leaves_the_root(tmp_path):
-    (tmp_path / "src").mkdir()
+def test_local_reads_never_leave_the_root(tmp_path):
+    (tmp_path / "src" / "jsonl").mkdir(parents=True)
     (tmp_path / "secret.png").write_bytes(b"s")
+    (tmp_path / "secret.jsonl").write_bytes(b'{"x": 1}\n')
     os.symlink(tmp_path / "secret.png", tmp_path / "src" / "link.png")
+    os.symlink(tmp_path / "secret.jsonl", tmp_path / "src" / "jsonl" / "a.jsonl")
+    (tmp_path / "src" / "inside.png").write_bytes(b"i")
+    os.symlink(tmp_path / "src" / "inside.png", tmp_path / "src" / "ok-link.png")
     store = LocalStore(str(tmp_path / "src"))
-    assert store.read("link.png") is None
-    assert store.read("missing.png") is None
+    with pytest.raises(StoreError, match="link out of the source root"):
+        store.read("link.png", 100)
+    with pytest.raises(StoreError, match="link out of the source root"):
+        store.open("jsonl/a.jsonl")
+    # listed (so that ingest_log can say why it was not read), never read
+    assert [f.rel for f in store.list_dir("jsonl")[1]] == ["jsonl/a.jsonl"]
+    assert store.read("missing.png", 100) is None
+    assert store.read("ok-link.png", 100) == b"i"       # a link that stays inside the root is fine
+
+
+def test_local_reads_refuse_special_files_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    store = LocalStore(str(tmp_path))
+    with pytest.raises(StoreError, match="FIFO"):
+        store.read("pipe.png", 100)       # would block for ever if it were opened for a plain read
+    with pytest.raises(StoreError, match="FIFO"):
+        store.open("pipe.png")
+    assert [(f.rel, f.size) for f in store.list_dir("")[1]] == [("pipe.png", 0)]
+
+
+def test_local_read_checks_the_size_before_reading(tmp_path):
+    with open(tmp_path / "sparse.png", "wb") as f:
+        f.truncate(4 << 30)               # 4 GB that occupy no disk: reading it whole would take 4 GB
+    with pytest.raises(TooLarge) as err:
+        LocalStore(str(tmp_path)).read("sparse.png", 1 << 20)
+    assert err.value.size == 4 << 30
+    (tmp_path / "small.png").write_bytes(b"x" * 10)
+    assert LocalStore(str(tmp_path)).read("small.png", 10) == b"x" * 10
 
 
 def test_fingerprint_changes_with_size_or_mtime(tmp_path):

@@ -9,7 +9,7 @@ from test_chunks import chunked
 from helpers import free_port, wait_port
 
 from s1mmalign.sources import discover
-from s1mmalign.storage import S3Store, SourceError
+from s1mmalign.storage import S3Store, SourceError, TooLarge
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,9 @@ def test_listing_and_reads(s3):
     src = plan.source("src")
     assert src.has_tree and [a.name for a in src.archives] == ["src/images_2020.tar.gz"]
     assert all(f.etag for f in src.jsonl)
-    assert s3.read("src/images/p1/fig1.png") == b"png"
-    assert s3.read("src/images/p1/nope.png") is None
+    assert s3.read("src/images/p1/fig1.png", 100) == b"png"
+    assert s3.read("src/images/p1/nope.png", 100) is None
+    with pytest.raises(TooLarge, match="3 bytes > 2"):
+        s3.read("src/images/p1/fig1.png", 2)
     with pytest.raises(SourceError, match="no-such-bucket"):
         discover(S3Store("no-such-bucket", "", s3.endpoint_url, "us-east-1"))

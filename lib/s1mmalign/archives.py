@@ -2,6 +2,8 @@
 
 Memory stays flat: one member's bytes at a time (members over the byte cap are skipped unread).
 Links, directories and members named with '..' or an absolute path are never followed or written.
+A gzip stream of several members (pigz, bgzip) is read to its end, each member's CRC checked.
+Members are numbered in stream order: when a name comes twice, the last one wins (tar's own rule).
 """
 
 from __future__ import annotations
@@ -70,14 +72,68 @@ class ChainedParts:
             self.handle = None
 
 
+class Gunzip:
+    """The decompressed bytes of a gzip stream of one or more members (as pigz and bgzip write them);
+    zero padding between or after members is skipped, anything else after a member ends the stream.
+    At most GUNZIP_OUT bytes are decompressed ahead, however well the input compresses."""
+
+    def __init__(self, raw, block: int = 1 << 20):
+        self.raw, self.block = raw, block
+        self.d = zlib.decompressobj(31)
+        self.buf, self.pos = b"", 0
+        self.done = False
+
+    def read(self, n: int = -1) -> bytes:
+        out = []
+        want = n if n is not None and n >= 0 else None
+        while want is None or want > 0:
+            if self.pos >= len(self.buf):
+                if self.done or not self._more():
+                    break
+                continue
+            take = len(self.buf) - self.pos if want is None else min(want, len(self.buf) - self.pos)
+            out.append(self.buf[self.pos: self.pos + take])
+            self.pos += take
+            if want is not None:
+                want -= take
+        return b"".join(out)
+
+    def _more(self) -> bool:
+        """Decompress the next piece into buf; False at the end of the stream."""
+        if self.d.eof:
+            rest = self.d.unused_data
+            while len(rest.lstrip(b"\0")) < 2:
+                more = self.raw.read(self.block)
+                if not more:
+                    break
+                rest += more
+            rest = rest.lstrip(b"\0")
+            if not rest.startswith(b"\x1f\x8b"):
+                self.done = True            # the end (or bytes after the last member, which gzip ignores too)
+                return False
+            self.d = zlib.decompressobj(31)
+            chunk = rest
+        else:
+            chunk = self.d.unconsumed_tail or self.raw.read(self.block)
+            if not chunk:
+                raise EOFError("gzip stream cut short")
+        self.buf, self.pos = self.d.decompress(chunk, GUNZIP_OUT), 0
+        return True
+
+
+GUNZIP_OUT = 4 << 20
+
+
 @dataclass(frozen=True)
 class Member:
-    """A regular file in an archive: its name, and its bytes or why they were not read."""
+    """A regular file in an archive: its name, its position among the archive's regular members, and
+    its bytes or why they were not read."""
 
     name: str
     data: bytes | None
     problem: str | None = None        # a quarantine reason when data is None
     detail: str | None = None
+    ordinal: int = 0
 
 
 @dataclass
@@ -89,27 +145,35 @@ class StreamResult:
 
 def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> Iterator[Member]:
     """Yield the regular-file members of a gzip tar stream; stop cleanly where the data breaks."""
+    ordinal = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+        with tarfile.open(fileobj=Gunzip(stream), mode="r|", errors="surrogateescape") as tar:
             for info in tar:
-                if not info.isreg():
-                    result.skipped += 1
-                    continue
-                if path_problem(info.name):
-                    result.skipped += 1
+                name = normalize_path(info.name)
+                if not info.isreg() or path_problem(info.name) or not name or not _utf8(name):
+                    result.skipped += 1     # links, folders, devices, FIFOs; unsafe or non-UTF-8 names
                     continue
                 part = stream.current
                 if part is not None:
                     part.members += 1
-                name = normalize_path(info.name)
+                ordinal += 1
                 if info.size > max_bytes:
-                    yield Member(name, None, "image_too_large", f"{info.size} bytes > {max_bytes}")
+                    yield Member(name, None, "image_too_large", f"{info.size} bytes > {max_bytes}", ordinal)
                     continue
                 handle = tar.extractfile(info)
                 data = handle.read() if handle else b""
                 if len(data) != info.size:
                     raise EOFError(f"member {name} cut short")
-                yield Member(name, data)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+                yield Member(name, data, ordinal=ordinal)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, OverflowError) as exc:
         result.status = "truncated"
         result.detail = f"stream broke: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _utf8(name: str) -> bool:
+    """Whether a member name is text (tar headers carry bytes; a record can only name UTF-8 text)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-_NEW = re.compile(r"(?P<yy>\d{2})(?P<mm>\d{2})\.(?P<num>\d{4,5})(?:v(?P<ver>\d+))?")
+# re.ASCII: \d is [0-9] only (not full-width or Arabic-Indic digits, which int() would also accept).
+_NEW = re.compile(r"(?P<yy>\d{2})(?P<mm>\d{2})\.(?P<num>\d{4,5})(?:v(?P<ver>\d{1,9}))?", re.ASCII)
 _OLD = re.compile(r"(?P<arch>[a-z]+(?:-[a-z]+)*)(?P<subj>\.[A-Z]{2})?/(?P<yy>\d{2})(?P<mm>\d{2})(?P<num>\d{3})"
-                  r"(?:v(?P<ver>\d+))?")
+                  r"(?:v(?P<ver>\d{1,9}))?", re.ASCII)
 _PREFIX = re.compile(r"^(?:arxiv:|https?://arxiv\.org/(?:abs|pdf)/)", re.IGNORECASE)
 
 

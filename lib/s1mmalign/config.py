@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,6 +37,7 @@ class CatalogConf:
 @dataclass(frozen=True)
 class IngestConf:
     jsonl_chunk_bytes: int = 64 << 20
+    max_line_bytes: int = 8 << 20
     image_tasks: int = 0
     archive_slice_bytes: int = 64 << 20
     thumbnail_px: int = 256
@@ -108,6 +111,64 @@ class Config:
     report: ReportConf = field(default_factory=ReportConf)
 
 
+# Ranges of numeric settings, (lowest, highest) with None for no bound, and the values some settings take:
+# checked when conf loads, so that a bad value is one line and exit 2 before Spark starts, never a run
+# that reads nothing (a chunk size of -5) or fails hours in.
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "spark.shuffle_partitions": (1, None), "spark.delta_snapshot_partitions": (1, None),
+    "spark.arrow_batch_rows": (1, None),
+    "ingest.jsonl_chunk_bytes": (1, None), "ingest.max_line_bytes": (1, None), "ingest.image_tasks": (0, None),
+    "ingest.archive_slice_bytes": (1, None), "ingest.thumbnail_px": (8, 4096), "ingest.thumbnail_quality": (1, 100),
+    "ingest.max_image_bytes": (1, None), "ingest.max_image_pixels": (1, None), "ingest.raw_cap_chars": (0, None),
+    "quality.near_duplicate_distance": (0, 64), "quality.lsh_bands": (1, 64), "quality.max_bucket": (2, None),
+    "quality.max_cluster_rounds": (1, None), "quality.driver_cluster_edges": (0, None),
+    "quality.partial_unexpected": (0, None),
+    "clip.batch_size": (1, None), "clip.decode_threads": (1, None), "clip.text_workers": (-1, None),
+    "clip.torch_threads": (0, None),
+    "report.short_chars": (0, None), "report.review_pairs": (0, None), "report.preview_chars": (0, None),
+    "report.score_bin_width": (1e-6, 1), "report.length_bins_per_decade": (1, 1000),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "clip.text_strategy": ("truncate", "chunk_mean"), "clip.device": ("auto", "cpu", "cuda"),
+    "clip.image_decode": ("auto", "pil", "torch"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, value, tp) -> None:
+    """ConfigError unless value has the field's type (and range, and choice)."""
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    else:                       # mappings: their values were made strings or numbers when read
+        ok = isinstance(value, Mapping)
+    if not ok:
+        raise ConfigError(f"setting {key} must be {'a' if tp is not int else 'an'} {_type_name(tp)}, "
+                          f"got {value!r}")
+    low, high = LIMITS.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = (f"between {low} and {high}" if low is not None and high is not None
+                 else f">= {low}" if low is not None else f"<= {high}")
+        raise ConfigError(f"setting {key} must be {bound}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"setting {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+
+
 def _merge(base: dict, over: Mapping) -> dict:
     out = dict(base)
     for key, value in (over or {}).items():
@@ -124,6 +185,12 @@ def _section(cls, values: Mapping | None, name: str):
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) in section {name}: {', '.join(sorted(unknown))}")
+    for key in ("formats", "arxiv_sources"):
+        if key in values and not isinstance(values[key], (list, tuple)):
+            raise ConfigError(f"setting {name}.{key} must be a list, got {values[key]!r}")
+    for key in ("extra", "spark_extra", "layouts", "thresholds"):
+        if values.get(key) is not None and not isinstance(values[key], Mapping):
+            raise ConfigError(f"setting {name}.{key} must be a mapping, got {values[key]!r}")
     if "formats" in values:
         values["formats"] = tuple(str(v).upper() for v in values["formats"])
     if "arxiv_sources" in values:
@@ -139,9 +206,13 @@ def _section(cls, values: Mapping | None, name: str):
         except (TypeError, ValueError):
             raise ConfigError(f"section {name}: every threshold must be a number") from None
     try:
-        return cls(**values)
+        made = cls(**values)
     except TypeError as exc:
         raise ConfigError(f"section {name}: {exc}") from None
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        _check_value(f"{name}.{f.name}", getattr(made, f.name), hints[f.name])
+    return made
 
 
 def _read_yaml(path: Path | None, kind: str, name: str) -> dict:
@@ -151,7 +222,7 @@ def _read_yaml(path: Path | None, kind: str, name: str) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path or f'{kind}/{name}'}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path or name} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path or name} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path or name} must hold a mapping")
     return data

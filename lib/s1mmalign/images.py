@@ -73,7 +73,9 @@ def analyze(data: bytes, policy: ImagePolicy) -> ImageFacts:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = policy.max_pixels
             with Image.open(io.BytesIO(data)) as im:
-                fmt = im.format
+                # MPO (what phones and stereo cameras write) is a JPEG with more frames after the first:
+                # the first frame is the image, so it is a JPEG here.
+                fmt = "JPEG" if im.format == "MPO" else im.format
                 if fmt not in policy.formats:
                     return ImageFacts("image_corrupt", f"format {fmt} not accepted", sha, fmt, size=size)
                 width, height = im.size

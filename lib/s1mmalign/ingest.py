@@ -164,8 +164,8 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
 
 def _changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
     """JSONL files and archives whose fingerprints differ from ingest_log's (metadata rows only)."""
-    seen = {r.source_file: r.fingerprint for r in
-            delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint").collect()}
+    seen = {r.source_file: (None if r.status == "incomplete" else r.fingerprint) for r in
+            delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint", "kind", "status").collect()}
     archives = [a for s in plan.sources for a in s.archives
                 if any(seen.get(p.rel) != p.fingerprint for p in a.parts)]
     touched = {a.source for a in archives}
@@ -178,6 +178,13 @@ def _clear_staging(lake: str, cfg: Config) -> None:
     path = delta_io.table_path(lake, cfg.ingest.staging_dir)
     if "://" not in path:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _last_of_each_name(members: DataFrame) -> DataFrame:
+    """One member per (source, image_path): of one name in an archive, the last (tar's rule, as
+    extracting it would leave); across archives of a source, the one in the archive last by name."""
+    order = Window.partitionBy("source", "image_path").orderBy(F.col("container").desc(), F.col("member").desc())
+    return members.withColumn("_n", F.row_number().over(order)).where("_n = 1").drop("_n")
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -288,15 +295,18 @@ class IngestRun:
                 stats = _descriptors(self.spark, chunks, desc, weight="size").mapInArrow(
                     tasks.chunk_stats(self.store), schemas.table("jsonl_chunks").spark()).collect()
             counts = {(r.source_file, r.chunk): r.lines for r in stats}
+            unreadable = {r.source_file for r in stats if r.error is not None}
             before, running = [], {}
             for c in chunks:
+                if c["source_file"] in unreadable:
+                    continue         # ingest_log says why; the next run tries it again
                 key = c["source_file"]
                 before.append({**c, "newlines_before": running.get(key, 0)})
                 running[key] = running.get(key, 0) + counts[(key, c["chunk"])]
             desc_lines = T.StructType(desc.fields + [T.StructField("newlines_before", T.LongType())])
             ingest_cfg = self.cfg.ingest
             ctx_args = {"disciplines": dict(self.cfg.disciplines), "arxiv_sources": list(ingest_cfg.arxiv_sources),
-                        "raw_cap_chars": ingest_cfg.raw_cap_chars}
+                        "raw_cap_chars": ingest_cfg.raw_cap_chars, "max_line_bytes": ingest_cfg.max_line_bytes}
             parsed_schema = schemas.table("parsed_lines").spark()
             if before:
                 _descriptors(self.spark, before, desc_lines, weight="size").mapInArrow(
@@ -304,7 +314,8 @@ class IngestRun:
             else:
                 self.spark.createDataFrame([], parsed_schema).write.parquet(path)
             n = self.spark.read.parquet(path).count()
-            st.done(n, "lines parsed", f"{len(self.todo_jsonl)} files, {len(chunks)} chunks")
+            st.done(n, "lines parsed", f"{len(self.todo_jsonl)} files, {len(chunks)} chunks"
+                    + (f"; unreadable: {sorted(unreadable)}" if unreadable else ""))
         return stats
 
     # --- resolve --------------------------------------------------------------------------------------
@@ -312,7 +323,7 @@ class IngestRun:
     def resolve(self, parts) -> Outputs:
         with Stage("resolve") as st:
             parsed = self.spark.read.parquet(f"{self.staging}/parsed")
-            members = self.spark.read.parquet(f"{self.staging}/members").where("kind = 'member'")
+            members = _last_of_each_name(self.spark.read.parquet(f"{self.staging}/members").where("kind = 'member'"))
 
             valid = parsed.where("reason IS NULL")
             rejected = parsed.where("reason IS NOT NULL")
@@ -369,12 +380,9 @@ class IngestRun:
                 tree = self.spark.createDataFrame([], facts_schema)
 
             # Every line gets its outcome: a reason, or none for a pair.
-            broken = sorted({p.container for p in parts if p.status != "ok"})
-            missing_detail = "in no archive" + ("" if not tree_sources else " and not in the unpacked tree")
-            if broken:
-                missing_detail += f"; archives broken this run: {', '.join(broken)}"
             unresolved = F.col("reason").isNull() & F.col("status").isNull()
-            resolved = (lines.withColumn("detail", F.when(unresolved, F.lit(missing_detail)).otherwise(F.col("detail")))
+            resolved = (lines.withColumn("detail", F.when(unresolved, self._missing_detail(parts, tree_sources))
+                                         .otherwise(F.col("detail")))
                         .withColumn("status", F.when(unresolved, F.lit("image_missing")).otherwise(F.col("status")))
                         .withColumn("reason", F.coalesce("reason", F.when(F.col("status") != "ok", F.col("status")))))
             resolved.write.parquet(f"{self.staging}/resolved")
@@ -397,6 +405,21 @@ class IngestRun:
             self.summary.images_read = n_tree + sum(p.members or 0 for p in parts)
             st.done(n_tree, "tree images read")
         return Outputs(pairs, quarantine, blobs, image_index)
+
+    def _missing_detail(self, parts, tree_sources: list[str]):
+        """The detail of an image_missing line: where it was looked for, and its own source's archives
+        that broke this run (not another source's)."""
+        broken: dict[str, set] = {}
+        for p in parts:
+            if p.status != "ok":
+                broken.setdefault(p.source, set()).add(p.container)
+        detail = F.lit("in no archive")
+        for s in self.plan.sources:
+            text = "in no archive" + (" and not in the unpacked tree" if s.name in tree_sources else "")
+            if broken.get(s.name):
+                text += f"; archives broken this run: {', '.join(sorted(broken[s.name]))}"
+            detail = F.when(F.col("source") == s.name, F.lit(text)).otherwise(detail)
+        return detail
 
     # --- write ----------------------------------------------------------------------------------------
 
@@ -468,14 +491,24 @@ class IngestRun:
         """ingest_log rows: one per JSONL file and per archive part read this run."""
         digests: dict[str, list] = {}
         for c in sorted(chunks, key=lambda c: (c.source_file, c.chunk)):
-            digests.setdefault(c.source_file, []).append(c.sha256)
+            digests.setdefault(c.source_file, []).append(c)
         rows = []
         for source, f in self.todo_jsonl:
             accepted, quarantined = per_file.get(f.rel, (0, 0))
-            checksum = (hashlib.sha256("".join(digests[f.rel]).encode()).hexdigest()
-                        if len(digests.get(f.rel, ())) > 1 else (digests.get(f.rel) or [None])[0])
+            mine = digests.get(f.rel, [])
+            errors = [c.error for c in mine if c.error]
+            got = sum(c.bytes for c in mine)
+            # Done only when every byte was read: a file read short is logged incomplete and read again next
+            # run; one that cannot be opened (a FIFO, a link out of the root) unreadable, until it changes.
+            status, detail = "ok", None
+            if errors:
+                status, detail = "unreadable", errors[0]
+            elif got != f.size:
+                status, detail = "incomplete", f"read {got} of {f.size} bytes (the file changed while read?)"
+            checksum = (hashlib.sha256("".join(c.sha256 for c in mine).encode()).hexdigest()
+                        if len(mine) > 1 else mine[0].sha256 if mine and status == "ok" else None)
             rows.append(self._log_row(source, f, "jsonl", checksum=checksum, read=accepted + quarantined,
-                                      accepted=accepted, quarantined=quarantined, status="ok"))
+                                      accepted=accepted, quarantined=quarantined, status=status, detail=detail))
         part_info = {(a.name, p.rel): p for a in self.todo_archives for p in a.parts}
         for p in parts:
             rows.append(self._log_row(p.source, part_info[(p.container, p.image_path)], "archive_part",

@@ -54,10 +54,31 @@ def path_problem(image_path: str) -> str | None:
 
 
 def normalize_path(image_path: str) -> str:
-    """Drop a leading './' (as some tar writers add): the form archive members and records share."""
-    while image_path.startswith("./"):
-        image_path = image_path[2:]
-    return image_path
+    """One spelling per file, the form archive members and records share: no './' or '.' components,
+    no empty ones ('//', a trailing '/'). '..' and absolute paths are refused before (path_problem)."""
+    if "//" not in image_path and "./" not in image_path and not image_path.endswith(("/", "/.")) \
+            and image_path != ".":
+        return image_path
+    return "/".join(p for p in image_path.split("/") if p not in ("", "."))
+
+
+def safe_text(value: str | None) -> str | None:
+    """Text any column can hold: unpaired UTF-16 surrogates (JSON allows them as escapes, UTF-8 cannot
+    encode them) written as backslash escapes."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def too_long(line_no: int, prefix: bytes, length: int, limit: int, ctx: "LineContext") -> dict:
+    """The quarantine row of a line over ingest.max_line_bytes (only its first bytes were kept)."""
+    row = {"source": ctx.source, "source_file": ctx.source_file, "source_line": line_no,
+           "raw": prefix[: 4 * ctx.raw_cap_chars].decode("utf-8", errors="replace")[: ctx.raw_cap_chars]}
+    return _rejected(row, "line_too_long", f"{length} bytes > ingest.max_line_bytes {limit}")
 
 
 def _optional_str(value: Any, name: str) -> str | None:
@@ -97,22 +118,46 @@ def parse_line(line: bytes, line_no: int, ctx: LineContext) -> dict | None:
         return _rejected(row, "invalid_utf8", f"byte {exc.start}: {exc.reason}")
     row["raw"] = text[: ctx.raw_cap_chars]
     try:
-        return _record(row, text, ctx)
+        out = _record(row, text, ctx)
+        if "\\u" in text:      # only \uXXXX escapes can put an unpaired surrogate into decoded text
+            _check_storable(out)
+        return out
     except Reject as rej:
         return _rejected(row, rej.reason, rej.detail)
+    except Exception as exc:  # noqa: BLE001 - whatever else a line does, it is that line's outcome
+        return _rejected(row, "invalid_value", f"{type(exc).__name__}: {exc}")
+
+
+def unstorable(row: dict, exc: Exception) -> dict:
+    """The reject that stands for a row no column could hold (found when the row met Arrow)."""
+    return _rejected({k: safe_text(row[k]) if isinstance(row.get(k), str) else row.get(k)
+                      for k in ("source", "source_file", "source_line", "raw", "image_path")},
+                     "invalid_value", f"{type(exc).__name__}: {exc}")
+
+
+def _check_storable(row: dict) -> None:
+    for name, value in row.items():
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and safe_text(text) is not text:
+                raise Reject("invalid_value", f"{name} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)")
 
 
 def _rejected(row: dict, reason: str, detail: str) -> dict:
-    row["reason"] = reason
-    row["detail"] = detail[:500]
-    return row
+    """A parsed_lines row for a rejected line: only the columns a quarantine row keeps, all storable."""
+    out = {k: row[k] for k in ("source", "source_file", "source_line", "raw") if k in row}
+    out["image_path"] = safe_text(row.get("image_path")) if isinstance(row.get("image_path"), str) else None
+    out["reason"] = reason
+    out["detail"] = safe_text(detail[:500])
+    return out
 
 
 def _record(row: dict, text: str, ctx: LineContext) -> dict:
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except json.JSONDecodeError as exc:
         raise Reject("malformed_json", str(exc)) from None
+    except (ValueError, RecursionError) as exc:   # valid JSON Python cannot hold: a 5,000-digit integer,
+        raise Reject("invalid_value", f"{type(exc).__name__}: {exc}") from None   # nesting 1,000 deep
     if not isinstance(obj, dict):
         raise Reject("not_an_object", f"JSON {type(obj).__name__}, expected an object")
 
@@ -128,6 +173,8 @@ def _record(row: dict, text: str, ctx: LineContext) -> dict:
         raise Reject("unsafe_path", problem)
     image_path = normalize_path(image_path)
     row["image_path"] = image_path
+    if not image_path:
+        raise Reject("missing_field", "image_path names no file")
 
     meta = obj.get("metadata")
     if meta is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -12,6 +13,19 @@ from urllib.parse import urlparse
 
 class SourceError(Exception):
     """A source root that cannot be read at all (wrong path, no bucket, no access)."""
+
+
+class StoreError(OSError):
+    """A file the store refuses to read: a link out of the source root, not a regular file (a FIFO, a
+    device, a socket), or over the size asked for. Its message is the detail a quarantine row keeps."""
+
+
+class TooLarge(StoreError):
+    """A file over the byte limit of a read (found from its size, before reading any of it)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size} bytes > {limit}")
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -43,8 +57,9 @@ class Store:
         """A stream of the bytes [start, end) of a file."""
         raise NotImplementedError
 
-    def read(self, rel: str) -> bytes | None:
-        """The whole file, or None when there is no such file."""
+    def read(self, rel: str, limit: int) -> bytes | None:
+        """The whole file, or None when there is no such file; TooLarge (before any byte is read) over
+        `limit` bytes, StoreError or OSError when it cannot be read."""
         raise NotImplementedError
 
     def parent(self) -> "Store":
@@ -80,7 +95,30 @@ class LocalStore(Store):
     def _full(self, rel: str) -> str:
         return os.path.join(self.root, *rel.split("/")) if rel else self.root
 
+    def _real(self, rel: str) -> str:
+        """The file's real path; StoreError when links lead it out of the source root."""
+        real = os.path.realpath(self._full(rel))
+        root = os.path.realpath(self.root)
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise StoreError(f"{rel} is a link out of the source root: not read")
+        return real
+
+    def _open_regular(self, rel: str) -> tuple[int, os.stat_result]:
+        """An open descriptor of a regular file under the root (never blocks: a FIFO is refused)."""
+        fd = os.open(self._real(rel), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                    else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "folder"
+                    if stat.S_ISDIR(st.st_mode) else "special file")
+            raise StoreError(f"{rel} is a {kind}, not a regular file: not read")
+        os.set_blocking(fd, True)
+        return fd, st
+
     def list_dir(self, rel: str) -> tuple[list[str], list[FileInfo]]:
+        """Folders, and every other entry as a file: links and special files too, so that what cannot be
+        read is reported when it is opened (ingest_log says why), never skipped unseen."""
         dirs, files = [], []
         try:
             entries = list(os.scandir(self._full(rel)))
@@ -91,31 +129,37 @@ class LocalStore(Store):
         except NotADirectoryError:
             raise SourceError(f"source root is not a directory: {self._full(rel)}") from None
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif entry.is_file():
-                st = entry.stat()
-                files.append(FileInfo(f"{rel}/{entry.name}" if rel else entry.name, st.st_size,
-                                      datetime.fromtimestamp(st.st_mtime, timezone.utc), None))
+            try:
+                if entry.is_dir():
+                    dirs.append(entry.name)
+                    continue
+                st = entry.stat() if entry.is_file() else entry.stat(follow_symlinks=False)
+            except OSError:           # a dangling link, or an entry gone since the listing
+                st = None
+            size = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+            mtime = datetime.fromtimestamp(st.st_mtime, timezone.utc) if st is not None else None
+            files.append(FileInfo(f"{rel}/{entry.name}" if rel else entry.name, size, mtime, None))
         return dirs, files
 
     def open(self, rel: str, start: int = 0, end: int | None = None) -> BinaryIO:
-        handle = open(self._full(rel), "rb")
+        fd, _ = self._open_regular(rel)
+        handle = os.fdopen(fd, "rb")
         if start:
             handle.seek(start)
         return handle if end is None else _Limited(handle, end - start)
 
-    def read(self, rel: str) -> bytes | None:
-        full = self._full(rel)
-        root = os.path.realpath(self.root)
-        real = os.path.realpath(full)
-        if not real.startswith(root + os.sep):  # a link out of the source root is never followed
-            return None
+    def read(self, rel: str, limit: int) -> bytes | None:
         try:
-            with open(real, "rb") as handle:
-                return handle.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            fd, st = self._open_regular(rel)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        with os.fdopen(fd, "rb") as handle:
+            if st.st_size > limit:
+                raise TooLarge(st.st_size, limit)
+            data = handle.read(limit + 1)
+        if len(data) > limit:       # grew since fstat
+            raise TooLarge(len(data), limit)
+        return data
 
 
 class S3Store(Store):
@@ -175,15 +219,27 @@ class S3Store(Store):
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         return self.client.get_object(Bucket=self.bucket, Key=self._key(rel), **kwargs)["Body"]
 
-    def read(self, rel: str) -> bytes | None:
-        from botocore.exceptions import ClientError
+    def read(self, rel: str, limit: int) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(rel))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
-            raise
+            raise StoreError(f"{rel}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"{rel}: {exc}") from None
+        body = response["Body"]
+        try:
+            if response.get("ContentLength", 0) > limit:      # the size, before reading the body
+                raise TooLarge(response["ContentLength"], limit)
+            data = body.read(limit + 1)
+        finally:
+            body.close()
+        if len(data) > limit:
+            raise TooLarge(len(data), limit)
+        return data
 
 
 class _Limited:

@@ -10,31 +10,66 @@ import bisect
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from s1mmalign import archives, images, records, schemas
-from s1mmalign.storage import Store
+from s1mmalign.storage import Store, TooLarge
 
 BATCH_ROWS = 64
 BATCH_BYTES = 8 << 20      # image bytes per Arrow batch handed to the JVM (a member may exceed it alone)
 
 
-def _batched(rows: Iterable[dict], schema: pa.Schema, size: int = BATCH_ROWS,
-             max_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
-    """Arrow batches of at most `size` rows and about `max_bytes` of thumbnails (the only bytes in rows
-    of image facts: originals stay in slice files until fetch_content)."""
+def _thumbnail_bytes(row: dict) -> int:
+    return len(row.get("thumbnail") or b"")
+
+
+def _text_bytes(row: dict) -> int:
+    return sum(len(row.get(c) or "") for c in ("raw", "caption", "recaption", "title", "metadata_json"))
+
+
+def _batched(rows: Iterable[dict], schema: pa.Schema, size: int = BATCH_ROWS, max_bytes: int = BATCH_BYTES,
+             weigh: Callable[[dict], int] = _thumbnail_bytes,
+             refused: Callable[[dict, Exception], dict | None] | None = None) -> Iterator[pa.RecordBatch]:
+    """Arrow batches of at most `size` rows and about `max_bytes` as `weigh` counts them (by default the
+    thumbnails: the only bytes in image facts rows, as originals stay in slice files).
+
+    A row Arrow cannot take (a value out of its column's range, text that is not Unicode) never fails the
+    task: `refused(row, error)` gives the row that stands for it (a quarantine outcome), or None to drop it.
+    """
     buf: list[dict] = []
     held = 0
     for row in rows:
         buf.append(row)
-        held += len(row.get("thumbnail") or b"")
+        held += weigh(row)
         if len(buf) >= size or held >= max_bytes:
-            yield pa.RecordBatch.from_pylist(buf, schema=schema)
+            yield _to_batch(buf, schema, refused)
             buf, held = [], 0
     if buf:
-        yield pa.RecordBatch.from_pylist(buf, schema=schema)
+        yield _to_batch(buf, schema, refused)
+
+
+_ARROW_REFUSALS = (pa.ArrowException, UnicodeError, OverflowError, ValueError, TypeError)
+
+
+def _to_batch(rows: list[dict], schema: pa.Schema, refused) -> pa.RecordBatch:
+    try:
+        return pa.RecordBatch.from_pylist(rows, schema=schema)
+    except _ARROW_REFUSALS:
+        if refused is None:
+            raise
+    kept = []
+    for row in rows:      # the rare batch with a bad row: find it, one row at a time
+        try:
+            pa.RecordBatch.from_pylist([row], schema=schema)
+            kept.append(row)
+        except _ARROW_REFUSALS as exc:
+            stand_in = refused(row, exc)
+            if stand_in is not None:
+                kept.append(stand_in)
+    return pa.RecordBatch.from_pylist(kept, schema=schema)
 
 
 def _descriptors(batches: Iterable[pa.RecordBatch]) -> Iterator[dict]:
@@ -45,81 +80,147 @@ def _descriptors(batches: Iterable[pa.RecordBatch]) -> Iterator[dict]:
 # --- JSONL ----------------------------------------------------------------------------------------
 
 def chunk_stats(store: Store) -> Callable:
-    """Per chunk [start, end) of a JSONL file: its newline count and sha256 (for line numbers, checksums)."""
+    """Per chunk [start, end) of a JSONL file: its newline count, sha256 and bytes read (the line numbers,
+    the checksum, and whether the whole file was read). A chunk that cannot be read gives its error."""
     schema = schemas.table("jsonl_chunks").arrow()
 
     def run(batches):
         for d in _descriptors(batches):
-            digest, lines = hashlib.sha256(), 0
-            with store.open(d["source_file"], d["start"], d["end"]) as stream:
-                while block := stream.read(1 << 20):
-                    digest.update(block)
-                    lines += block.count(b"\n")
+            digest, lines, size, error = hashlib.sha256(), 0, 0, None
+            try:
+                with store.open(d["source_file"], d["start"], d["end"]) as stream:
+                    while block := stream.read(1 << 20):
+                        digest.update(block)
+                        lines += block.count(b"\n")
+                        size += len(block)
+            except Exception as exc:  # noqa: BLE001 - an unreadable file is that file's outcome, not the run's
+                error = f"{type(exc).__name__}: {exc}"[:500]
             yield pa.RecordBatch.from_pylist([{"source_file": d["source_file"], "chunk": d["chunk"],
-                                               "lines": lines, "sha256": digest.hexdigest()}], schema=schema)
+                                               "lines": lines, "sha256": digest.hexdigest(), "bytes": size,
+                                               "error": error}], schema=schema)
     return run
 
 
-def chunk_lines(store: Store, rel: str, start: int, end: int, newlines_before: int) -> Iterator[tuple[int, bytes]]:
+LINE_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LongLine:
+    """A line over the size limit: its first bytes and its length (the rest was read past, not kept)."""
+
+    prefix: bytes
+    length: int
+
+
+def chunk_lines(store: Store, rel: str, start: int, end: int, newlines_before: int,
+                max_line: int | None = None) -> Iterator[tuple[int, bytes | LongLine]]:
     """(line number, line) for every line that starts in [start, end) of a file; 1-based numbers.
 
     A line starts at p when p == 0 or byte p-1 is a newline; `newlines_before` counts the newlines in
-    [0, start), so numbering counts every line, blank ones included, across chunk boundaries.
+    [0, start), so numbering counts every line, blank ones included, across chunk boundaries. The file is
+    read in blocks and no more than `max_line` bytes of a line are ever held: a longer line comes out as
+    a LongLine (its first bytes and length), however long it is and wherever chunks cut it.
     """
+    keep = max_line if max_line is not None else 1 << 62
     first = max(start - 1, 0)
     with store.open(rel, first) as stream:
-        buf = stream.read(end - first)
-        skip = 0
+        reader = _BlockReader(stream)
+        pos = first
         if start > 0:
-            cut = buf.find(b"\n")
-            if cut < 0 or first + cut + 1 >= end:
-                return  # no line starts inside this chunk
-            skip = cut + 1
-            newlines_before += 1 if cut > 0 else 0
-        if buf and not buf.endswith(b"\n"):  # the last line runs on past `end`: read to its end
-            tail = []
-            while block := stream.read(1 << 16):
-                cut = block.find(b"\n")
-                if cut >= 0:
-                    tail.append(block[: cut + 1])
-                    break
-                tail.append(block)
-            buf += b"".join(tail)
-    lines = buf[skip:].split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for offset, line in enumerate(lines, start=newlines_before + 1):
-        yield offset, line
+            if reader.byte() != b"\n":          # byte start-1: mid-line, that line belongs to the chunk before
+                _, length, ended = reader.line(0)
+                pos = start + length + (1 if ended else 0)
+                if not ended:
+                    return
+                newlines_before += 1
+            else:
+                pos = start
+        line_no = newlines_before
+        while pos < end:
+            kept, length, ended = reader.line(keep + 1)
+            if not ended and length == 0:
+                return                           # the end of the file, right after a newline
+            line_no += 1
+            pos += length + (1 if ended else 0)
+            yield line_no, (kept if length <= keep else LongLine(kept[: 1 << 16], length))
+
+
+class _BlockReader:
+    """Lines out of a byte stream read in blocks, each line kept only up to a given number of bytes."""
+
+    def __init__(self, stream):
+        self.stream, self.buf, self.i = stream, b"", 0
+
+    def _fill(self) -> bool:
+        if self.i >= len(self.buf):
+            self.buf, self.i = self.stream.read(LINE_BLOCK), 0
+        return bool(self.buf)
+
+    def byte(self) -> bytes:
+        if not self._fill():
+            return b""
+        self.i += 1
+        return self.buf[self.i - 1: self.i]
+
+    def line(self, keep: int) -> tuple[bytes, int, bool]:
+        """(first `keep` bytes, length without the newline, whether a newline ended it)."""
+        parts, kept, length = [], 0, 0
+        while self._fill():
+            cut = self.buf.find(b"\n", self.i)
+            stop = len(self.buf) if cut < 0 else cut
+            if kept < keep:
+                piece = self.buf[self.i: min(stop, self.i + keep - kept)]
+                parts.append(piece)
+                kept += len(piece)
+            length += stop - self.i
+            self.i = stop
+            if cut >= 0:
+                self.i += 1
+                return b"".join(parts), length, True
+        return b"".join(parts), length, False
 
 
 def parse_chunks(store: Store, ctx_args: dict) -> Callable:
-    """Parse the lines of JSONL chunks into parsed_lines rows (records and rejects; blank lines skipped)."""
+    """Parse the lines of JSONL chunks into parsed_lines rows (records and rejects; blank lines skipped).
+
+    Whatever a line holds, it becomes one row: a record or a reject with its reason; lines over
+    ingest.max_line_bytes are quarantined from their first bytes, never held whole.
+    """
     from s1mmalign.disciplines import DisciplineMap
 
     schema = schemas.table("parsed_lines").arrow()
     disciplines = DisciplineMap.from_conf(ctx_args["disciplines"])
+    max_line = ctx_args["max_line_bytes"]
 
     def rows(batches):
         for d in _descriptors(batches):
             ctx = records.LineContext(d["source"], d["source_file"], d["source"] in ctx_args["arxiv_sources"],
                                       disciplines, ctx_args["raw_cap_chars"])
-            for line_no, line in chunk_lines(store, d["source_file"], d["start"], d["end"], d["newlines_before"]):
+            for line_no, line in chunk_lines(store, d["source_file"], d["start"], d["end"], d["newlines_before"],
+                                             max_line):
+                if isinstance(line, LongLine):
+                    yield records.too_long(line_no, line.prefix, line.length, max_line, ctx)
+                    continue
                 row = records.parse_line(line, line_no, ctx)
                 if row is not None:
                     yield row
 
+    def refused(row: dict, exc: Exception) -> dict:
+        return records.unstorable(row, exc)
+
     def run(batches):
-        yield from _batched(rows(batches), schema, 1024)
+        yield from _batched(rows(batches), schema, 1024, BATCH_BYTES, _text_bytes, refused)
     return run
 
 
 # --- images ---------------------------------------------------------------------------------------
 
 def _facts_row(source: str, image_path: str, container: str, facts: images.ImageFacts,
-               where: tuple[str, int] | None = None) -> dict:
-    """An image_facts member row; `where` is the (slice file, row) that holds the bytes of a good image."""
+               where: tuple[str, int] | None = None, ordinal: int | None = None) -> dict:
+    """An image_facts member row; `where` is the (slice file, row) that holds the bytes of a good image,
+    `ordinal` the member's position in its archive."""
     ok = facts.status == "ok"
-    return {
+    return {"member": ordinal,
         "kind": "member", "source": source, "image_path": image_path, "container": container,
         "status": facts.status, "detail": facts.detail, "image_sha256": facts.sha256,
         "image_format": facts.format, "width": facts.width, "height": facts.height,
@@ -130,7 +231,8 @@ def _facts_row(source: str, image_path: str, container: str, facts: images.Image
     }
 
 
-SLICE_SCHEMA = pa.schema([pa.field("image_path", pa.string(), False), pa.field("content", pa.binary(), False)])
+SLICE_SCHEMA = pa.schema([pa.field("image_path", pa.string(), False), pa.field("content", pa.binary(), False),
+                          pa.field("member", pa.int64())])
 SLICE_BATCH_BYTES = 8 << 20       # member bytes per record batch of a slice file
 
 
@@ -143,11 +245,12 @@ class _SliceWriter:
         self.done: list[tuple[str, int, int]] = []     # (path, members, bytes) of complete slices
         self._names: list[str] = []
         self._blobs: list[bytes] = []
+        self._ordinals: list[int | None] = []
         self._pending = 0                               # bytes in _names/_blobs
         self._writer = self._sink = self._path = self._tmp = None
         self._members = self._bytes = 0
 
-    def add(self, name: str, data: bytes) -> tuple[str, int]:
+    def add(self, name: str, data: bytes, ordinal: int | None = None) -> tuple[str, int]:
         """Store one member; returns the slice file and row that hold it."""
         if self._writer is None:
             os.makedirs(self.folder, exist_ok=True)
@@ -158,6 +261,7 @@ class _SliceWriter:
         where = (self._path, self._members)
         self._names.append(name)
         self._blobs.append(data)
+        self._ordinals.append(ordinal)
         self._pending += len(data)
         self._members += 1
         self._bytes += len(data)
@@ -170,8 +274,9 @@ class _SliceWriter:
     def _flush(self) -> None:
         if self._names:
             self._writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(self._names, pa.string()), pa.array(self._blobs, pa.binary())], schema=SLICE_SCHEMA))
-            self._names, self._blobs, self._pending = [], [], 0
+                [pa.array(self._names, pa.string()), pa.array(self._blobs, pa.binary()),
+                 pa.array(self._ordinals, pa.int64())], schema=SLICE_SCHEMA))
+            self._names, self._blobs, self._ordinals, self._pending = [], [], [], 0
 
     def close(self) -> None:
         """Complete the open slice, if any."""
@@ -205,9 +310,9 @@ def split_archives(store: Store, max_bytes: int, slice_dir: str, slice_bytes: in
             for member in archives.iter_members(stream, max_bytes, result):
                 if member.data is None:
                     yield _facts_row(d["source"], member.name, d["archive"],
-                                     images.ImageFacts(member.problem, member.detail))
+                                     images.ImageFacts(member.problem, member.detail), ordinal=member.ordinal)
                 else:
-                    slices.add(member.name, member.data)
+                    slices.add(member.name, member.data, member.ordinal)
             slices.close()
             for path, members, size in slices.done:
                 yield {"kind": "slice", "source": d["source"], "image_path": path, "container": d["archive"],
@@ -242,9 +347,9 @@ def analyze_slices(policy: images.ImagePolicy) -> Callable:
                 n = 0
                 for i in range(reader.num_record_batches):
                     batch = reader.get_batch(i)
-                    for name, content in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                    for name, content, ordinal in zip(*(batch.column(c).to_pylist() for c in range(3))):
                         row = _facts_row(d["source"], name, d["archive"], images.analyze(content, policy),
-                                         (d["slice"], n))
+                                         (d["slice"], n), ordinal)
                         row["task"] = task
                         n += 1
                         yield row
@@ -288,10 +393,17 @@ def read_tree(store: Store, policy: images.ImagePolicy, slice_dir: str, slice_by
         key = f"tree-{ctx.stageId()}-{ctx.partitionId()}" if ctx is not None else f"tree-{os.getpid()}"
         slices = _SliceWriter(slice_dir, key, slice_bytes)
         for d in _descriptors(batches):
-            data = store.read(f"{d['source']}/{d['image_path']}")
+            try:
+                data = store.read(f"{d['source']}/{d['image_path']}", policy.max_bytes)
+            except TooLarge as exc:       # its size, known before any byte was read
+                data, facts = None, images.ImageFacts("image_too_large", str(exc), size=exc.size)
+            except (OSError, ValueError) as exc:   # a FIFO, a link out of the root, a name too long, ...
+                data, facts = None, images.ImageFacts("image_unreadable", f"{type(exc).__name__}: {exc}"[:500])
+            else:
+                facts = None if data is not None else images.ImageFacts(
+                    "image_missing", "in no archive and not in the unpacked tree")
             if data is None:
-                yield _facts_row(d["source"], d["image_path"], "tree",
-                                 images.ImageFacts("image_missing", "in no archive and not in the unpacked tree"))
+                yield _facts_row(d["source"], d["image_path"], "tree", facts)
                 continue
             facts = images.analyze(data, policy)
             where = slices.add(d["image_path"], data) if facts.status == "ok" else None
