@@ -82,6 +82,7 @@ class Gunzip:
         self.d = zlib.decompressobj(31)
         self.buf, self.pos = b"", 0
         self.done = False
+        self.cut = False                # the input ended inside a gzip member
 
     def read(self, n: int = -1) -> bytes:
         out = []
@@ -115,8 +116,9 @@ class Gunzip:
             chunk = rest
         else:
             chunk = self.d.unconsumed_tail or self.raw.read(self.block)
-            if not chunk:
-                raise EOFError("gzip stream cut short")
+            if not chunk:               # no raise here: the reader keeps every byte before the cut
+                self.cut = self.done = True
+                return False
         self.buf, self.pos = self.d.decompress(chunk, GUNZIP_OUT), 0
         return True
 
@@ -146,8 +148,9 @@ class StreamResult:
 def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> Iterator[Member]:
     """Yield the regular-file members of a gzip tar stream; stop cleanly where the data breaks."""
     ordinal = 0
+    gunzip = Gunzip(stream)
     try:
-        with tarfile.open(fileobj=Gunzip(stream), mode="r|", errors="surrogateescape") as tar:
+        with tarfile.open(fileobj=gunzip, mode="r|", errors="surrogateescape") as tar:
             for info in tar:
                 name = normalize_path(info.name)
                 if not info.isreg() or path_problem(info.name) or not name or not _utf8(name):
@@ -168,6 +171,10 @@ def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> 
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, OverflowError) as exc:
         result.status = "truncated"
         result.detail = f"stream broke: {type(exc).__name__}: {str(exc)[:200]}"
+        return
+    if gunzip.cut:      # the tar stream looked complete, but its gzip stream was cut (at a member's end)
+        result.status = "truncated"
+        result.detail = "stream broke: the gzip stream ends before its end-of-member trailer"
 
 
 def _utf8(name: str) -> bool:

@@ -13,6 +13,7 @@ from s1mmalign.analytics import ViewError
 from s1mmalign.clip import ClipError
 from s1mmalign.config import ConfigError
 from s1mmalign.quality import SuiteError
+from s1mmalign.session import LakeBusy
 from s1mmalign.storage import SourceError
 
 
@@ -70,6 +71,20 @@ def out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
+def one_line(exc: BaseException) -> str:
+    """What went wrong, in one line: for an error raised in the JVM, its Java exception and message (not
+    Py4J's "An error occurred while calling o123.save"), with Spark's error class when it has one."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    name = type(exc).__name__
+    if lines and lines[0].startswith("An error occurred while calling"):
+        java = next((ln.lstrip(": ") for ln in lines[1:] if not ln.startswith("at ")), "")
+        name, text = "", java
+        lines = [java]
+    first = lines[0] if lines else ""
+    return f"{name + ': ' if name else ''}{first[:500]}"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -96,7 +111,7 @@ def main(prog: str, body: Callable[[], int]) -> None:
     """Run a job body; known failures become one line on stderr and a non-zero exit."""
     try:
         code = body()
-    except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError) as exc:
+    except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError, LakeBusy) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
@@ -104,7 +119,6 @@ def main(prog: str, body: Callable[[], int]) -> None:
         code = 130
     except Exception as exc:  # anything else: still one line, with the type, and the log has detail
         logging.getLogger(prog).debug("failure", exc_info=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"{prog}: {out_of_memory(exc) or f'failed: {type(exc).__name__}: {first[:500]}'}", file=sys.stderr)
+        print(f"{prog}: {out_of_memory(exc) or f'failed: {one_line(exc)}'}", file=sys.stderr)
         code = 1
     sys.exit(code)

@@ -54,7 +54,18 @@ def last_metrics(spark, lake: str, name: str) -> dict[str, str]:
     return dict(row[0] or {}) if row else {}
 
 
-def _log_write(spark, lake: str, name: str, what: str) -> dict[str, str]:
+def version(spark, lake: str, name: str) -> int:
+    """The newest commit version of a table."""
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("version").first()[0]
+
+
+def _log_write(spark, lake: str, name: str, what: str, before: int) -> dict[str, str]:
+    """Log what a write did: its commit's metrics, or that it committed nothing (never an older commit's)."""
+    if version(spark, lake, name) == before:
+        log.info("write %s: %s (no commit: nothing to write)", name, what)
+        return {}
     metrics = last_metrics(spark, lake, name)
     keys = ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted", "numOutputRows",
             "numDeletedRows")
@@ -84,6 +95,7 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
     from delta.tables import DeltaTable
 
     tdef = schemas.table(name)
+    before = version(spark, lake, name)
     target = DeltaTable.forPath(spark, table_path(lake, name)).alias("t")
     on = " AND ".join(f"t.{k} = s.{k}" for k in tdef.key)
     merge = target.merge(source_df.select(*tdef.names).alias("s"), on)
@@ -91,19 +103,21 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
     if delete_unmatched_when:
         merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
     merge.execute()
-    return _log_write(spark, lake, name, "merge")
+    return _log_write(spark, lake, name, "merge", before)
 
 
 def append(spark, lake: str, name: str, df) -> dict[str, str]:
     """Append rows (for callers that have already excluded what the table holds)."""
+    before = version(spark, lake, name)
     _writer(df, name).mode("append").save(table_path(lake, name))
-    return _log_write(spark, lake, name, "append")
+    return _log_write(spark, lake, name, "append", before)
 
 
 def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:
     """Atomically replace the rows matching `where` with df (one commit)."""
+    before = version(spark, lake, name)
     _writer(df, name).mode("overwrite").option("replaceWhere", where).save(table_path(lake, name))
-    return _log_write(spark, lake, name, f"replace where {where[:80]}")
+    return _log_write(spark, lake, name, f"replace where {where[:80]}", before)
 
 
 def read(spark, lake: str, name: str):
@@ -123,5 +137,6 @@ def exists(spark, lake: str, name: str) -> bool:
 
 def replace_all(spark, lake: str, name: str, df) -> dict[str, str]:
     """Atomically replace every row of table `name` with df (one commit)."""
+    before = version(spark, lake, name) if exists(spark, lake, name) else -1
     _writer(df, name).mode("overwrite").save(table_path(lake, name))
-    return _log_write(spark, lake, name, "replace all")
+    return _log_write(spark, lake, name, "replace all", before)

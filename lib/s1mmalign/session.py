@@ -63,9 +63,53 @@ def snapshot_partitions(cfg: Config) -> int:
     return cfg.spark.delta_snapshot_partitions or min(50, max(2, cfg.spark.shuffle_partitions))
 
 
+class LakeBusy(Exception):
+    """The lake is in use by another job, or cannot be written at all."""
+
+
+_held_locks: dict[str, object] = {}
+
+
+def lock_lake(lake: str) -> None:
+    """Hold the lake for this process (released when it exits, however it exits, kill -9 included).
+
+    Jobs write the lake's tables and its embedded catalog, which only one process may open at a time: a
+    second job on the same lake stops here with one line naming the holder, before Spark starts. A lake
+    that cannot be written stops here too. Object-store lakes are not locked here.
+    """
+    import fcntl
+    import json
+    import time
+
+    if "://" in lake or lake in _held_locks:
+        return
+    path = os.path.join(lake, ".s1mmalign.lock")
+    try:
+        os.makedirs(lake, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise LakeBusy(f"lake {lake} cannot be written: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise LakeBusy(f"lake {lake} is in use by another job ({holder or 'unknown'}); "
+                       f"run one job at a time on a lake") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"job": os.path.basename(sys.argv[0]) if sys.argv else "?", "pid": os.getpid(),
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    handle.flush()
+    _held_locks[lake] = handle
+
+
 def build(lake: str, cfg: Config):
-    """Get or create the session for a job over `lake`."""
+    """Get or create the session for a job over `lake` (held by this process: see lock_lake)."""
     from pyspark.sql import SparkSession
+
+    lock_lake(lake)
 
     # Python workers run the driver's interpreter, and so see the same packages (unless set otherwise).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
