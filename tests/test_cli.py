@@ -66,3 +66,80 @@ def test_other_failures_keep_their_type_and_first_line(capsys):
     assert (code, lines) == (1, ["ingest: failed: ValueError: bad thing"])
     code, lines = run_main(capsys, RuntimeError("exit code: 520 is not 52"))
     assert lines == ["ingest: failed: RuntimeError: exit code: 520 is not 52"]
+
+
+def test_a_jvm_error_is_its_java_exception_not_py4js_wrapper(capsys):
+    error = RuntimeError("An error occurred while calling o77.load.\n: org.apache.spark.SparkException: "
+                         "[FAILED_READ_FILE.NO_HINT] Encountered error while reading file x.json.\n\tat org.apache")
+    code, lines = run_main(capsys, error)
+    assert code == 1 and len(lines) == 1
+    assert lines[0] == ("ingest: failed: org.apache.spark.SparkException: [FAILED_READ_FILE.NO_HINT] "
+                        "Encountered error while reading file x.json.")
+
+
+# --- what stops a job before Spark starts: one line, exit 2 (plain python: no JVM is started) ------------
+
+def one_line_exit_2(proc) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_second_job_on_a_held_lake_is_one_line(tmp_path, faults_corpus):
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_job
+
+    lake = tmp_path / "lake"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'lib');"
+                               "from s1mmalign import session; session.lock_lake(sys.argv[1]); print('held', flush=True);"
+                               "time.sleep(120)", str(lake)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = one_line_exit_2(run_job("ingest", "--source", str(faults_corpus), "--lake", str(lake), submit=False))
+        assert "is in use by another job" in line and f'"pid": {holder.pid}' in line
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed, as kill -9 would): the lock goes with it
+    from s1mmalign import session
+
+    session.lock_lake(str(lake))
+    session._held_locks.pop(str(lake)).close()
+
+
+def test_a_lake_that_cannot_be_written_is_one_error(tmp_path):
+    from s1mmalign import session
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(session.LakeBusy, match="cannot be written"):
+        session.lock_lake(str(tmp_path / "file" / "lake"))
+
+
+def test_a_damaged_delta_log_is_one_line(tmp_path, faults_corpus):
+    from conftest import run_job
+
+    log_dir = tmp_path / "lake" / "pairs" / "_delta_log"
+    log_dir.mkdir(parents=True)
+    (log_dir / f"{0:020d}.json").write_text('{"commitInfo": {}}\n{"protocol": {"minReaderVers')   # cut short
+    line = one_line_exit_2(run_job("ingest", "--source", str(faults_corpus), "--lake", str(tmp_path / "lake"),
+                                   submit=False))
+    assert "damaged Delta log: pairs/_delta_log/00000000000000000000.json" in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ingest:\n  jsonl_chunk_bytes: -5\n", "setting ingest.jsonl_chunk_bytes must be >= 1, got -5"),
+    ("ingest:\n  max_line_bytes: lots\n", "setting ingest.max_line_bytes must be an int, got 'lots'"),
+    ("ingest:\n  formats: PNG\n", "setting ingest.formats must be a list"),
+    ("ingest: [\n  x: 1\n", "is not valid YAML"),
+])
+def test_a_bad_setting_is_one_line_before_spark_starts(tmp_path, faults_corpus, text, message):
+    from conftest import run_job
+
+    conf = tmp_path / "bad.yaml"
+    conf.write_text(text)
+    line = one_line_exit_2(run_job("ingest", "--source", str(faults_corpus), "--lake", str(tmp_path / "lake"),
+                                   "--conf", str(conf), submit=False))
+    assert message in line
+    assert not (tmp_path / "lake").exists()      # nothing was started, nothing written

@@ -53,3 +53,17 @@ def test_image_bytes_are_stored_without_compression(spark, tmp_path):
             codecs.setdefault(table, set()).update(meta.row_group(g).column(i).compression
                                                    for g in range(meta.num_row_groups) for i in range(meta.num_columns))
     assert codecs == {"images": {"UNCOMPRESSED"}, "image_index": {"SNAPPY"}}
+
+
+def test_a_write_that_commits_nothing_never_reports_the_previous_commits_metrics(spark, tmp_path, caplog):
+    lake = str(tmp_path / "lake")
+    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    schema = schemas.table("images").spark()
+    row = {"image_sha256": "1" * 64, "discipline": "physics", "format": "PNG", "width": 1, "height": 1,
+           "image_bytes": 3, "image_dhash": 0, "content": b"abc", "thumbnail": b"xyz", "thumbnail_width": 1,
+           "thumbnail_height": 1, "first_source": "arxiv", "first_image_path": "a.png", "ingest_run_id": "r1",
+           "ingested_at": datetime.now(timezone.utc)}
+    assert delta_io.append(spark, lake, "images", spark.createDataFrame([row], schema))["numOutputRows"] == "1"
+    caplog.set_level("INFO", logger="s1mmalign.delta_io")
+    assert delta_io.append(spark, lake, "images", spark.createDataFrame([], schema)) == {}   # Delta commits nothing
+    assert "write images: append (no commit: nothing to write)" in caplog.text

@@ -49,6 +49,8 @@ def test_one_run_over_the_hostile_corpus_gives_every_line_one_outcome(spark, hos
     too_long = [r for r in quarantine if r.reason == "line_too_long"]
     assert len(too_long) == 1 and len(too_long[0].raw) <= 4096
     assert int(too_long[0].detail.split()[0]) > hostile.BIG_LINE_BYTES     # its length, counted while read past
+    index = [(r.source, r.image_path) for r in table_rows(spark, lake, "image_index", "source", "image_path")]
+    assert len(index) == len(set(index)), "a member name twice in image_index"
     missing = {r.source_file: r.detail for r in quarantine if r.reason == "image_missing"}
     assert "images_2012" in missing["arxiv/jsonl/h.jsonl"]
     assert "images_2012" not in missing["treesrc/jsonl/t.jsonl"]   # another source's broken archive

@@ -185,3 +185,27 @@ def test_one_archive_in_parts_spreads_over_tasks_and_equals_many_archives(spark,
     log = {r.source_file: r for r in table_rows(spark, lakes["one"], "ingest_log", "source_file", "status", "read")}
     parts = [log[f"arxiv/images_2024.tar.gz.part{s}"] for s in ("aa", "ab", "ac")]
     assert [p.status for p in parts] == ["ok"] * 3 and sum(p.read for p in parts) == 300
+
+
+def test_a_jsonl_file_read_short_is_incomplete_and_read_again(spark, cfg, corpus_copy, tmp_path):
+    """ingest_log marks a file done only when the bytes read equal its listed size: a file that shrank
+    between the listing and the read is `incomplete`, and the next run reads it again."""
+    from s1mmalign import sources
+    from s1mmalign.storage import Store
+
+    lake = tmp_path / "lake"
+    listed = sources.discover(Store.from_uri(str(corpus_copy)))
+    f07 = corpus_copy / "arxiv" / "jsonl" / "07_recaption.jsonl"
+    data = f07.read_bytes()
+    keep = data[: data.index(b"\n", len(data) // 2) + 1]
+    f07.write_bytes(keep)                     # shrinks after the listing, before the read
+    ingest.run(spark, cfg, str(corpus_copy), str(lake), discovered=listed)
+    log = {r.source_file: r for r in table_rows(spark, lake, "ingest_log", "source_file", "status", "detail", "read")}
+    row = log["arxiv/jsonl/07_recaption.jsonl"]
+    assert row.status == "incomplete" and f"read {len(keep)} of {len(data)} bytes" in row.detail
+    assert log["arxiv/jsonl/24_recaption.jsonl"].status == "ok"
+    again = ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    assert again.jsonl_files == 1             # that file alone, now listed at its new size
+    row = {r.source_file: r for r in table_rows(spark, lake, "ingest_log", "source_file", "status", "read")}[
+        "arxiv/jsonl/07_recaption.jsonl"]
+    assert row.status == "ok" and row.read == keep.count(b"\n")

@@ -16,6 +16,36 @@ def table_path(lake: str, name: str) -> str:
     return str(Path(lake, name).resolve()) if "://" not in lake else f"{lake.rstrip('/')}/{name}"
 
 
+def damaged_logs(lake: str) -> list[str]:
+    """Commit files Delta would have to read (after each table's last checkpoint) that are not JSON lines
+    (a truncated or overwritten commit), as one phrase each; local lakes only, read without Spark."""
+    import json
+
+    found = []
+    for name in schemas.lake_tables():
+        log_dir = Path(lake, name, "_delta_log")
+        if "://" in lake or not log_dir.is_dir():
+            continue
+        since = -1
+        try:
+            since = int(json.loads((log_dir / "_last_checkpoint").read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        for commit in sorted(log_dir.glob("[0-9]" * 20 + ".json")):
+            if int(commit.stem) <= since:
+                continue
+            try:
+                text = commit.read_text(encoding="utf-8")
+                lines = text.splitlines()
+                if not lines:
+                    raise ValueError("empty")
+                for line in lines:
+                    json.loads(line)
+            except (OSError, ValueError) as exc:
+                found.append(f"{name}/_delta_log/{commit.name} ({type(exc).__name__})")
+    return found
+
+
 def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
     """Create the lake tables `job` writes that are missing (schema from schemas/); register them."""
     from delta.tables import DeltaTable

@@ -64,7 +64,7 @@ def snapshot_partitions(cfg: Config) -> int:
 
 
 class LakeBusy(Exception):
-    """The lake is in use by another job, or cannot be written at all."""
+    """The lake is in use by another job, cannot be written at all, or has a damaged Delta log."""
 
 
 _held_locks: dict[str, object] = {}
@@ -110,6 +110,13 @@ def build(lake: str, cfg: Config):
     from pyspark.sql import SparkSession
 
     lock_lake(lake)
+    if "://" not in lake:
+        from s1mmalign.delta_io import damaged_logs
+
+        damaged = damaged_logs(lake)
+        if damaged:
+            raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
+                           f"restore it from a copy (Delta cannot read the table past it)")
 
     # Python workers run the driver's interpreter, and so see the same packages (unless set otherwise).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
