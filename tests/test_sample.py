@@ -32,7 +32,8 @@ def test_layout_disciplines_formats_and_faults(tmp_path):
     assert {e["image_format"] for e in pairs} == {"PNG", "JPEG", "WEBP", "GIF"}
     assert any("/" in (e["arxiv_id"] or "") for e in pairs) and any("." in (e["arxiv_id"] or "") for e in pairs)
     assert len({e["image_sha256"] for e in pairs}) == len(pairs)          # every image distinct
-    assert set(counts) - {"pair"} == set(schemas.quarantine_reasons())    # every reason planted
+    # every reason planted but line_too_long (a line over 8 MB: tests/hostile.py has one)
+    assert set(counts) - {"pair"} == set(schemas.quarantine_reasons()) - {"line_too_long"}
     raw = (tmp_path / "arxiv/jsonl/07_recaption.jsonl").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw
     nested = top = 0

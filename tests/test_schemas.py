@@ -31,4 +31,4 @@ def test_lake_tables_and_reasons():
     assert set(schemas.lake_tables()) == set(schemas.lake_tables("ingest")) | {"duplicates", "quality_results",
                                                                           "clip_scores"}
     assert "duplicate_pair" in schemas.quarantine_reasons()
-    assert len(set(schemas.quarantine_reasons())) == len(schemas.quarantine_reasons()) == 12
+    assert len(set(schemas.quarantine_reasons())) == len(schemas.quarantine_reasons()) == 15

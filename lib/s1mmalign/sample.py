@@ -263,6 +263,9 @@ class _Builder:
             bad("image_missing", rec("images/2401/2401.99990.tar.gz/link.png"),
                 "images/2401/2401.99990.tar.gz/link.png"),
             bad("duplicate_pair", good.line, good.image_path),
+            # JSON allows an unpaired surrogate escape; no UTF-8 column can hold it
+            bad("invalid_value", b'{"image_path": "images/2401/2401.00006.tar.gz/f.png", "caption": "x \\ud800"}',
+                "images/2401/2401.00006.tar.gz/f.png"),
         ]
         blank = [Planned(b"", ""), Planned(b"   ", "")]
         # Spread faults and blank lines through the file; the repeat must come after its original.
@@ -279,6 +282,8 @@ class _Builder:
         bio_lines = bio.jsonl["biorxiv/jsonl/biorxiv_2020.jsonl"]
         bio_lines.append(Planned(_line({"image_path": "images/10.1101_missing/fig1.png", **ok_caption}),
                                  "image_missing", "biorxiv", "images/10.1101_missing/fig1.png"))
+        folder = bio_lines[0].image_path.rsplit("/", 1)[0]     # a folder of the tree, not a file
+        bio_lines.append(Planned(_line({"image_path": folder, **ok_caption}), "image_unreadable", "biorxiv", folder))
         bio_lines.append(Planned(_line({"image_path": "C:\\\\figs\\\\fig1.png", **ok_caption}), "unsafe_path",
                                  "biorxiv", "C:\\\\figs\\\\fig1.png"))
 
