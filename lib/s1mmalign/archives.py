@@ -93,11 +93,11 @@ class Gunzip:
                     break
                 continue
             take = len(self.buf) - self.pos if want is None else min(want, len(self.buf) - self.pos)
-            out.append(self.buf[self.pos: self.pos + take])
+            out.append(self.buf if take == len(self.buf) else self.buf[self.pos: self.pos + take])
             self.pos += take
             if want is not None:
                 want -= take
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _more(self) -> bool:
         """Decompress the next piece into buf; False at the end of the stream."""
