@@ -78,25 +78,32 @@ def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
 
 def last_metrics(spark, lake: str, name: str) -> dict[str, str]:
     """operationMetrics of the newest commit of a table."""
+    return _last_commit(spark, lake, name)[1]
+
+
+def _last_commit(spark, lake: str, name: str) -> tuple[int, dict[str, str]]:
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("operationMetrics").first()
-    return dict(row[0] or {}) if row else {}
+    row = DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("version", "operationMetrics").first()
+    return (row[0], dict(row[1] or {})) if row else (-1, {})
 
 
 def version(spark, lake: str, name: str) -> int:
-    """The newest commit version of a table."""
-    from delta.tables import DeltaTable
-
-    return DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("version").first()[0]
+    """The newest commit version of a table (a local lake: from its log's file names, without Spark)."""
+    if "://" not in lake:
+        log_dir = Path(table_path(lake, name), "_delta_log")
+        numbers = [int(f[:20]) for f in os.listdir(log_dir) if len(f) == 25 and f.endswith(".json")
+                   and f[:20].isdigit()] if log_dir.is_dir() else []
+        return max(numbers, default=-1)
+    return _last_commit(spark, lake, name)[0]
 
 
 def _log_write(spark, lake: str, name: str, what: str, before: int) -> dict[str, str]:
     """Log what a write did: its commit's metrics, or that it committed nothing (never an older commit's)."""
-    if version(spark, lake, name) == before:
+    after, metrics = _last_commit(spark, lake, name)
+    if after == before:
         log.info("write %s: %s (no commit: nothing to write)", name, what)
         return {}
-    metrics = last_metrics(spark, lake, name)
     keys = ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted", "numOutputRows",
             "numDeletedRows")
     shown = ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
