@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from s1mmalign.records import normalize_path, path_problem
+from s1mmalign.records import normalize_path, path_problem, storable
 
 
 @dataclass
@@ -153,7 +153,7 @@ def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> 
         with tarfile.open(fileobj=gunzip, mode="r|", errors="surrogateescape") as tar:
             for info in tar:
                 name = normalize_path(info.name)
-                if not info.isreg() or path_problem(info.name) or not name or not _utf8(name):
+                if not info.isreg() or path_problem(info.name) or not name or not storable(name):
                     result.skipped += 1     # links, folders, devices, FIFOs; unsafe or non-UTF-8 names
                     continue
                 part = stream.current
@@ -175,12 +175,3 @@ def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> 
     if gunzip.cut:      # the tar stream looked complete, but its gzip stream was cut (at a member's end)
         result.status = "truncated"
         result.detail = "stream broke: the gzip stream ends before its end-of-member trailer"
-
-
-def _utf8(name: str) -> bool:
-    """Whether a member name is text (tar headers carry bytes; a record can only name UTF-8 text)."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False

@@ -74,15 +74,10 @@ def out_of_memory(exc: BaseException) -> str | None:
 def one_line(exc: BaseException) -> str:
     """What went wrong, in one line: for an error raised in the JVM, its Java exception and message (not
     Py4J's "An error occurred while calling o123.save"), with Spark's error class when it has one."""
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    name = type(exc).__name__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if lines and lines[0].startswith("An error occurred while calling"):
-        java = next((ln.lstrip(": ") for ln in lines[1:] if not ln.startswith("at ")), "")
-        name, text = "", java
-        lines = [java]
-    first = lines[0] if lines else ""
-    return f"{name + ': ' if name else ''}{first[:500]}"
+        return next((ln.lstrip(": ") for ln in lines[1:] if not ln.startswith("at ")), "")[:500]
+    return f"{type(exc).__name__}: {lines[0][:500] if lines else ''}"
 
 
 class _Parser(argparse.ArgumentParser):

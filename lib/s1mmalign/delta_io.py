@@ -21,18 +21,18 @@ def damaged_logs(lake: str) -> list[str]:
     (a truncated or overwritten commit), as one phrase each; local lakes only, read without Spark."""
     import json
 
-    found = []
+    found: list[str] = []
+    if "://" in lake:
+        return found
     for name in schemas.lake_tables():
         log_dir = Path(lake, name, "_delta_log")
-        if "://" in lake or not log_dir.is_dir():
-            continue
         since = -1
         try:
             since = int(json.loads((log_dir / "_last_checkpoint").read_text())["version"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        for commit in sorted(log_dir.glob("[0-9]" * 20 + ".json")):
-            if int(commit.stem) <= since:
+        for number, commit in _commits(log_dir):
+            if number <= since:
                 continue
             try:
                 text = commit.read_text(encoding="utf-8")
@@ -44,6 +44,13 @@ def damaged_logs(lake: str) -> list[str]:
             except (OSError, ValueError) as exc:
                 found.append(f"{name}/_delta_log/{commit.name} ({type(exc).__name__})")
     return found
+
+
+def _commits(log_dir: Path) -> list[tuple[int, Path]]:
+    """(version, file) of a Delta log's commit files, oldest first; none when there is no log."""
+    if not log_dir.is_dir():
+        return []
+    return sorted((int(p.stem), p) for p in log_dir.glob("[0-9]" * 20 + ".json"))
 
 
 def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
@@ -91,10 +98,8 @@ def _last_commit(spark, lake: str, name: str) -> tuple[int, dict[str, str]]:
 def version(spark, lake: str, name: str) -> int:
     """The newest commit version of a table (a local lake: from its log's file names, without Spark)."""
     if "://" not in lake:
-        log_dir = Path(table_path(lake, name), "_delta_log")
-        numbers = [int(f[:20]) for f in os.listdir(log_dir) if len(f) == 25 and f.endswith(".json")
-                   and f[:20].isdigit()] if log_dir.is_dir() else []
-        return max(numbers, default=-1)
+        commits = _commits(Path(table_path(lake, name), "_delta_log"))
+        return commits[-1][0] if commits else -1
     return _last_commit(spark, lake, name)[0]
 
 

@@ -165,7 +165,7 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
 def _changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
     """JSONL files and archives whose fingerprints differ from ingest_log's (metadata rows only)."""
     seen = {r.source_file: (None if r.status == "incomplete" else r.fingerprint) for r in
-            delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint", "kind", "status").collect()}
+            delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint", "status").collect()}
     archives = [a for s in plan.sources for a in s.archives
                 if any(seen.get(p.rel) != p.fingerprint for p in a.parts)]
     touched = {a.source for a in archives}
@@ -299,7 +299,7 @@ class IngestRun:
             before, running = [], {}
             for c in chunks:
                 if c["source_file"] in unreadable:
-                    continue         # ingest_log says why; the next run tries it again
+                    continue         # logged unreadable in ingest_log, with why
                 key = c["source_file"]
                 before.append({**c, "newlines_before": running.get(key, 0)})
                 running[key] = running.get(key, 0) + counts[(key, c["chunk"])]
@@ -505,8 +505,10 @@ class IngestRun:
                 status, detail = "unreadable", errors[0]
             elif got != f.size:
                 status, detail = "incomplete", f"read {got} of {f.size} bytes (the file changed while read?)"
-            checksum = (hashlib.sha256("".join(c.sha256 for c in mine).encode()).hexdigest()
-                        if len(mine) > 1 else mine[0].sha256 if mine and status == "ok" else None)
+            checksum = None                 # of a whole file only: one chunk's digest, else the digest of its digests
+            if status == "ok" and mine:
+                checksum = (mine[0].sha256 if len(mine) == 1
+                            else hashlib.sha256("".join(c.sha256 for c in mine).encode()).hexdigest())
             rows.append(self._log_row(source, f, "jsonl", checksum=checksum, read=accepted + quarantined,
                                       accepted=accepted, quarantined=quarantined, status=status, detail=detail))
         part_info = {(a.name, p.rel): p for a in self.todo_archives for p in a.parts}

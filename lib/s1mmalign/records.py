@@ -62,16 +62,21 @@ def normalize_path(image_path: str) -> str:
     return "/".join(p for p in image_path.split("/") if p not in ("", "."))
 
 
-def safe_text(value: str | None) -> str | None:
-    """Text any column can hold: unpaired UTF-16 surrogates (JSON allows them as escapes, UTF-8 cannot
-    encode them) written as backslash escapes."""
-    if value is None:
-        return None
+def storable(text: str) -> bool:
+    """Whether a column can hold the text: UTF-8 cannot encode an unpaired UTF-16 surrogate (which JSON
+    allows as an escape, and tar names read with surrogateescape carry for bytes that are not UTF-8)."""
     try:
-        value.encode("utf-8")
-        return value
+        text.encode("utf-8")
+        return True
     except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return False
+
+
+def safe_text(value: str | None) -> str | None:
+    """Text any column can hold: unpaired surrogates written as backslash escapes."""
+    if value is None or storable(value):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def too_long(line_no: int, prefix: bytes, length: int, limit: int, ctx: "LineContext") -> dict:
@@ -138,7 +143,7 @@ def unstorable(row: dict, exc: Exception) -> dict:
 def _check_storable(row: dict) -> None:
     for name, value in row.items():
         for text in (value if isinstance(value, list) else [value]):
-            if isinstance(text, str) and safe_text(text) is not text:
+            if isinstance(text, str) and not storable(text):
                 raise Reject("invalid_value", f"{name} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)")
 
 

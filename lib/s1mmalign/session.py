@@ -109,14 +109,13 @@ def build(lake: str, cfg: Config):
     """Get or create the session for a job over `lake` (held by this process: see lock_lake)."""
     from pyspark.sql import SparkSession
 
-    lock_lake(lake)
-    if "://" not in lake:
-        from s1mmalign.delta_io import damaged_logs
+    from s1mmalign.delta_io import damaged_logs
 
-        damaged = damaged_logs(lake)
-        if damaged:
-            raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
-                           f"restore it from a copy (Delta cannot read the table past it)")
+    lock_lake(lake)
+    damaged = damaged_logs(lake)
+    if damaged:
+        raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
+                       f"restore it from a copy (Delta cannot read the table past it)")
 
     # Python workers run the driver's interpreter, and so see the same packages (unless set otherwise).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -88,6 +88,7 @@ class LocalStore(Store):
     def __init__(self, root: str):
         self.root = root
         self.uri = root
+        self._real_root = os.path.realpath(root)    # once: every open checks a path against it
 
     def parent(self) -> "Store":
         return LocalStore(os.path.dirname(self.root))
@@ -98,7 +99,7 @@ class LocalStore(Store):
     def _real(self, rel: str) -> str:
         """The file's real path; StoreError when links lead it out of the source root."""
         real = os.path.realpath(self._full(rel))
-        root = os.path.realpath(self.root)
+        root = self._real_root
         if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
             raise StoreError(f"{rel} is a link out of the source root: not read")
         return real

@@ -205,11 +205,8 @@ def parse_chunks(store: Store, ctx_args: dict) -> Callable:
                 if row is not None:
                     yield row
 
-    def refused(row: dict, exc: Exception) -> dict:
-        return records.unstorable(row, exc)
-
     def run(batches):
-        yield from _batched(rows(batches), schema, 1024, BATCH_BYTES, _text_bytes, refused)
+        yield from _batched(rows(batches), schema, 1024, BATCH_BYTES, _text_bytes, records.unstorable)
     return run
 
 
@@ -220,14 +217,14 @@ def _facts_row(source: str, image_path: str, container: str, facts: images.Image
     """An image_facts member row; `where` is the (slice file, row) that holds the bytes of a good image,
     `ordinal` the member's position in its archive."""
     ok = facts.status == "ok"
-    return {"member": ordinal,
+    return {
         "kind": "member", "source": source, "image_path": image_path, "container": container,
         "status": facts.status, "detail": facts.detail, "image_sha256": facts.sha256,
         "image_format": facts.format, "width": facts.width, "height": facts.height,
         "image_bytes": facts.size, "image_dhash": facts.dhash,
         "slice": where[0] if ok and where else None, "slice_row": where[1] if ok and where else None,
         "thumbnail": facts.thumbnail, "thumbnail_width": facts.thumbnail_width,
-        "thumbnail_height": facts.thumbnail_height, "members": None,
+        "thumbnail_height": facts.thumbnail_height, "members": None, "member": ordinal,
     }
 
 
@@ -395,15 +392,14 @@ def read_tree(store: Store, policy: images.ImagePolicy, slice_dir: str, slice_by
         for d in _descriptors(batches):
             try:
                 data = store.read(f"{d['source']}/{d['image_path']}", policy.max_bytes)
-            except TooLarge as exc:       # its size, known before any byte was read
-                data, facts = None, images.ImageFacts("image_too_large", str(exc), size=exc.size)
-            except (OSError, ValueError) as exc:   # a FIFO, a link out of the root, a name too long, ...
-                data, facts = None, images.ImageFacts("image_unreadable", f"{type(exc).__name__}: {exc}"[:500])
-            else:
-                facts = None if data is not None else images.ImageFacts(
+                unread = None if data is not None else images.ImageFacts(
                     "image_missing", "in no archive and not in the unpacked tree")
-            if data is None:
-                yield _facts_row(d["source"], d["image_path"], "tree", facts)
+            except TooLarge as exc:       # its size, known before any byte was read
+                unread = images.ImageFacts("image_too_large", str(exc), size=exc.size)
+            except (OSError, ValueError) as exc:   # a FIFO, a link out of the root, a name too long, ...
+                unread = images.ImageFacts("image_unreadable", f"{type(exc).__name__}: {exc}"[:500])
+            if unread is not None:
+                yield _facts_row(d["source"], d["image_path"], "tree", unread)
                 continue
             facts = images.analyze(data, policy)
             where = slices.add(d["image_path"], data) if facts.status == "ok" else None
