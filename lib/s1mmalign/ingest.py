@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 BROADCAST_KEYS = 2_000_000   # up to this many new images, their keys are broadcast to the bytes
 PAIR_CONTENT = [c for c in schemas.table("pairs").names
                 if c not in ("row_hash", "ingest_run_id", "ingested_at")]
+SLICE_POLL_SECONDS = 0.5     # how often the driver looks for slices an archive's split has completed
 
 
 @dataclass
@@ -180,6 +181,19 @@ def _clear_staging(lake: str, cfg: Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _complete_slices(folder: str, owners: dict[str, tuple[str, str]], taken: set[str]) -> list[dict]:
+    """Slice files complete in folder (written aside, renamed when whole) that are not taken yet, as
+    descriptors (source, archive, slice); marks them taken."""
+    ready = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        owner = owners.get(name.split("-", 1)[0])
+        if name.endswith(tasks.SLICE_SUFFIX) and owner and path not in taken:
+            taken.add(path)
+            ready.append({"source": owner[0], "archive": owner[1], "slice": path})
+    return ready
+
+
 def _last_of_each_name(members: DataFrame) -> DataFrame:
     """One member per (source, image_path): of one name in an archive, the last (tar's rule, as
     extracting it would leave); across archives of a source, the one in the archive last by name."""
@@ -212,6 +226,7 @@ class IngestRun:
     summary: RunSummary
     todo_jsonl: list[tuple[str, FileInfo]]      # (source, file) of the JSONL files to read
     todo_archives: list[Archive]
+    members_dirs: list[str] = field(default_factory=list)   # staging folders holding this run's members
 
     @property
     def todo_files(self) -> list[str]:
@@ -229,17 +244,22 @@ class IngestRun:
     # --- archives -------------------------------------------------------------------------------------
 
     def stage_archives(self) -> list:
-        """Stream the archives, then analyse their members in slices, into staging/members; returns the part
-        rows (one per part, small).
+        """Stream the archives into slice files, analysing each slice as soon as it is complete; returns
+        the part rows (one per part, small).
 
         One task per archive only gunzips and untars, writing member bytes to slice files; every slice is
-        then its own task, so the per-image work of one huge archive spreads over all cores.
+        then its own task, so the per-image work of one huge archive spreads over all cores. Slices are
+        analysed while their archive is still streaming: a driver thread watches the slice folder and
+        hands each batch of complete slices to its own job, so the cores the split leaves free work from
+        the first slice on, not after the last one.
         """
         facts_schema = schemas.table("image_facts")
+        streamed_dir = f"{self.staging}/streamed"
+        self.members_dirs = [streamed_dir]
         with Stage("archives") as st:
             if not self.todo_archives:
-                delta_io.write_staging(self.spark.createDataFrame([], facts_schema.spark()),
-                                       f"{self.staging}/members", "image_facts")
+                delta_io.write_staging(self.spark.createDataFrame([], facts_schema.spark()), streamed_dir,
+                                       "image_facts")
                 st.done(0, "archives")
                 return []
             from pyspark.sql import types as T
@@ -253,27 +273,52 @@ class IngestRun:
                 tasks.split_archives(self.store, self.cfg.ingest.max_image_bytes, slice_dir,
                                      self.cfg.ingest.archive_slice_bytes),
                 facts_schema.spark())
-            delta_io.write_staging(streamed, f"{self.staging}/streamed", "image_facts")
-            staged = self.spark.read.parquet(f"{self.staging}/streamed").drop("thumbnail")
-            listed = staged.where("kind IN ('part', 'slice')").collect()
+            owners = {tasks.slice_key(a.source, a.name): (a.source, a.name) for a in self.todo_archives}
+            taken: set[str] = set()
+            with ThreadPoolExecutor(2) as pool:
+                split = pool.submit(delta_io.write_staging, streamed, streamed_dir, "image_facts")
+                jobs: list = []
+                while not wait([split], timeout=SLICE_POLL_SECONDS).done:
+                    if all(j.done() for j in jobs):     # one analysis job at a time while the split runs
+                        ready = _complete_slices(slice_dir, owners, taken)
+                        if ready:
+                            jobs.append(pool.submit(self._analyse_slices, ready, len(jobs)))
+                split.result()
+                listed = self.spark.read.parquet(streamed_dir).where("kind IN ('part', 'slice')").drop(
+                    "thumbnail").collect()
+                rest = [{"source": r.source, "archive": r.container, "slice": r.image_path}
+                        for r in sorted(listed, key=lambda r: r.image_path)
+                        if r.kind == "slice" and r.image_path not in taken]
+                if rest:
+                    jobs.append(pool.submit(self._analyse_slices, rest, len(jobs)))
+                for j in jobs:
+                    j.result()
             parts = [r for r in listed if r.kind == "part"]
-            slices = [{"source": r.source, "archive": r.container, "slice": r.image_path}
-                      for r in sorted((r for r in listed if r.kind == "slice"), key=lambda r: r.image_path)]
-            slice_schema = T.StructType([T.StructField(n, T.StringType()) for n in ("source", "archive", "slice")])
-            analysed = (_descriptors(self.spark, slices, slice_schema)
-                        .mapInArrow(tasks.analyze_slices(image_policy(self.cfg)), facts_schema.spark())
-                        if slices else self.spark.createDataFrame([], facts_schema.spark()))
-            unread = self.spark.read.parquet(f"{self.staging}/streamed").where("kind = 'member'")
-            delta_io.write_staging(analysed.unionByName(unread), f"{self.staging}/members", "image_facts")
+            n_slices = sum(1 for r in listed if r.kind == "slice")
             self.summary.archive_tasks = {
-                r.container: r.tasks for r in self.spark.read.parquet(f"{self.staging}/members")
-                .where("task IS NOT NULL").groupBy("container").agg(F.countDistinct("task").alias("tasks"))
-                .collect()}
+                r.container: r.tasks for r in self.members().where("task IS NOT NULL")
+                .groupBy("container").agg(F.countDistinct("task").alias("tasks")).collect()}
             members = sum(p.members or 0 for p in parts)
             broken = [f"{p.image_path}: {p.status}" for p in parts if p.status != "ok"]
-            st.done(members, "archive members", f"{len(self.todo_archives)} archives in {len(slices)} slices"
+            st.done(members, "archive members",
+                    f"{len(self.todo_archives)} archives in {n_slices} slices, analysed by {len(jobs)} jobs"
                     + (f"; broken: {broken}" if broken else ""))
         return parts
+
+    def _analyse_slices(self, slices: list[dict], n: int) -> None:
+        """One job: the per-image work over these slice files (a task each) -> staging/analysed/<n>."""
+        from pyspark.sql import types as T
+        slice_schema = T.StructType([T.StructField(c, T.StringType()) for c in ("source", "archive", "slice")])
+        path = f"{self.staging}/analysed/{n}"
+        delta_io.write_staging(_descriptors(self.spark, slices, slice_schema).mapInArrow(
+            tasks.analyze_slices(image_policy(self.cfg)), schemas.table("image_facts").spark()),
+            path, "image_facts")
+        self.members_dirs.append(path)
+
+    def members(self) -> DataFrame:
+        """Every archive member of this run: analysed ones (with facts) and those not read (too large)."""
+        return (self.spark.read.schema(schemas.table("image_facts").spark()).parquet(*self.members_dirs)
+                .where("kind = 'member'"))
 
     # --- jsonl ----------------------------------------------------------------------------------------
 
@@ -323,7 +368,7 @@ class IngestRun:
     def resolve(self, parts) -> Outputs:
         with Stage("resolve") as st:
             parsed = self.spark.read.parquet(f"{self.staging}/parsed")
-            members = _last_of_each_name(self.spark.read.parquet(f"{self.staging}/members").where("kind = 'member'"))
+            members = _last_of_each_name(self.members())
 
             valid = parsed.where("reason IS NULL")
             rejected = parsed.where("reason IS NOT NULL")

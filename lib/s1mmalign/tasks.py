@@ -6,7 +6,6 @@ Every function yields bounded batches, so a task's memory stays flat however lar
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
@@ -233,6 +232,14 @@ SLICE_SCHEMA = pa.schema([pa.field("image_path", pa.string(), False), pa.field("
 SLICE_BATCH_BYTES = 8 << 20       # member bytes per record batch of a slice file
 
 
+SLICE_SUFFIX = ".arrow"
+
+
+def slice_key(source: str, archive: str) -> str:
+    """The name prefix of an archive's slice files (no '-' in it: the slice number follows one)."""
+    return hashlib.sha256(f"{source}\x00{archive}".encode()).hexdigest()[:20]
+
+
 class _SliceWriter:
     """Member bytes of one archive into Arrow IPC files of about `limit` bytes each, written aside and
     renamed when complete (a retried or speculative task rewrites the same names with the same bytes)."""
@@ -251,7 +258,7 @@ class _SliceWriter:
         """Store one member; returns the slice file and row that hold it."""
         if self._writer is None:
             os.makedirs(self.folder, exist_ok=True)
-            self._path = os.path.join(self.folder, f"{self.key}-{len(self.done):06d}.arrow")
+            self._path = os.path.join(self.folder, f"{self.key}-{len(self.done):06d}{SLICE_SUFFIX}")
             self._tmp = f"{self._path}.tmp{os.getpid()}"
             self._sink = pa.OSFile(self._tmp, "wb")
             self._writer = pa.ipc.new_file(self._sink, SLICE_SCHEMA)
@@ -302,8 +309,7 @@ def split_archives(store: Store, max_bytes: int, slice_dir: str, slice_bytes: in
             parts = [archives.PartStats(p["rel"], p["size"]) for p in json.loads(d["parts"])]
             stream = archives.ChainedParts(parts, store.open)
             result = archives.StreamResult()
-            key = hashlib.sha256(f"{d['source']}\x00{d['archive']}".encode()).hexdigest()[:20]
-            slices = _SliceWriter(slice_dir, key, slice_bytes)
+            slices = _SliceWriter(slice_dir, slice_key(d["source"], d["archive"]), slice_bytes)
             for member in archives.iter_members(stream, max_bytes, result):
                 if member.data is None:
                     yield _facts_row(d["source"], member.name, d["archive"],
@@ -328,8 +334,8 @@ def split_archives(store: Store, max_bytes: int, slice_dir: str, slice_bytes: in
 def analyze_slices(policy: images.ImagePolicy) -> Callable:
     """The per-image work over slice files (one per input row: source, archive, slice): a member row each.
 
-    Rows record the Spark partition that analysed them (`task`), so a run can show how one archive's
-    members spread over tasks.
+    Rows record the Spark task that analysed them (`task`: its attempt id, unique in the application),
+    so a run can show how one archive's members spread over tasks.
     """
     from pyspark import TaskContext
 
@@ -337,7 +343,7 @@ def analyze_slices(policy: images.ImagePolicy) -> Callable:
 
     def rows(batches):
         ctx = TaskContext.get()
-        task = ctx.partitionId() if ctx is not None else None
+        task = ctx.taskAttemptId() if ctx is not None else None
         for d in _descriptors(batches):
             with pa.memory_map(d["slice"]) as source:
                 reader = pa.ipc.open_file(source)
@@ -413,37 +419,46 @@ def read_tree(store: Store, policy: images.ImagePolicy, slice_dir: str, slice_by
 
 def fetch_content() -> Callable:
     """images rows without `content` but with (slice, slice_row) in; the same rows with the original
-    bytes read back from the slice files out (the only time image bytes pass through the JVM)."""
+    bytes read back from the slice files out (the only time image bytes pass through the JVM).
+
+    Columnar: each output batch (about BATCH_BYTES of images) takes its bytes from the memory-mapped
+    slices with one Arrow `take` per run of rows from the same slice; no value becomes a Python object.
+    """
     schema = schemas.table("images").arrow()
 
     def run(batches):
-        open_slice = None
+        reader = None
         for batch in batches:
-            out, held = [], 0
-            for row in batch.to_pylist():
-                if open_slice is None or open_slice[0] != row["slice"]:
-                    open_slice = (row["slice"], _SliceReader(row["slice"]))
-                row["content"] = open_slice[1].content(row.pop("slice_row"))
-                del row["slice"]
-                out.append(row)
-                held += len(row["content"])
-                if held >= BATCH_BYTES:
-                    yield pa.RecordBatch.from_pylist(out, schema=schema)
-                    out, held = [], 0
-            if out:
-                yield pa.RecordBatch.from_pylist(out, schema=schema)
+            sizes = batch.column("image_bytes").to_pylist()
+            start, held = 0, 0
+            for i, size in enumerate(sizes):
+                held += size
+                if held >= BATCH_BYTES or i == len(sizes) - 1:
+                    part = batch.slice(start, i + 1 - start)
+                    paths, rows = part.column("slice").to_pylist(), part.column("slice_row").to_pylist()
+                    pieces, j = [], 0
+                    while j < len(paths):       # one take per run of rows from the same slice file
+                        k = j
+                        while k < len(paths) and paths[k] == paths[j]:
+                            k += 1
+                        if reader is None or reader.path != paths[j]:
+                            reader = _SliceReader(paths[j])
+                        pieces.append(reader.take(rows[j:k]))
+                        j = k
+                    content = pa.concat_arrays(pieces) if pieces else pa.array([], pa.binary())
+                    yield pa.RecordBatch.from_arrays(
+                        [content if f.name == "content" else part.column(f.name).cast(f.type) for f in schema],
+                        schema=schema)
+                    start, held = i + 1, 0
     return run
 
 
 class _SliceReader:
-    """Rows of one slice file by number (memory-mapped: reading one costs only its bytes)."""
+    """Rows of one slice file by number (memory-mapped: reading rows costs only their bytes)."""
 
     def __init__(self, path: str):
-        self.reader = pa.ipc.open_file(pa.memory_map(path))
-        self.starts = [0]
-        for i in range(self.reader.num_record_batches):
-            self.starts.append(self.starts[-1] + self.reader.get_batch(i).num_rows)
+        self.path = path
+        self.table = pa.ipc.open_file(pa.memory_map(path)).read_all()
 
-    def content(self, row: int) -> bytes:
-        i = bisect.bisect_right(self.starts, row) - 1
-        return self.reader.get_batch(i).column(1)[row - self.starts[i]].as_py()
+    def take(self, rows: list[int]) -> pa.Array:
+        return self.table.column(1).take(pa.array(rows, pa.int64())).combine_chunks()
