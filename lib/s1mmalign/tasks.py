@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -429,28 +431,30 @@ def fetch_content() -> Callable:
     def run(batches):
         reader = None
         for batch in batches:
-            sizes = batch.column("image_bytes").to_pylist()
-            start, held = 0, 0
-            for i, size in enumerate(sizes):
-                held += size
-                if held >= BATCH_BYTES or i == len(sizes) - 1:
-                    part = batch.slice(start, i + 1 - start)
-                    paths, rows = part.column("slice").to_pylist(), part.column("slice_row").to_pylist()
-                    pieces, j = [], 0
-                    while j < len(paths):       # one take per run of rows from the same slice file
-                        k = j
-                        while k < len(paths) and paths[k] == paths[j]:
-                            k += 1
-                        if reader is None or reader.path != paths[j]:
-                            reader = _SliceReader(paths[j])
-                        pieces.append(reader.take(rows[j:k]))
-                        j = k
-                    content = pa.concat_arrays(pieces) if pieces else pa.array([], pa.binary())
-                    yield pa.RecordBatch.from_arrays(
-                        [content if f.name == "content" else part.column(f.name).cast(f.type) for f in schema],
-                        schema=schema)
-                    start, held = i + 1, 0
+            for part in _byte_bounded(batch, "image_bytes", BATCH_BYTES):
+                pieces = []
+                runs = zip(part.column("slice").to_pylist(), part.column("slice_row").to_pylist())
+                for path, run_rows in groupby(runs, key=itemgetter(0)):    # one take per slice file run
+                    if reader is None or reader.path != path:
+                        reader = _SliceReader(path)
+                    pieces.append(reader.take([row for _, row in run_rows]))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.concat_arrays(pieces) if f.name == "content" else part.column(f.name).cast(f.type)
+                     for f in schema], schema=schema)
     return run
+
+
+def _byte_bounded(batch: pa.RecordBatch, size_column: str, limit: int) -> Iterator[pa.RecordBatch]:
+    """batch in consecutive non-empty pieces, each ending at the row that brings the sum of size_column
+    to limit (a row larger than limit is a piece alone)."""
+    start, held = 0, 0
+    for i, size in enumerate(batch.column(size_column).to_pylist()):
+        held += size
+        if held >= limit:
+            yield batch.slice(start, i + 1 - start)
+            start, held = i + 1, 0
+    if start < batch.num_rows:
+        yield batch.slice(start)
 
 
 class _SliceReader:
