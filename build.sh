@@ -43,14 +43,21 @@ if [ "${1:-}" = test ] && ! command -v chromium >/dev/null; then
   fi
 fi
 
+SPARK_HOME=$(.venv/bin/python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
 if [ ! -f jars/.resolved ] || [ pom.xml -nt jars/.resolved ]; then
   rm -rf jars && mkdir -p jars
-  mvn -q -B dependency:copy-dependencies -DoutputDirectory=jars -DexcludeTransitive=true -DincludeScope=runtime
+  mvn -q -B dependency:copy-dependencies -DoutputDirectory=jars -DincludeScope=runtime
+  # Drop what pyspark ships already (same artifact, any version: its own wins on the classpath anyway).
+  # commons-logging's classes come with pyspark's jcl-over-slf4j.
+  shipped=$(ls "$SPARK_HOME/jars" | sed -E 's/-[0-9][^-]*(-[A-Za-z][^-]*)?\.jar$//' | sort -u)
+  for jar in jars/*.jar; do
+    name=$(basename "$jar" | sed -E 's/-[0-9][^-]*(-[A-Za-z][^-]*)?\.jar$//')
+    if [ "$name" = commons-logging ] || grep -qxF "$name" <<<"$shipped"; then rm "$jar"; fi
+  done
   touch jars/.resolved
 fi
 
-# spark-submit, spark-sql and spark-class from this venv find the Delta jars without flags.
-SPARK_HOME=$(.venv/bin/python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+# spark-submit, spark-sql and spark-class from this venv find the lake's jars without flags.
 mkdir -p "$SPARK_HOME/conf"
 {
   echo "# written by s1mmalign-lake build.sh"

@@ -132,21 +132,23 @@ def _split_one(args: tuple[str, str]) -> list[str]:
 
     path, slice_dir = args
     p = Path(path)
-    fn = tasks.split_archives(LocalStore(str(p.parent)), 32 << 20, slice_dir, 64 << 20)
+    fn = tasks.split_archives(LocalStore(str(p.parent)), 32 << 20, LocalStore(slice_dir), "slices", 64 << 20)
     desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": p.name, "missing_after": None,
                                         "parts": json.dumps([{"rel": p.name, "size": p.stat().st_size}])}])
     rows = [r for b in fn(iter([desc])) for r in b.to_pylist()]
-    return [r["image_path"] for r in rows if r["kind"] == "slice"]
+    return [(slice_dir, r["image_path"]) for r in rows if r["kind"] == "slice"]
 
 
-def _analyze_one(slice_path: str) -> int:
+def _analyze_one(where: tuple[str, str]) -> int:
     """The slice task's own code (tasks.analyze_slices) over one slice file: members analysed."""
     import pyarrow as pa
 
     from s1mmalign import images, tasks
+    from s1mmalign.storage import LocalStore
 
-    fn = tasks.analyze_slices(images.ImagePolicy())
-    desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": "a", "slice": slice_path}])
+    scratch, slice_name = where
+    fn = tasks.analyze_slices(images.ImagePolicy(), LocalStore(scratch))
+    desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": "a", "slice": slice_name}])
     return sum(sum(1 for s in b.column("status").to_pylist() if s == "ok") for b in fn(iter([desc])))
 
 

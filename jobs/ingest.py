@@ -1,6 +1,6 @@
 """Ingest S1-MMAlign JSONL records and images into the lake's Delta tables.
 
-    spark-submit jobs/ingest.py --source ROOT_OR_S3_URI --lake LAKE_ROOT [--conf conf/X.yaml]
+    spark-submit jobs/ingest.py --source ROOT_OR_S3_URI --lake LAKE_ROOT_OR_S3_URI [--conf conf/X.yaml]
 """
 
 import os
@@ -19,14 +19,13 @@ def body() -> int:
     cfg = config.load(args.conf)
     if "://" not in args.source and not os.path.isdir(args.source):
         raise cli.UsageError(f"--source {args.source} is not a folder")
-    if "://" in args.lake or (os.path.exists(args.lake) and not os.path.isdir(args.lake)):
-        raise cli.UsageError(f"--lake {args.lake} must be a local folder (object-store lakes need hadoop-aws)")
+    lake = cli.lake_uri(args.lake, existing=False)
     # List the sources before Spark starts: a root with no sources fails fast, in one line.
     found = sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region),
                              cfg.ingest.archive_suffix)
-    spark = session.build(args.lake, cfg)
+    spark = session.build(lake, cfg)
     try:
-        ingest.run(spark, cfg, args.source, args.lake, discovered=found)
+        ingest.run(spark, cfg, args.source, lake, discovered=found)
     finally:
         session.stop(spark)
     return 0

@@ -1,6 +1,6 @@
 """SQL analytics on caption quality: the views of sql/ in the catalog, report.html, summary.json, plots.
 
-    spark-submit jobs/report.py --lake LAKE_ROOT --out DIR [--conf conf/X.yaml]
+    spark-submit jobs/report.py --lake LAKE_ROOT_OR_S3_URI --out DIR_OR_S3_URI [--conf conf/X.yaml]
     spark-submit jobs/report.py --lake LAKE_ROOT --views-only     # (re)create the views, write nothing
 
 The views are created as s1mmalign.<view> (persistent: a later spark-sql session sees them); those whose
@@ -10,6 +10,7 @@ tables are missing (no CLIP scores, no validate run yet) are dropped, and the pa
 import _bootstrap  # noqa: F401
 
 from s1mmalign import analytics, cli, config, report, session
+from s1mmalign.storage import remote
 
 NEEDED = ("pairs", "quarantine")
 
@@ -23,21 +24,23 @@ def body() -> int:
         raise cli.UsageError("--out DIR is required (or --views-only)")
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    cli.require_lake_folder(args.lake)
-    cli.require_out_folder(args.out)
+    lake = cli.lake_uri(args.lake)
+    out = cli.require_out_folder(args.out)
     analytics.load_views(cfg)   # a broken view file fails here, before Spark starts
-    cli.require_tables(args.lake, NEEDED)
-    spark = session.build(args.lake, cfg)
+    cli.require_tables(lake, NEEDED, s3=cfg.s3)
+    # Reads only; the views go to the catalog, which a local lake keeps beside its tables (so it takes
+    # the lake's lease there) and an object-store lake keeps in this session alone.
+    spark = session.build(lake, cfg, write=not remote(lake))
     try:
-        views = analytics.create_views(spark, cfg, args.lake)
-        summary = None if args.views_only else analytics.collect(spark, cfg, args.lake, views)
+        views = analytics.create_views(spark, cfg, lake)
+        summary = None if args.views_only else analytics.collect(spark, cfg, lake, views)
     finally:
         session.stop(spark)
     names = ", ".join(f"{cfg.catalog.database}.{v.name}" for v in views.created)
     if summary is None:
         print(f"report: {len(views.created)} views in the catalog ({names})")
         return 0
-    written = report.write(args.out, summary)
+    written = report.write(out, summary, cfg.s3)
     pairs = (summary["views"].get("overview") or [{}])[0].get("pairs", 0)
     models = len({r["model"] for r in summary["views"].get("clip_stats", [])})
     print(f"report: {written['report']} ({pairs} pairs, {models} CLIP model(s), {len(written['plots'])} plots; "

@@ -1,6 +1,6 @@
 """Score image/caption alignment with CLIP for every pair not yet scored by the model.
 
-    spark-submit jobs/score_clip.py --lake LAKE_ROOT [--model ViT-B-32] [--checkpoint PATH_OR_S3_URI]
+    spark-submit jobs/score_clip.py --lake LAKE_ROOT_OR_S3_URI [--model ViT-B-32] [--checkpoint PATH_OR_S3_URI]
 
 Weights come only from --checkpoint (or clip.checkpoint in conf): a local file or s3://, safetensors or
 a torch state dict (read with weights_only). --random-weights-for-testing scores with random weights and
@@ -25,7 +25,7 @@ def body() -> int:
     args = p.parse_args()
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    cli.require_lake_folder(args.lake)
+    lake = cli.lake_uri(args.lake)
     if args.model_config and not os.path.isfile(args.model_config):
         raise cli.UsageError(f"--model-config {args.model_config} is not a file")
     try:
@@ -35,14 +35,14 @@ def body() -> int:
         raise cli.UsageError(f"the CLIP stack is not installed ({exc.name}): pip install -e '.[clip]'") from None
     from s1mmalign import score
 
-    cli.require_tables(args.lake, score.NEEDED)
+    cli.require_tables(lake, score.NEEDED, s3=cfg.s3)
     spec = score.spec_from(cfg, args.model, args.checkpoint, args.random_weights_for_testing, args.model_config)
     mid = clip.model_id(spec)   # a missing or an unreadable checkpoint fails here, before Spark starts
     run_cfg = dataclasses.replace(cfg, spark=dataclasses.replace(
         cfg.spark, arrow_batch_rows=spec.batch_size, extra={**cfg.spark.extra, **cfg.clip.spark_extra}))
-    spark = session.build(args.lake, run_cfg)
+    spark = session.build(lake, run_cfg)
     try:
-        result = score.run(spark, run_cfg, args.lake, spec, model_id=mid)
+        result = score.run(spark, run_cfg, lake, spec, model_id=mid)
     finally:
         session.stop(spark)
     print(f"score_clip: {result['scored']} pairs scored by {result['model']} ({result['seconds']:.1f}s)")

@@ -1,6 +1,6 @@
 """Validate the lake's tables with the Great Expectations suites in expectations/.
 
-    spark-submit jobs/validate.py --lake LAKE_ROOT [--out DOCS_DIR] [--conf conf/X.yaml]
+    spark-submit jobs/validate.py --lake LAKE_ROOT_OR_S3_URI [--out DOCS_DIR_OR_S3_URI] [--conf conf/X.yaml]
 
 Exit 0: every critical expectation passed (warnings are logged and recorded); 1: a critical one failed,
 named on one line; 2: the job could not run.
@@ -20,13 +20,13 @@ def body() -> int:
     args = p.parse_args()
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    cli.require_lake_folder(args.lake)
-    cli.require_out_folder(args.out)
+    lake = cli.lake_uri(args.lake)
+    out = cli.require_out_folder(args.out)
     quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
-    cli.require_tables(args.lake, validate.INGEST_TABLES)
-    spark = session.build(args.lake, cfg)
+    cli.require_tables(lake, validate.INGEST_TABLES, s3=cfg.s3)
+    spark = session.build(lake, cfg)
     try:
-        outcome = validate.run(spark, cfg, args.lake, out=args.out)
+        outcome = validate.run(spark, cfg, lake, out=out)
     finally:
         session.stop(spark)
     line = f"validate: {outcome.summary_line()} (run {outcome.run_id}, Data Docs {outcome.docs_index})"

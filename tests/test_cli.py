@@ -85,7 +85,7 @@ def one_line_exit_2(proc) -> str:
     return lines[0]
 
 
-def test_a_second_job_on_a_held_lake_is_one_line(tmp_path, faults_corpus):
+def test_a_second_job_on_a_held_lake_is_one_line(tmp_path, faults_corpus, cfg):
     import subprocess
     import sys
 
@@ -93,28 +93,30 @@ def test_a_second_job_on_a_held_lake_is_one_line(tmp_path, faults_corpus):
 
     lake = tmp_path / "lake"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'lib');"
-                               "from s1mmalign import session; session.lock_lake(sys.argv[1]); print('held', flush=True);"
+                               "from s1mmalign import config, session; "
+                               "session.take_lease(sys.argv[1], config.load()); print('held', flush=True);"
                                "time.sleep(120)", str(lake)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         line = one_line_exit_2(run_job("ingest", "--source", str(faults_corpus), "--lake", str(lake), submit=False))
-        assert "is in use by another job" in line and f'"pid": {holder.pid}' in line
+        assert "is being written by -c pid" in line and f"pid {holder.pid} on" in line, line
     finally:
         holder.kill()
         holder.wait()
-    # the holder is gone (killed, as kill -9 would): the lock goes with it
-    from s1mmalign import session
+    # the holder is gone (killed, as kill -9 would): its lease is taken over at once, on this host
+    from s1mmalign import lease, session
 
-    session.lock_lake(str(lake))
-    session._held_locks.pop(str(lake)).close()
+    session.take_lease(str(lake), cfg)
+    lease.release_all()
+    assert not (lake / lease.LEASE_FILE).exists()
 
 
-def test_a_lake_that_cannot_be_written_is_one_error(tmp_path):
+def test_a_lake_that_cannot_be_written_is_one_error(tmp_path, cfg):
     from s1mmalign import session
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(session.LakeBusy, match="cannot be written"):
-        session.lock_lake(str(tmp_path / "file" / "lake"))
+        session.take_lease(str(tmp_path / "file" / "lake"), cfg)
 
 
 def test_a_damaged_delta_log_is_one_line(tmp_path, faults_corpus):

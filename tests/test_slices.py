@@ -6,10 +6,11 @@ import os
 import pyarrow as pa
 
 from s1mmalign import ingest, schemas, tasks
+from s1mmalign.storage import LocalStore
 
 
 def _slices(folder, key, blobs, limit):
-    writer = tasks._SliceWriter(str(folder), key, limit)
+    writer = tasks._SliceWriter(LocalStore(str(folder)), "slices", key, limit)
     where = [writer.add(f"images/{i}.png", blob, i) for i, blob in enumerate(blobs)]
     writer.close()
     return where
@@ -18,18 +19,20 @@ def _slices(folder, key, blobs, limit):
 def test_only_complete_slices_of_this_runs_archives_are_taken_once(tmp_path):
     key = tasks.slice_key("arxiv", "arxiv/images_2024.tar.gz")
     _slices(tmp_path, key, [b"a" * 10, b"b" * 10, b"c" * 10], limit=15)      # two complete slices
-    (tmp_path / f"{key}-000002{tasks.SLICE_SUFFIX}.tmp99").write_bytes(b"half written")
-    (tmp_path / f"{tasks.slice_key('arxiv', 'other.tar.gz')}-000000{tasks.SLICE_SUFFIX}").write_bytes(b"x")
+    folder = tmp_path / "slices"
+    (folder / f"{key}-000002{tasks.SLICE_SUFFIX}.tmp99").write_bytes(b"half written")
+    (folder / f"{tasks.slice_key('arxiv', 'other.tar.gz')}-000000{tasks.SLICE_SUFFIX}").write_bytes(b"x")
     owners = {key: ("arxiv", "arxiv/images_2024.tar.gz")}
     taken: set[str] = set()
+    scratch = LocalStore(str(tmp_path))
 
-    first = ingest._complete_slices(str(tmp_path), owners, taken)
-    assert [os.path.basename(d["slice"]) for d in first] == [f"{key}-000000.arrow", f"{key}-000001.arrow"]
+    first = ingest._complete_slices(scratch, "slices", owners, taken)
+    assert [d["slice"] for d in first] == [f"slices/{key}-000000.arrow", f"slices/{key}-000001.arrow"]
     assert {(d["source"], d["archive"]) for d in first} == {("arxiv", "arxiv/images_2024.tar.gz")}
-    assert ingest._complete_slices(str(tmp_path), owners, taken) == []        # never handed out twice
+    assert ingest._complete_slices(scratch, "slices", owners, taken) == []        # never handed out twice
 
-    os.replace(tmp_path / f"{key}-000002{tasks.SLICE_SUFFIX}.tmp99", tmp_path / f"{key}-000002.arrow")
-    later = ingest._complete_slices(str(tmp_path), owners, taken)
+    os.replace(folder / f"{key}-000002{tasks.SLICE_SUFFIX}.tmp99", folder / f"{key}-000002.arrow")
+    later = ingest._complete_slices(scratch, "slices", owners, taken)
     assert [os.path.basename(d["slice"]) for d in later] == [f"{key}-000002.arrow"]
 
 
@@ -48,7 +51,7 @@ def test_fetch_content_takes_each_rows_bytes_from_its_slice_in_any_order(tmp_pat
         "ingest_run_id": "r", "ingested_at": now, "slice": where[i][0], "slice_row": where[i][1]} for i in order]
     batch = pa.RecordBatch.from_pylist(rows)
 
-    out = list(tasks.fetch_content()(iter([batch.slice(0, 20), batch.slice(20)])))
+    out = list(tasks.fetch_content(LocalStore(str(tmp_path)))(iter([batch.slice(0, 20), batch.slice(20)])))
 
     assert len(out) > 2 and all(b.schema == schema for b in out)
     got = pa.Table.from_batches(out)

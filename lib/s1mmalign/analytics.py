@@ -97,6 +97,7 @@ def create_views(spark, cfg: Config, lake: str) -> Views:
     """Create (or replace) every view whose tables exist; drop the others. Idempotent."""
     params = parameters(cfg)
     db = cfg.catalog.database
+    delta_io.register_tables(spark, lake, db)
     created, unavailable = [], {}
     for view in load_views(cfg):
         missing = [t for t in view.requires if not delta_io.exists(spark, lake, t)]

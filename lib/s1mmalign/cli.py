@@ -8,13 +8,15 @@ import os
 import re
 import sys
 from typing import Callable, Sequence
+from urllib.parse import urlparse
 
 from s1mmalign.analytics import ViewError
 from s1mmalign.clip import ClipError
 from s1mmalign.config import ConfigError
+from s1mmalign.lease import LeaseLost
 from s1mmalign.quality import SuiteError
 from s1mmalign.session import LakeBusy
-from s1mmalign.storage import SourceError
+from s1mmalign.storage import SourceError, hadoop_uri, remote
 
 
 class UsageError(Exception):
@@ -25,26 +27,38 @@ class LakeError(UsageError):
     """A lake that lacks what a job needs (e.g. no tables yet)."""
 
 
-def require_lake_folder(lake: str) -> None:
-    """UsageError unless --lake names an existing local folder."""
-    if "://" in lake or not os.path.isdir(lake):
+def lake_uri(lake: str, *, existing: bool = True) -> str:
+    """--lake as the jobs use it: a local folder (existing: it must be one already), or s3://bucket/prefix
+    (given to Spark as s3a://); UsageError otherwise."""
+    if remote(lake):
+        parsed = urlparse(lake)
+        if parsed.scheme not in ("s3", "s3a") or not parsed.netloc:
+            raise UsageError(f"--lake {lake}: use a local folder or s3://bucket/prefix")
+        return hadoop_uri(lake).rstrip("/")
+    if existing and not os.path.isdir(lake):
         raise UsageError(f"--lake {lake} is not a folder")
+    if os.path.exists(lake) and not os.path.isdir(lake):
+        raise UsageError(f"--lake {lake} exists and is not a folder")
+    return lake
 
 
-def require_tables(lake: str, tables: Sequence[str], spark=None) -> None:
-    """LakeError unless every one of `tables` exists (a local lake is checked without Spark)."""
+def require_tables(lake: str, tables: Sequence[str], spark=None, s3=None) -> None:
+    """LakeError unless every one of `tables` exists (checked without Spark when spark is None; s3: the
+    S3 settings for an object-store lake)."""
     from s1mmalign import delta_io, schemas
 
-    missing = [t for t in tables if not delta_io.exists(spark, lake, t)]
+    missing = [t for t in tables if not delta_io.exists(spark, lake, t, s3)]
     if missing:
         jobs = " and ".join(sorted({schemas.producer(t) for t in missing}))
         raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run {jobs} first")
 
 
-def require_out_folder(out: str | None) -> None:
-    """UsageError when --out names something that exists and is not a folder."""
-    if out and os.path.exists(out) and not os.path.isdir(out):
+def require_out_folder(out: str | None) -> str | None:
+    """--out as the jobs use it (s3:// stays as given); UsageError when it names something that exists
+    and is not a folder."""
+    if out and not remote(out) and os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a folder")
+    return out
 
 
 _EXECUTOR_OOM = re.compile(r"exit (code|status):? ?52\b")   # an executor JVM that died of OutOfMemoryError
@@ -89,7 +103,7 @@ class _Parser(argparse.ArgumentParser):
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job takes (--lake, --conf, --log-level)."""
     p = _Parser(prog=prog, description=description)
-    p.add_argument("--lake", required=True, help="lake root: a folder that holds the Delta tables")
+    p.add_argument("--lake", required=True, help="lake root: a folder or s3://bucket/prefix that holds the Delta tables")
     p.add_argument("--conf", default=None, help="an environment config file, e.g. conf/local.yaml")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -106,7 +120,8 @@ def main(prog: str, body: Callable[[], int]) -> None:
     """Run a job body; known failures become one line on stderr and a non-zero exit."""
     try:
         code = body()
-    except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError, LakeBusy) as exc:
+    except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError, LakeBusy,
+            LeaseLost) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

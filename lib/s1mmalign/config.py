@@ -53,8 +53,17 @@ class IngestConf:
 
 @dataclass(frozen=True)
 class S3Conf:
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None       # also AWS_ENDPOINT_URL; http:// turns TLS off for S3A
     region: str = "us-east-1"
+    path_style_access: bool = False       # bucket in the path, not the host name (MinIO, moto, Ceph)
+    max_attempts: int = 10                # per request, with back-off: throttling (503 SlowDown), 5xx, resets
+    connection_timeout_ms: int = 20000
+
+
+@dataclass(frozen=True)
+class LeaseConf:
+    ttl_seconds: int = 120                # a lease not renewed for this long may be taken over
+    heartbeat_seconds: int = 20           # how often the holder renews it
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class Config:
     quality: QualityConf = field(default_factory=QualityConf)
     clip: ClipConf = field(default_factory=ClipConf)
     report: ReportConf = field(default_factory=ReportConf)
+    lease: LeaseConf = field(default_factory=LeaseConf)
 
 
 # Ranges of numeric settings, (lowest, highest) with None for no bound, and the values some settings take:
@@ -125,6 +135,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "quality.partial_unexpected": (0, None),
     "clip.batch_size": (1, None), "clip.decode_threads": (1, None), "clip.text_workers": (-1, None),
     "clip.torch_threads": (0, None),
+    "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, None),
+    "lease.ttl_seconds": (2, None), "lease.heartbeat_seconds": (1, None),
     "report.short_chars": (0, None), "report.review_pairs": (0, None), "report.preview_chars": (0, None),
     "report.score_bin_width": (1e-6, 1), "report.length_bins_per_decade": (1, 1000),
 }
@@ -147,7 +159,9 @@ def _check_value(key: str, value, tp) -> None:
             return
         tp = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is int:
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -243,7 +257,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report"}
+    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     return Config(
@@ -255,4 +269,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         quality=_section(QualityConf, merged.get("quality"), "quality"),
         clip=_section(ClipConf, merged.get("clip"), "clip"),
         report=_section(ReportConf, merged.get("report"), "report"),
+        lease=_section(LeaseConf, merged.get("lease"), "lease"),
     )

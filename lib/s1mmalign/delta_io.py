@@ -6,13 +6,13 @@ import logging
 import os
 from pathlib import Path
 
-from s1mmalign import schemas
+from s1mmalign import lease, schemas
 
 log = logging.getLogger(__name__)
 
 
 def table_path(lake: str, name: str) -> str:
-    """Where table `name` lives under the lake root."""
+    """Where table `name` lives under the lake root (a local path, or the lake's URI: s3a:// for S3)."""
     return str(Path(lake, name).resolve()) if "://" not in lake else f"{lake.rstrip('/')}/{name}"
 
 
@@ -80,7 +80,23 @@ def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
                 pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
                 spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
         if tdef.catalog and not spark.catalog.tableExists(f"{database}.{name}"):
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{path}'")
+            spark.sql(register_statement(lake, database, name))
+
+
+def register_tables(spark, lake: str, database: str) -> list[str]:
+    """Register every catalog table the lake holds as database.<table> (a no-op for those already in the
+    catalog: a local lake's Hive metastore keeps them; an object-store lake's in-memory catalog starts
+    empty in each session); returns their names."""
+    if not spark.catalog.databaseExists(database):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    names = [n for n in schemas.lake_tables() if schemas.table(n).catalog and exists(spark, lake, n)]
+    for name in names:
+        spark.sql(register_statement(lake, database, name))
+    return names
+
+
+def register_statement(lake: str, database: str, name: str) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{table_path(lake, name)}'"
 
 
 def last_metrics(spark, lake: str, name: str) -> dict[str, str]:
@@ -144,6 +160,7 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
     merge = merge.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll()
     if delete_unmatched_when:
         merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
+    lease.check(lake)
     merge.execute()
     return _log_write(spark, lake, name, "merge", before)
 
@@ -151,6 +168,7 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
 def append(spark, lake: str, name: str, df) -> dict[str, str]:
     """Append rows (for callers that have already excluded what the table holds)."""
     before = version(spark, lake, name)
+    lease.check(lake)
     _writer(df, name).mode("append").save(table_path(lake, name))
     return _log_write(spark, lake, name, "append", before)
 
@@ -158,6 +176,7 @@ def append(spark, lake: str, name: str, df) -> dict[str, str]:
 def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:
     """Atomically replace the rows matching `where` with df (one commit)."""
     before = version(spark, lake, name)
+    lease.check(lake)
     _writer(df, name).mode("overwrite").option("replaceWhere", where).save(table_path(lake, name))
     return _log_write(spark, lake, name, f"replace where {where[:80]}", before)
 
@@ -167,18 +186,25 @@ def read(spark, lake: str, name: str):
     return spark.read.format("delta").load(table_path(lake, name))
 
 
-def exists(spark, lake: str, name: str) -> bool:
-    """Whether table `name` exists under the lake (has a commit); spark may be None for a local lake."""
+def exists(spark, lake: str, name: str, s3=None) -> bool:
+    """Whether table `name` exists under the lake (has a commit). Without spark: a local lake from its
+    files, an object-store lake by listing its log (s3: the S3 settings)."""
     from delta.tables import DeltaTable
 
     path = table_path(lake, name)
     if "://" not in lake:
         return os.path.isfile(os.path.join(path, "_delta_log", f"{0:020d}.json"))
+    if spark is None:
+        from s1mmalign.storage import Store
+
+        store = Store.from_uri(lake, getattr(s3, "endpoint_url", None), getattr(s3, "region", None))
+        return any(f.rel.endswith(".json") for f in store.list_dir(f"{name}/_delta_log")[1])
     return DeltaTable.isDeltaTable(spark, path)
 
 
 def replace_all(spark, lake: str, name: str, df) -> dict[str, str]:
     """Atomically replace every row of table `name` with df (one commit)."""
     before = version(spark, lake, name) if exists(spark, lake, name) else -1
+    lease.check(lake)
     _writer(df, name).mode("overwrite").save(table_path(lake, name))
     return _log_write(spark, lake, name, "replace all", before)

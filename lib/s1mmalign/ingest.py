@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -141,9 +139,9 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
         summary.seconds = time.perf_counter() - t_start
         return summary
 
-    job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc),
-                    delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}"), summary,
-                    todo_jsonl, todo_archives)
+    staging = delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}")
+    job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc), staging,
+                    Store.from_uri(staging, cfg.s3.endpoint_url, cfg.s3.region), summary, todo_jsonl, todo_archives)
     _clear_staging(lake, cfg)
     try:
         # Independent stages, run side by side: while one task streams a large archive, the other cores
@@ -176,21 +174,21 @@ def _changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileIn
 
 
 def _clear_staging(lake: str, cfg: Config) -> None:
-    path = delta_io.table_path(lake, cfg.ingest.staging_dir)
-    if "://" not in path:
-        shutil.rmtree(path, ignore_errors=True)
+    """Remove every run's staging under the lake (this run's, and any a crashed run left)."""
+    Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region).remove_tree(cfg.ingest.staging_dir)
 
 
-def _complete_slices(folder: str, owners: dict[str, tuple[str, str]], taken: set[str]) -> list[dict]:
-    """Slice files complete in folder (written aside, renamed when whole) that are not taken yet, as
-    descriptors (source, archive, slice); marks them taken."""
+def _complete_slices(scratch: Store, folder: str, owners: dict[str, tuple[str, str]],
+                     taken: set[str]) -> list[dict]:
+    """Slice files complete under folder of the scratch store (published whole: a listed slice name is a
+    complete file) that are not taken yet, as descriptors (source, archive, slice); marks them taken."""
     ready = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
+    for f in scratch.list_dir(folder)[1]:
+        name = f.rel.rsplit("/", 1)[-1]
         owner = owners.get(name.split("-", 1)[0])
-        if name.endswith(tasks.SLICE_SUFFIX) and owner and path not in taken:
-            taken.add(path)
-            ready.append({"source": owner[0], "archive": owner[1], "slice": path})
+        if name.endswith(tasks.SLICE_SUFFIX) and owner and f.rel not in taken:
+            taken.add(f.rel)
+            ready.append({"source": owner[0], "archive": owner[1], "slice": f.rel})
     return ready
 
 
@@ -222,7 +220,8 @@ class IngestRun:
     lake: str
     run_id: str
     now: datetime
-    staging: str                                # this run's staging folder under the lake
+    staging: str                                # this run's staging folder under the lake (a path or URI)
+    scratch: Store                              # the same folder, for the slice files tasks write and read
     summary: RunSummary
     todo_jsonl: list[tuple[str, FileInfo]]      # (source, file) of the JSONL files to read
     todo_archives: list[Archive]
@@ -232,14 +231,7 @@ class IngestRun:
     def todo_files(self) -> list[str]:
         return [f.rel for _, f in self.todo_jsonl]
 
-    def slice_dir(self) -> str:
-        """Where tasks write image bytes (slice files) for later steps: the staging folder, which the
-        executors must share (a local lake, or a shared file system)."""
-        path = f"{self.staging}/slices"
-        if "://" in path:
-            raise ValueError(f"staging {path} must be on a file system the executors share")
-        os.makedirs(path, exist_ok=True)
-        return path
+    SLICES = "slices"      # the folder of the scratch store where tasks put image bytes for later steps
 
     # --- archives -------------------------------------------------------------------------------------
 
@@ -268,9 +260,8 @@ class IngestRun:
             rows = [{"source": a.source, "archive": a.name, "missing_after": a.missing_after,
                      "parts": json.dumps([{"rel": p.rel, "size": p.size} for p in a.parts])}
                     for a in sorted(self.todo_archives, key=lambda a: -sum(p.size for p in a.parts))]
-            slice_dir = self.slice_dir()
             streamed = _descriptors(self.spark, rows, desc_schema).mapInArrow(
-                tasks.split_archives(self.store, self.cfg.ingest.max_image_bytes, slice_dir,
+                tasks.split_archives(self.store, self.cfg.ingest.max_image_bytes, self.scratch, self.SLICES,
                                      self.cfg.ingest.archive_slice_bytes),
                 facts_schema.spark())
             owners = {tasks.slice_key(a.source, a.name): (a.source, a.name) for a in self.todo_archives}
@@ -280,7 +271,7 @@ class IngestRun:
                 jobs: list = []
                 while not wait([split], timeout=SLICE_POLL_SECONDS).done:
                     if all(j.done() for j in jobs):     # one analysis job at a time while the split runs
-                        ready = _complete_slices(slice_dir, owners, taken)
+                        ready = _complete_slices(self.scratch, self.SLICES, owners, taken)
                         if ready:
                             jobs.append(pool.submit(self._analyse_slices, ready, len(jobs)))
                 split.result()
@@ -311,7 +302,7 @@ class IngestRun:
         slice_schema = T.StructType([T.StructField(c, T.StringType()) for c in ("source", "archive", "slice")])
         path = f"{self.staging}/analysed/{n}"
         delta_io.write_staging(_descriptors(self.spark, slices, slice_schema).mapInArrow(
-            tasks.analyze_slices(image_policy(self.cfg)), schemas.table("image_facts").spark()),
+            tasks.analyze_slices(image_policy(self.cfg), self.scratch), schemas.table("image_facts").spark()),
             path, "image_facts")
         self.members_dirs.append(path)
 
@@ -411,8 +402,8 @@ class IngestRun:
                 ingest_cfg = self.cfg.ingest
                 n_tasks = ingest_cfg.image_tasks or 2 * self.spark.sparkContext.defaultParallelism
                 delta_io.write_staging(need_tree.select("source", "image_path").distinct().repartition(n_tasks)
-                                       .mapInArrow(tasks.read_tree(self.store, image_policy(self.cfg),
-                                                                   self.slice_dir(), ingest_cfg.archive_slice_bytes),
+                                       .mapInArrow(tasks.read_tree(self.store, image_policy(self.cfg), self.scratch,
+                                                                   self.SLICES, ingest_cfg.archive_slice_bytes),
                                                    facts_schema),
                                        f"{self.staging}/tree", "image_facts")
                 tree = self.spark.read.parquet(f"{self.staging}/tree")
@@ -530,7 +521,7 @@ class IngestRun:
                         F.col("source").alias("first_source"), F.col("image_path").alias("first_image_path"),
                         F.lit(self.run_id).alias("ingest_run_id"),
                         F.lit(self.now).cast("timestamp").alias("ingested_at"), "slice", "slice_row")
-                .mapInArrow(tasks.fetch_content(), schemas.table("images").spark()))
+                .mapInArrow(tasks.fetch_content(self.scratch), schemas.table("images").spark()))
 
     def _log_rows(self, parts, chunks, per_file) -> list[dict]:
         """ingest_log rows: one per JSONL file and per archive part read this run."""

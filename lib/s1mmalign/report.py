@@ -15,6 +15,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from s1mmalign import storage
+from s1mmalign.storage import remote
+
 CAPTION, RECAPTION = "#d95f02", "#1b9e77"     # one colour per field on every plot
 FIELD_LABEL = {"caption": "raw caption", "recaption": "recaption (AI)"}
 
@@ -307,15 +310,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write(out: str, summary: dict) -> dict[str, str]:
-    """Write the plots, summary.json and report.html into `out` (each file replaced whole)."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+def write(out: str, summary: dict, s3=None) -> dict[str, str]:
+    """Write the plots, summary.json and report.html into `out`, a folder or s3:// (each file replaced
+    whole); s3: the S3 settings."""
     plots = make_plots(summary)
-    for name, png in plots.items():
-        _write_atomic(folder / name, png)
     summary = {**summary, "plots": sorted(plots)}
-    _write_atomic(folder / "summary.json", json.dumps(summary, indent=1, sort_keys=True).encode("utf-8"))
-    _write_atomic(folder / "report.html", render_html(summary, plots).encode("utf-8"))
-    return {"report": str(folder / "report.html"), "summary": str(folder / "summary.json"),
-            "plots": sorted(plots)}
+    with storage.output_folder(out, getattr(s3, "endpoint_url", None), getattr(s3, "region", None)) as local:
+        folder = Path(local)
+        for name, png in plots.items():
+            _write_atomic(folder / name, png)
+        _write_atomic(folder / "summary.json", json.dumps(summary, indent=1, sort_keys=True).encode("utf-8"))
+        _write_atomic(folder / "report.html", render_html(summary, plots).encode("utf-8"))
+    where = out.rstrip("/") if remote(out) else str(Path(out))
+    return {"report": f"{where}/report.html", "summary": f"{where}/summary.json", "plots": sorted(plots)}

@@ -90,7 +90,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec, mode
     model_id: clip.model_id(spec) when the caller has it already (it hashes the whole checkpoint).
     """
     started = time.monotonic()
-    cli.require_tables(lake, NEEDED)
+    cli.require_tables(lake, NEEDED, spark)
     mid = model_id or clip.model_id(spec)   # reads (for s3://, downloads) the checkpoint on the driver
     delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="score_clip")
     todo = unscored(spark, lake, mid).localCheckpoint()     # small: ids and captions, no image bytes

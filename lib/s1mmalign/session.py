@@ -1,7 +1,8 @@
-"""The one place that builds a SparkSession: Delta extension and catalog, Hive metastore in the lake."""
+"""The one place that builds a SparkSession: Delta extension and catalog, S3A, the catalog, the lake's lease."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from s1mmalign.config import Config
 from s1mmalign.resources import repo_root
+from s1mmalign.storage import remote
 
 
 def delta_jars() -> list[str]:
@@ -18,7 +20,12 @@ def delta_jars() -> list[str]:
 
 
 def catalog_settings(lake: str, cfg: Config) -> dict[str, str]:
-    """Hive metastore settings that put the catalog beside the tables, for jobs and spark-sql alike."""
+    """Catalog settings for jobs and spark-sql alike. A local lake keeps a Hive metastore (embedded Derby)
+    beside its tables, so a later spark-sql session sees them; an object-store lake cannot hold Derby's
+    files, so each session registers the tables in Spark's in-memory catalog (delta_io.ensure_tables;
+    sqlshell does it with an init script)."""
+    if remote(lake):
+        return {"spark.sql.catalogImplementation": "in-memory"}
     meta = Path(lake, cfg.catalog.metastore_dir).resolve()
     return {
         "spark.sql.catalogImplementation": "hive",
@@ -28,6 +35,31 @@ def catalog_settings(lake: str, cfg: Config) -> dict[str, str]:
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
     }
+
+
+def s3a_settings(cfg: Config) -> dict[str, str]:
+    """Spark's S3A file system (hadoop-aws, from build.sh's jars) for s3:// and s3a:// paths, set as boto3
+    is: endpoint and region from conf or AWS_ENDPOINT_URL, retries with back-off. Credentials are never
+    set here: S3A reads them from the AWS chain (environment, profile, instance or pod role)."""
+    s3 = cfg.s3
+    attempts = str(s3.max_attempts)
+    settings = {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",   # s3:// as s3a:// in spark-sql
+        "spark.hadoop.fs.s3a.endpoint.region": s3.region,
+        "spark.hadoop.fs.s3a.path.style.access": str(s3.path_style_access).lower(),
+        "spark.hadoop.fs.s3a.attempts.maximum": attempts,          # the SDK's own retries of one request
+        "spark.hadoop.fs.s3a.retry.limit": attempts,               # S3A's retries of transient failures
+        "spark.hadoop.fs.s3a.retry.interval": "500ms",
+        "spark.hadoop.fs.s3a.retry.throttle.limit": attempts,      # 503 SlowDown
+        "spark.hadoop.fs.s3a.retry.throttle.interval": "200ms",
+        "spark.hadoop.fs.s3a.connection.establish.timeout": f"{s3.connection_timeout_ms}ms",
+        # Delta lists _delta_log often: no per-list directory-marker probes
+        "spark.hadoop.fs.s3a.directory.marker.retention": "keep",
+    }
+    if s3.endpoint_url:
+        settings["spark.hadoop.fs.s3a.endpoint"] = s3.endpoint_url
+        settings["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(not s3.endpoint_url.startswith("http://")).lower()
+    return settings
 
 
 def session_settings(lake: str, cfg: Config) -> dict[str, str]:
@@ -49,6 +81,7 @@ def session_settings(lake: str, cfg: Config) -> dict[str, str]:
         "spark.sql.maxConcurrentOutputFileWriters": "12",
         # Delta reads a table's log with this many tasks (its default, 50, is far too many for small logs).
         "spark.databricks.delta.snapshotPartitions": str(snapshot_partitions(cfg)),
+        **s3a_settings(cfg),
         **catalog_settings(lake, cfg),
     }
     jars = delta_jars()
@@ -63,55 +96,47 @@ def snapshot_partitions(cfg: Config) -> int:
     return cfg.spark.delta_snapshot_partitions or min(50, max(2, cfg.spark.shuffle_partitions))
 
 
+def apply_s3a(spark, cfg: Config) -> None:
+    """Set s3a_settings(cfg) on a running session (one built before the endpoint was known, e.g. in a
+    notebook); S3A file systems made from then on (one per bucket) use them."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in s3a_settings(cfg).items():
+        conf.set(key[len("spark.hadoop."):], value)
+
+
 class LakeBusy(Exception):
-    """The lake is in use by another job, cannot be written at all, or has a damaged Delta log."""
+    """The lake is written by another job, cannot be written at all, or has a damaged Delta log."""
 
 
-_held_locks: dict[str, object] = {}
+def take_lease(lake: str, cfg: Config) -> None:
+    """Hold the lake's lease for this process (lease.py): a second writer stops here with one line
+    naming the holder, before Spark starts; so does a lake that cannot be written."""
+    from s1mmalign import lease
+    from s1mmalign.storage import Store
 
-
-def lock_lake(lake: str) -> None:
-    """Hold the lake for this process (released when it exits, however it exits, kill -9 included).
-
-    Jobs write the lake's tables and its embedded catalog, which only one process may open at a time: a
-    second job on the same lake stops here with one line naming the holder, before Spark starts. A lake
-    that cannot be written stops here too. Object-store lakes are not locked here.
-    """
-    import fcntl
-    import json
-    import time
-
-    if "://" in lake or lake in _held_locks:
-        return
-    path = os.path.join(lake, ".s1mmalign.lock")
     try:
-        os.makedirs(lake, exist_ok=True)
-        handle = open(path, "a+", encoding="utf-8")
+        if not remote(lake):
+            os.makedirs(lake, exist_ok=True)
+        lease.hold(Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region), lake,
+                   cfg.lease.ttl_seconds, cfg.lease.heartbeat_seconds)
+    except lease.LeaseHeld as exc:
+        raise LakeBusy(str(exc)) from None
     except OSError as exc:
         raise LakeBusy(f"lake {lake} cannot be written: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        raise LakeBusy(f"lake {lake} is in use by another job ({holder or 'unknown'}); "
-                       f"run one job at a time on a lake") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps({"job": os.path.basename(sys.argv[0]) if sys.argv else "?", "pid": os.getpid(),
-                             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
-    handle.flush()
-    _held_locks[lake] = handle
+    except Exception as exc:      # botocore: no bucket, no access, no endpoint
+        raise LakeBusy(f"lake {lake} cannot be written: {type(exc).__name__}: {exc}") from None
+    atexit.register(lease.release_all)
 
 
-def build(lake: str, cfg: Config):
-    """Get or create the session for a job over `lake` (held by this process: see lock_lake)."""
+def build(lake: str, cfg: Config, write: bool = True):
+    """Get or create the session for a job over `lake` (a URI from storage.hadoop_uri); a job that
+    writes holds the lake's lease first (take_lease)."""
     from pyspark.sql import SparkSession
 
     from s1mmalign.delta_io import damaged_logs
 
-    lock_lake(lake)
+    if write:
+        take_lease(lake, cfg)
     damaged = damaged_logs(lake)
     if damaged:
         raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
@@ -124,6 +149,8 @@ def build(lake: str, cfg: Config):
         builder = builder.master(cfg.spark.master)
     for key, value in session_settings(lake, cfg).items():
         builder = builder.config(key, value)
+    if remote(lake):
+        return builder.getOrCreate()
     spark = builder.enableHiveSupport().getOrCreate()
     # Derby (the embedded metastore) boots on first catalog use: keep its log beside the catalog.
     meta = Path(lake, cfg.catalog.metastore_dir).resolve()
@@ -133,12 +160,16 @@ def build(lake: str, cfg: Config):
 
 
 def stop(spark) -> None:
-    """Stop the session; a JVM that already died (e.g. out of memory) leaves nothing to stop, and must not
-    hide the error that the job is about to report."""
+    """Stop the session and give the lake's lease back; a JVM that already died (e.g. out of memory)
+    leaves nothing to stop, and must not hide the error that the job is about to report."""
+    from s1mmalign import lease
+
     try:
         spark.stop()
     except Exception:   # py4j errors: the gateway is gone
         logging.getLogger(__name__).debug("the Spark JVM was already gone at stop", exc_info=True)
+    finally:
+        lease.release_all()
 
 
 def jvm_exit_code() -> int | None:

@@ -1,7 +1,9 @@
 """spark-sql over a lake's catalog: `python -m s1mmalign.sqlshell --lake LAKE [spark-sql args...]`.
 
-The jobs register their tables as s1mmalign.<table> in a Hive metastore kept under the lake; this
+The jobs register their tables as s1mmalign.<table> in a Hive metastore kept under a local lake; this
 starts Spark's own spark-sql CLI on that metastore, e.g. `... -e "SELECT count(*) FROM s1mmalign.pairs"`.
+For a lake on S3 (s3://bucket/prefix), whose catalog lives only in a session, an init script registers
+the tables it holds first. Reads only: it takes no lease.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from s1mmalign import config, session
+from s1mmalign import config, delta_io, schemas, session
+from s1mmalign.storage import SourceError, hadoop_uri, remote
 
 
 def command(lake: str, cfg: config.Config, extra: list[str]) -> list[str]:
@@ -27,17 +30,39 @@ def command(lake: str, cfg: config.Config, extra: list[str]) -> list[str]:
     return cmd + extra
 
 
+def _init_script(lake: str, cfg: config.Config, tables: list[str]) -> str:
+    """A spark-sql init file that registers the lake's tables in the session's catalog."""
+    import tempfile
+
+    db = cfg.catalog.database
+    lines = [f"CREATE DATABASE IF NOT EXISTS {db};"]
+    lines += [delta_io.register_statement(lake, db, t) + ";" for t in tables]
+    fd, path = tempfile.mkstemp(prefix="s1mmalign-sql-", suffix=".sql")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="s1mmalign.sqlshell", description=__doc__.splitlines()[0])
     p.add_argument("--lake", required=True)
     p.add_argument("--conf", default=None)
     args, extra = p.parse_known_args(argv)
-    if not Path(args.lake, "pairs").is_dir():
+    cfg = config.load(args.conf)
+    lake = hadoop_uri(args.lake) if remote(args.lake) else args.lake
+    try:
+        tables = [t for t in schemas.lake_tables() if schemas.table(t).catalog
+                  and delta_io.exists(None, lake, t, cfg.s3)]
+    except SourceError as exc:
+        print(f"sqlshell: error: {exc}", file=sys.stderr)
+        return 2
+    if "pairs" not in tables:
         print(f"sqlshell: error: no lake at {args.lake} (run jobs/ingest.py first)", file=sys.stderr)
         return 2
-    cfg = config.load(args.conf)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    cmd = command(args.lake, cfg, extra)
+    if remote(lake):
+        extra = ["-i", _init_script(lake, cfg, tables)] + extra
+    cmd = command(lake, cfg, extra)
     os.execv(cmd[0], cmd)
     return 0  # not reached
 

@@ -1,10 +1,15 @@
-"""Reading a source root on local disk or S3 (boto3), by paths relative to that root."""
+"""Files under a root on local disk or S3 (boto3), by paths relative to that root: reading a source
+root, and the lake's own files besides its Delta tables (lease, staging slices, Data Docs, reports)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -18,6 +23,10 @@ class SourceError(Exception):
 class StoreError(OSError):
     """A file the store refuses to read: a link out of the source root, not a regular file (a FIFO, a
     device, a socket), or over the size asked for. Its message is the detail a quarantine row keeps."""
+
+
+class Conflict(Exception):
+    """A conditional write refused: the file exists (create), or it changed since read (replace)."""
 
 
 class TooLarge(StoreError):
@@ -70,6 +79,71 @@ class Store:
         """The root folder's own name."""
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 
+    def child(self, rel: str) -> "Store":
+        """The store rooted at the folder `rel` under this root."""
+        raise NotImplementedError
+
+    # --- writing (the lake's own files) -------------------------------------------------------------
+
+    def get(self, rel: str) -> tuple[bytes, str] | None:
+        """A small file's bytes and version (what put(if_match=...) compares), or None when absent."""
+        raise NotImplementedError
+
+    def put(self, rel: str, data: bytes, *, create: bool = False, if_match: str | None = None) -> str:
+        """Write a small file whole; returns its new version. create: only when no such file exists;
+        if_match: only when the file's version is still this one. Conflict when the condition fails."""
+        raise NotImplementedError
+
+    def delete(self, rel: str, if_match: str | None = None) -> None:
+        """Remove a file (absent is fine); with if_match only while its version is still this one."""
+        raise NotImplementedError
+
+    def spool(self, rel: str) -> str:
+        """A local path to write `rel`'s bytes to before put_file (beside it, on a local root)."""
+        raise NotImplementedError
+
+    def put_file(self, rel: str, local: str) -> None:
+        """Publish a complete local file as `rel` at once (readers never see part of it); `local` is gone
+        afterwards."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str):
+        """A local path holding `rel`'s bytes for the duration (the file itself on a local root)."""
+        raise NotImplementedError
+        yield
+
+    def remove_tree(self, rel: str) -> None:
+        """Remove the folder `rel` and everything under it (absent is fine)."""
+        raise NotImplementedError
+
+    def upload_tree(self, local: str, rel: str) -> int:
+        """Copy every file under the local folder into `rel` (replacing files of the same name); returns
+        how many."""
+        count = 0
+        for folder, _, names in os.walk(local):
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                dest = "/".join(p for p in (rel, os.path.relpath(path, local).replace(os.sep, "/")) if p)
+                spooled = self.spool(dest)
+                shutil.copyfile(path, spooled)
+                self.put_file(dest, spooled)
+                count += 1
+        return count
+
+    def download_tree(self, rel: str, local: str) -> int:
+        """Copy every file under `rel` into the local folder; returns how many (0: no such folder)."""
+        count = 0
+        dirs, files = self.list_dir(rel)
+        os.makedirs(local, exist_ok=True)
+        for f in files:
+            with self.local_copy(f.rel) as path:
+                shutil.copyfile(path, os.path.join(local, f.rel.rsplit("/", 1)[-1]))
+            count += 1
+        for d in dirs:
+            count += self.download_tree(f"{rel}/{d}" if rel else d, os.path.join(local, d))
+        return count
+
     @staticmethod
     def from_uri(uri: str, endpoint_url: str | None = None, region: str | None = None) -> "Store":
         """A LocalStore for a path or file:// URI, an S3Store for s3://bucket/prefix."""
@@ -84,6 +158,34 @@ class Store:
         return LocalStore(os.path.abspath(path))
 
 
+def remote(uri: str) -> bool:
+    """Whether `uri` names an object store (s3://, s3a://), not a local path."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def hadoop_uri(uri: str) -> str:
+    """The URI Spark's Hadoop file systems take for `uri`: s3:// becomes s3a:// (S3A), a local path is
+    made absolute."""
+    if uri.startswith("s3://"):
+        return "s3a://" + uri[len("s3://"):]
+    if "://" in uri:
+        return uri
+    return os.path.abspath(uri)
+
+
+@contextlib.contextmanager
+def output_folder(out: str, endpoint_url: str | None = None, region: str | None = None):
+    """A local folder to write a job's output files into: `out` itself when local; for s3:// a temporary
+    folder whose files are uploaded to `out` (each object whole) when the block ends without error."""
+    if not remote(out):
+        os.makedirs(out, exist_ok=True)
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="s1mmalign-out-") as folder:
+        yield folder
+        Store.from_uri(out, endpoint_url, region).upload_tree(folder, "")
+
+
 class LocalStore(Store):
     def __init__(self, root: str):
         self.root = root
@@ -92,6 +194,80 @@ class LocalStore(Store):
 
     def parent(self) -> "Store":
         return LocalStore(os.path.dirname(self.root))
+
+    def child(self, rel: str) -> "Store":
+        return LocalStore(self._full(rel))
+
+    def get(self, rel: str) -> tuple[bytes, str] | None:
+        try:
+            with open(self._full(rel), "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put(self, rel: str, data: bytes, *, create: bool = False, if_match: str | None = None) -> str:
+        import fcntl
+
+        path = self._full(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}-{os.urandom(4).hex()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            if create:      # an exclusive create of the complete file: link(2) fails when the name exists
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise Conflict(f"{rel} exists") from None
+            else:
+                # A conditional replace: compare and swap under a short lock of a guard file beside it
+                # (every writer of this file takes it), so no other writer slips in between.
+                with open(f"{path}.guard", "a+b") as guard:
+                    fcntl.flock(guard, fcntl.LOCK_EX)
+                    if if_match is not None:
+                        now = self.get(rel)
+                        if now is None or now[1] != if_match:
+                            raise Conflict(f"{rel} changed")
+                    os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        return hashlib.sha256(data).hexdigest()
+
+    def delete(self, rel: str, if_match: str | None = None) -> None:
+        import fcntl
+
+        path = self._full(rel)
+        if not os.path.exists(path):
+            return
+        with open(f"{path}.guard", "a+b") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            if if_match is not None:
+                now = self.get(rel)
+                if now is not None and now[1] != if_match:
+                    raise Conflict(f"{rel} changed")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    def spool(self, rel: str) -> str:
+        path = self._full(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return f"{path}.tmp{os.getpid()}"
+
+    def put_file(self, rel: str, local: str) -> None:
+        path = self._full(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(local, path)
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str):
+        yield self._full(rel)
+
+    def remove_tree(self, rel: str) -> None:
+        shutil.rmtree(self._full(rel), ignore_errors=True)
 
     def _full(self, rel: str) -> str:
         return os.path.join(self.root, *rel.split("/")) if rel else self.root
@@ -188,6 +364,76 @@ class S3Store(Store):
     def parent(self) -> "Store":
         return S3Store(self.bucket, self.prefix.rpartition("/")[0], self.endpoint_url, self.region)
 
+    def child(self, rel: str) -> "Store":
+        return S3Store(self.bucket, self._key(rel), self.endpoint_url, self.region)
+
+    def get(self, rel: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(rel))
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        with contextlib.closing(response["Body"]) as body:
+            return body.read(), response["ETag"]
+
+    def put(self, rel: str, data: bytes, *, create: bool = False, if_match: str | None = None) -> str:
+        from botocore.exceptions import ClientError
+
+        conditions = {"IfNoneMatch": "*"} if create else {"IfMatch": if_match} if if_match else {}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, **conditions)["ETag"]
+        except ClientError as exc:
+            # 412: the condition failed; 409: a concurrent conditional write to the same key won
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise Conflict(f"{rel}: {_code(exc)}") from None
+            if _code(exc) in ("NoSuchKey", "404") and if_match:
+                raise Conflict(f"{rel} is gone") from None
+            raise
+
+    def delete(self, rel: str, if_match: str | None = None) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(rel),
+                                      **({"IfMatch": if_match} if if_match else {}))
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return
+            if _code(exc) in ("PreconditionFailed", "412"):
+                raise Conflict(f"{rel} changed") from None
+            raise
+
+    def spool(self, rel: str) -> str:
+        fd, path = tempfile.mkstemp(prefix="s1mmalign-", suffix="-" + rel.rsplit("/", 1)[-1])
+        os.close(fd)
+        return path
+
+    def put_file(self, rel: str, local: str) -> None:
+        try:
+            self.client.upload_file(local, self.bucket, self._key(rel))   # multipart above 8 MB
+        finally:
+            os.remove(local)
+
+    @contextlib.contextmanager
+    def local_copy(self, rel: str):
+        path = self.spool(rel)
+        try:
+            self.client.download_file(self.bucket, self._key(rel), path)
+            yield path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    def remove_tree(self, rel: str) -> None:
+        prefix = self._key(rel).rstrip("/") + "/"
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
     def _key(self, rel: str) -> str:
         return "/".join(p for p in (self.prefix, rel) if p)
 
@@ -241,6 +487,10 @@ class S3Store(Store):
         if len(data) > limit:
             raise TooLarge(len(data), limit)
         return data
+
+
+def _code(exc) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class _Limited:

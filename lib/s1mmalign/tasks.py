@@ -243,12 +243,14 @@ def slice_key(source: str, archive: str) -> str:
 
 
 class _SliceWriter:
-    """Member bytes of one archive into Arrow IPC files of about `limit` bytes each, written aside and
-    renamed when complete (a retried or speculative task rewrites the same names with the same bytes)."""
+    """Member bytes of one archive into Arrow IPC files of about `limit` bytes each under `folder` of the
+    scratch store, each written aside (a local spool file) and published whole when complete: renamed on
+    a local or shared disk, uploaded on S3 (a retried or speculative task rewrites the same names with
+    the same bytes)."""
 
-    def __init__(self, folder: str, key: str, limit: int):
-        self.folder, self.key, self.limit = folder, key, limit
-        self.done: list[tuple[str, int, int]] = []     # (path, members, bytes) of complete slices
+    def __init__(self, scratch: Store, folder: str, key: str, limit: int):
+        self.scratch, self.folder, self.key, self.limit = scratch, folder, key, limit
+        self.done: list[tuple[str, int, int]] = []     # (name, members, bytes) of complete slices
         self._names: list[str] = []
         self._blobs: list[bytes] = []
         self._ordinals: list[int | None] = []
@@ -257,11 +259,10 @@ class _SliceWriter:
         self._members = self._bytes = 0
 
     def add(self, name: str, data: bytes, ordinal: int | None = None) -> tuple[str, int]:
-        """Store one member; returns the slice file and row that hold it."""
+        """Store one member; returns the slice file (its name in the scratch store) and row that hold it."""
         if self._writer is None:
-            os.makedirs(self.folder, exist_ok=True)
-            self._path = os.path.join(self.folder, f"{self.key}-{len(self.done):06d}{SLICE_SUFFIX}")
-            self._tmp = f"{self._path}.tmp{os.getpid()}"
+            self._path = f"{self.folder}/{self.key}-{len(self.done):06d}{SLICE_SUFFIX}"
+            self._tmp = self.scratch.spool(self._path)
             self._sink = pa.OSFile(self._tmp, "wb")
             self._writer = pa.ipc.new_file(self._sink, SLICE_SCHEMA)
         where = (self._path, self._members)
@@ -291,16 +292,17 @@ class _SliceWriter:
         self._flush()
         self._writer.close()
         self._sink.close()
-        os.replace(self._tmp, self._path)
+        self.scratch.put_file(self._path, self._tmp)
         self.done.append((self._path, self._members, self._bytes))
         self._writer = self._sink = None
         self._members = self._bytes = 0
 
 
-def split_archives(store: Store, max_bytes: int, slice_dir: str, slice_bytes: int) -> Callable:
+def split_archives(store: Store, max_bytes: int, scratch: Store, slice_dir: str, slice_bytes: int) -> Callable:
     """Stream whole archives (one per input row) and cut their members into slices for analysis tasks.
 
-    Member bytes go to Arrow IPC files under slice_dir of about slice_bytes each, never through the JVM.
+    Member bytes go to Arrow IPC files under slice_dir of the scratch store (the run's staging folder,
+    which every executor reaches: a shared disk or S3) of about slice_bytes each, never through the JVM.
     Yields a 'slice' row per file (image_path: its path, members, image_bytes), a 'member' row per member
     that is not read (over max_bytes), and a 'part' row per archive part (status, checksum, members).
     """
@@ -311,7 +313,7 @@ def split_archives(store: Store, max_bytes: int, slice_dir: str, slice_bytes: in
             parts = [archives.PartStats(p["rel"], p["size"]) for p in json.loads(d["parts"])]
             stream = archives.ChainedParts(parts, store.open)
             result = archives.StreamResult()
-            slices = _SliceWriter(slice_dir, slice_key(d["source"], d["archive"]), slice_bytes)
+            slices = _SliceWriter(scratch, slice_dir, slice_key(d["source"], d["archive"]), slice_bytes)
             for member in archives.iter_members(stream, max_bytes, result):
                 if member.data is None:
                     yield _facts_row(d["source"], member.name, d["archive"],
@@ -333,8 +335,9 @@ def split_archives(store: Store, max_bytes: int, slice_dir: str, slice_bytes: in
     return run
 
 
-def analyze_slices(policy: images.ImagePolicy) -> Callable:
-    """The per-image work over slice files (one per input row: source, archive, slice): a member row each.
+def analyze_slices(policy: images.ImagePolicy, scratch: Store) -> Callable:
+    """The per-image work over slice files of the scratch store (one per input row: source, archive,
+    slice): a member row each.
 
     Rows record the Spark task that analysed them (`task`: its attempt id, unique in the application),
     so a run can show how one archive's members spread over tasks.
@@ -347,7 +350,7 @@ def analyze_slices(policy: images.ImagePolicy) -> Callable:
         ctx = TaskContext.get()
         task = ctx.taskAttemptId() if ctx is not None else None
         for d in _descriptors(batches):
-            with pa.memory_map(d["slice"]) as source:
+            with scratch.local_copy(d["slice"]) as path, pa.memory_map(path) as source:
                 reader = pa.ipc.open_file(source)
                 n = 0
                 for i in range(reader.num_record_batches):
@@ -386,7 +389,8 @@ def _part_rows(d: dict, parts: list[archives.PartStats], result: archives.Stream
                "image_bytes": part.bytes_read, "members": part.members}
 
 
-def read_tree(store: Store, policy: images.ImagePolicy, slice_dir: str, slice_bytes: int) -> Callable:
+def read_tree(store: Store, policy: images.ImagePolicy, scratch: Store, slice_dir: str,
+              slice_bytes: int) -> Callable:
     """Read images from the unpacked tree, one per input row (source, image_path); the bytes of good
     ones go to this task's slice files, as archive members' do."""
     from pyspark import TaskContext
@@ -396,7 +400,7 @@ def read_tree(store: Store, policy: images.ImagePolicy, slice_dir: str, slice_by
     def rows(batches):
         ctx = TaskContext.get()
         key = f"tree-{ctx.stageId()}-{ctx.partitionId()}" if ctx is not None else f"tree-{os.getpid()}"
-        slices = _SliceWriter(slice_dir, key, slice_bytes)
+        slices = _SliceWriter(scratch, slice_dir, key, slice_bytes)
         for d in _descriptors(batches):
             try:
                 data = store.read(f"{d['source']}/{d['image_path']}", policy.max_bytes)
@@ -419,9 +423,10 @@ def read_tree(store: Store, policy: images.ImagePolicy, slice_dir: str, slice_by
     return run
 
 
-def fetch_content() -> Callable:
+def fetch_content(scratch: Store) -> Callable:
     """images rows without `content` but with (slice, slice_row) in; the same rows with the original
-    bytes read back from the slice files out (the only time image bytes pass through the JVM).
+    bytes read back from the slice files of the scratch store out (the only time image bytes pass
+    through the JVM).
 
     Columnar: each output batch (about BATCH_BYTES of images) takes its bytes from the memory-mapped
     slices with one Arrow `take` per run of rows from the same slice; no value becomes a Python object.
@@ -436,11 +441,15 @@ def fetch_content() -> Callable:
                 runs = zip(part.column("slice").to_pylist(), part.column("slice_row").to_pylist())
                 for path, run_rows in groupby(runs, key=itemgetter(0)):    # one take per slice file run
                     if reader is None or reader.path != path:
-                        reader = _SliceReader(path)
+                        if reader is not None:
+                            reader.close()
+                        reader = _SliceReader(scratch, path)
                     pieces.append(reader.take([row for _, row in run_rows]))
                 yield pa.RecordBatch.from_arrays(
                     [pa.concat_arrays(pieces) if f.name == "content" else part.column(f.name).cast(f.type)
                      for f in schema], schema=schema)
+        if reader is not None:
+            reader.close()
     return run
 
 
@@ -458,11 +467,17 @@ def _byte_bounded(batch: pa.RecordBatch, size_column: str, limit: int) -> Iterat
 
 
 class _SliceReader:
-    """Rows of one slice file by number (memory-mapped: reading rows costs only their bytes)."""
+    """Rows of one slice file by number (memory-mapped: reading rows costs only their bytes; a slice on
+    S3 is downloaded once, to a local file, for as long as the reader is open)."""
 
-    def __init__(self, path: str):
+    def __init__(self, scratch: Store, path: str):
         self.path = path
-        self.table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+        self._copy = scratch.local_copy(path)
+        self.table = pa.ipc.open_file(pa.memory_map(self._copy.__enter__())).read_all()
 
     def take(self, rows: list[int]) -> pa.Array:
         return self.table.column(1).take(pa.array(rows, pa.int64())).combine_chunks()
+
+    def close(self) -> None:
+        self.table = None
+        self._copy.__exit__(None, None, None)

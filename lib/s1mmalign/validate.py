@@ -13,7 +13,10 @@ also judged for layout, and only a path that fits its layout is checked against 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,8 +27,9 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import cli, dedup, delta_io, quality, resources, schemas
+from s1mmalign import cli, dedup, delta_io, quality, resources, schemas, storage
 from s1mmalign.config import Config
+from s1mmalign.storage import Store, remote
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +157,27 @@ def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
             .unionByName(quarantine.select(F.lit(1).alias("quarantined"))))
 
 
-def _docs_dir(cfg: Config, lake: str, out: str | None) -> str:
-    return str(Path(out).resolve()) if out else str(Path(lake, cfg.quality.docs_dir).resolve())
+@contextlib.contextmanager
+def _quality_folders(cfg: Config, lake: str, out: str | None):
+    """(Great Expectations' project folder, Data Docs folder, where the docs end up) on local disk. A local
+    lake keeps the project under itself; an object-store lake's project is copied down for the run and
+    back up after it, and Data Docs built for an s3:// target are uploaded when the block ends."""
+    s3 = cfg.s3
+    q = cfg.quality
+    target = out or (f"{lake}/{q.docs_dir}" if remote(lake) else str(Path(lake, q.docs_dir).resolve()))
+    if not remote(target):
+        target = str(Path(target).resolve())
+    with contextlib.ExitStack() as stack:
+        if remote(lake):
+            store = Store.from_uri(lake, s3.endpoint_url, s3.region)
+            context = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="s1mmalign-gx-")), "gx")
+            store.download_tree(q.context_dir, context)
+        else:
+            context = str(Path(lake, q.context_dir).resolve())
+        docs = stack.enter_context(storage.output_folder(target, s3.endpoint_url, s3.region))
+        yield context, docs, target
+        if remote(lake):
+            store.upload_tree(context, q.context_dir)
 
 
 def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
@@ -196,33 +219,34 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
              time.monotonic() - t0)
 
     t0 = time.monotonic()
-    runner = quality.Runner(str(Path(lake, q.context_dir).resolve()), _docs_dir(cfg, lake, out),
-                            q.partial_unexpected)
-    params = parameters(cfg)
-    for suite in quality.load_suites():
-        schema_suite = suite.name.startswith("schema.")
-        frame = raw.get(suite.table) if schema_suite else frames.get(suite.table)
-        if frame is None:
-            if suite.table != "clip_scores":
-                raise quality.SuiteError(f"suite {suite.name}: no frame named {suite.table!r}")
-            log.info("suite %s: skipped (no clip_scores table yet)", suite.name)
-            continue
-        results = runner.run(suite, frame, params, outcome.run_id)
-        outcome.results += results
-        failed = [r.expectation for r in results if not r.success]
-        log.info("suite %s: %d expectations, %d failed%s", suite.name, len(results), len(failed),
-                 f" ({', '.join(failed)})" if failed else "")
-    for frame in frames.values():
-        frame.unpersist()
-    log.info("stage suites: %d expectations in %.1fs", len(outcome.results), time.monotonic() - t0)
+    with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
+        runner = quality.Runner(context_dir, docs_dir, q.partial_unexpected)
+        params = parameters(cfg)
+        for suite in quality.load_suites():
+            schema_suite = suite.name.startswith("schema.")
+            frame = raw.get(suite.table) if schema_suite else frames.get(suite.table)
+            if frame is None:
+                if suite.table != "clip_scores":
+                    raise quality.SuiteError(f"suite {suite.name}: no frame named {suite.table!r}")
+                log.info("suite %s: skipped (no clip_scores table yet)", suite.name)
+                continue
+            results = runner.run(suite, frame, params, outcome.run_id)
+            outcome.results += results
+            failed = [r.expectation for r in results if not r.success]
+            log.info("suite %s: %d expectations, %d failed%s", suite.name, len(results), len(failed),
+                     f" ({', '.join(failed)})" if failed else "")
+        for frame in frames.values():
+            frame.unpersist()
+        log.info("stage suites: %d expectations in %.1fs", len(outcome.results), time.monotonic() - t0)
 
-    t0 = time.monotonic()
-    result_rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r))
-                   for r in outcome.results]
-    tdef = schemas.table("quality_results")
-    results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in result_rows], tdef.spark())
-    delta_io.merge_on_key(spark, lake, "quality_results", results_df)
-    outcome.docs_index = runner.build_docs()
+        t0 = time.monotonic()
+        result_rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r))
+                       for r in outcome.results]
+        tdef = schemas.table("quality_results")
+        results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in result_rows], tdef.spark())
+        delta_io.merge_on_key(spark, lake, "quality_results", results_df)
+        runner.build_docs()
+    outcome.docs_index = f"{docs_target.rstrip('/')}/index.html"
     outcome.seconds = time.monotonic() - started
     log.info("stage results: %d rows to quality_results, Data Docs at %s in %.1fs", len(result_rows),
              outcome.docs_index, time.monotonic() - t0)

@@ -1,0 +1,147 @@
+"""The lake's lease (one writer per lake) on a local lake and on moto's S3 server: exclusive create,
+refusal naming the holder, takeover after expiry or of a dead process, renewal, loss, release."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN
+from helpers import free_port, wait_port
+
+from s1mmalign import lease
+from s1mmalign.lease import LEASE_FILE, Lease, LeaseHeld, LeaseLost
+from s1mmalign.storage import Conflict, LocalStore, S3Store
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(str(tmp_path))
+    endpoint = request.getfixturevalue("moto_endpoint")
+    bucket = f"lease-{os.urandom(4).hex()}"
+    s3 = S3Store(bucket, "lake", endpoint, "us-east-1")
+    s3.client.create_bucket(Bucket=bucket)
+    return s3
+
+
+def test_conditional_puts(store):
+    v1 = store.put("f", b"one", create=True)
+    with pytest.raises(Conflict):
+        store.put("f", b"two", create=True)              # exists
+    assert store.get("f") == (b"one", v1)
+    v2 = store.put("f", b"two", if_match=v1)
+    with pytest.raises(Conflict):
+        store.put("f", b"three", if_match=v1)            # changed since v1
+    with pytest.raises(Conflict):
+        store.delete("f", if_match=v1)
+    store.delete("f", if_match=v2)
+    assert store.get("f") is None
+
+
+def test_second_writer_refuses_naming_the_holder_and_release_frees_it(store):
+    first = Lease(store, "L", ttl=60, heartbeat=20, job="ingest.py", run_id="r1").acquire()
+    try:
+        with pytest.raises(LeaseHeld, match=rf"being written by ingest.py pid {os.getpid()} on "
+                                            rf"{socket.gethostname()}, run r1"):
+            Lease(store, "L", ttl=60, heartbeat=20, job="validate.py").acquire()
+        first.check()
+    finally:
+        first.release()
+    assert store.get(LEASE_FILE) is None
+    with Lease(store, "L", ttl=60, heartbeat=20) as again:
+        again.check()
+
+
+def _plant(store, **fields):
+    holder = {"host": "other-host", "pid": 1, "job": "ingest.py", "run_id": "dead", "started": time.time() - 600,
+              "expires": time.time() + 600, **fields}
+    store.put(LEASE_FILE, json.dumps(holder).encode(), create=True)
+
+
+def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(store, caplog):
+    _plant(store, expires=time.time() - 5)                   # its holder died on another host
+    with caplog.at_level("WARNING", logger="s1mmalign.lease"):
+        with Lease(store, "L", ttl=60, heartbeat=20, run_id="new") as taken:
+            taken.check()
+            assert json.loads(store.get(LEASE_FILE)[0])["run_id"] == "new"
+    assert "took over the lease of ingest.py pid 1 on other-host, run dead" in caplog.text
+    assert "expired 5s ago" in caplog.text or "expired 6s ago" in caplog.text
+    store.delete(LEASE_FILE)
+    _plant(store)                                            # alive elsewhere, not expired
+    with pytest.raises(LeaseHeld, match="other-host"):
+        Lease(store, "L", ttl=60, heartbeat=20).acquire()
+
+
+def test_a_lease_left_here_by_a_process_that_is_gone_is_taken_at_once(store):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _plant(store, host=socket.gethostname(), pid=gone.pid)
+    with Lease(store, "L", ttl=60, heartbeat=20) as taken:
+        taken.check()
+
+
+def test_heartbeat_renews_and_a_holder_that_lost_its_lease_stops_before_committing(store):
+    held = Lease(store, "L", ttl=3, heartbeat=1).acquire()
+    try:
+        first_expiry = held.holder.expires
+        time.sleep(2.5)
+        held.check()                                          # renewed: still held past the first expiry
+        assert held.holder.expires > first_expiry
+        assert json.loads(store.get(LEASE_FILE)[0])["expires"] == held.holder.expires
+        # another job takes it over (as after a long pause of this one): the next beat finds out
+        _, version = store.get(LEASE_FILE)
+        store.put(LEASE_FILE, json.dumps({"host": "h2", "pid": 2, "job": "j", "run_id": "r2", "started": 0,
+                                          "expires": time.time() + 60}).encode(), if_match=version)
+        deadline = time.time() + 5
+        while not held.lost and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(LeaseLost, match="was lost"):
+            held.check()
+    finally:
+        held.release()
+    assert json.loads(store.get(LEASE_FILE)[0])["run_id"] == "r2"       # release leaves the new holder's
+
+
+def test_an_unrenewed_lease_stops_its_job(store):
+    held = Lease(store, "L", ttl=3, heartbeat=2.5)
+    held.acquire()
+    held._stop.set()                                          # no more beats (a stalled process)
+    held.holder.expires = time.time() - 1
+    with pytest.raises(LeaseLost, match="expired unrenewed"):
+        held.check()
+    held.release()
+
+
+def test_check_by_lake_only_for_leases_this_process_holds(tmp_path):
+    lease.check("never-taken")                               # in-process callers without a lease
+    taken = lease.hold(LocalStore(str(tmp_path)), "lakeX", 60, 20)
+    try:
+        lease.check("lakeX")
+        taken.lost = "test"
+        with pytest.raises(LeaseLost):
+            lease.check("lakeX")
+    finally:
+        taken.lost = None
+        lease.release_all()
+    assert not (tmp_path / LEASE_FILE).exists()
