@@ -17,6 +17,14 @@ BIN = Path(sys.executable).parent
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# S3 in tests is moto's server on 127.0.0.1, never AWS: fixed credentials, set before the shared Spark JVM
+# (and its Python workers) start, as the AWS chain would give them to a job. The secret is a marker that
+# tests look for in what the jobs write and log.
+TEST_SECRET = "s1mmalign-test-secret-never-logged"
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_name, None)
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=TEST_SECRET, AWS_DEFAULT_REGION="us-east-1")
+
 
 @pytest.fixture(scope="session")
 def scifig300() -> Path:

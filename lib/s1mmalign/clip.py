@@ -68,7 +68,7 @@ def local_checkpoint(spec: ScorerSpec) -> Path:
     if not spec.checkpoint:
         raise ClipError("no checkpoint: pass --checkpoint PATH_OR_S3_URI (models are never fetched from a hub; "
                         "random weights only with --random-weights-for-testing)")
-    if not spec.checkpoint.startswith("s3://"):
+    if not spec.checkpoint.startswith(("s3://", "s3a://")):
         path = Path(spec.checkpoint).expanduser()
         if not path.is_file():
             raise ClipError(f"checkpoint {spec.checkpoint} is not a file")
@@ -76,7 +76,7 @@ def local_checkpoint(spec: ScorerSpec) -> Path:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, _, key = spec.checkpoint[len("s3://"):].partition("/")
+    bucket, _, key = spec.checkpoint.split("://", 1)[1].partition("/")
     client = boto3.client("s3", endpoint_url=spec.s3_endpoint_url, region_name=spec.s3_region)
     try:
         etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')

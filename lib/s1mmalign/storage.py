@@ -118,12 +118,14 @@ class Store:
         raise NotImplementedError
 
     def upload_tree(self, local: str, rel: str) -> int:
-        """Copy every file under the local folder into `rel` (replacing files of the same name); returns
-        how many."""
+        """Copy every regular file under the local folder into `rel` (replacing files of the same name;
+        links and special files are left out); returns how many."""
         count = 0
         for folder, _, names in os.walk(local):
             for name in sorted(names):
                 path = os.path.join(folder, name)
+                if os.path.islink(path) or not stat.S_ISREG(os.stat(path).st_mode):
+                    continue
                 dest = "/".join(p for p in (rel, os.path.relpath(path, local).replace(os.sep, "/")) if p)
                 spooled = self.spool(dest)
                 shutil.copyfile(path, spooled)

@@ -1,0 +1,311 @@
+"""The whole lake on S3 (moto's server on 127.0.0.1): ingest, validate, score_clip and report with source,
+lake, checkpoint and outputs on S3, read back with an independent reader (delta-rs) and equal, row for
+row, to the same run on local disk; S3 faults (503 SlowDown, connection resets) through a proxy."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import http.server
+import os
+import random
+import socket
+import socketserver
+import subprocess
+import threading
+
+import pytest
+
+from conftest import BIN, TEST_SECRET
+from helpers import free_port, wait_port
+from test_clip import TINY, tiny_checkpoint  # noqa: F401  (fixture)
+
+from s1mmalign import analytics, ingest, report, score, session, validate
+from s1mmalign.storage import S3Store, Store
+
+# Columns that differ between two equivalent runs: run ids, clock times, and what S3 and a disk
+# fingerprint differently (an ETag against a modification time).
+VOLATILE = {"ingest_run_id", "ingested_at", "validate_run_id", "computed_at", "validated_at", "scored_at",
+            "modified_at", "etag", "fingerprint"}
+TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index", "duplicates", "quality_results",
+          "clip_scores")
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's S3 server (credentials: conftest's, in the environment as the AWS chain gives them; no
+    endpoint there: the jobs take it from conf)."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def s3_cfg(cfg, endpoint: str, tmp_path):
+    return dataclasses.replace(
+        cfg, s3=dataclasses.replace(cfg.s3, endpoint_url=endpoint, path_style_access=True),
+        clip=dataclasses.replace(cfg.clip, batch_size=16, decode_threads=2, text_workers=0,
+                                 cache_dir=str(tmp_path / "ckpt-cache")))
+
+
+def bucket(endpoint: str, name: str) -> S3Store:
+    store = S3Store(name, "", endpoint, "us-east-1")
+    store.client.create_bucket(Bucket=name)
+    return store
+
+
+def delta_rs_rows(uri: str, name: str, endpoint: str | None) -> list[tuple]:
+    """A table's rows read by delta-rs (not Spark), without the volatile columns, sorted."""
+    from deltalake import DeltaTable
+
+    options = None
+    if endpoint:
+        options = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+                   "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"], "AWS_REGION": "us-east-1",
+                   "AWS_ALLOW_HTTP": "true"}
+        uri = uri.replace("s3a://", "s3://")
+    table = DeltaTable(f"{uri}/{name}", storage_options=options).to_pyarrow_table()
+    cols = [c for c in table.column_names if c not in VOLATILE]
+    return sorted((tuple(r[c] for c in cols) for r in table.select(cols).to_pylist()), key=repr)
+
+
+def run_all(spark, cfg, source: str, lake: str, checkpoint: str, out: str) -> dict:
+    """ingest, validate, score_clip and report, in-process, as the jobs run them."""
+    summary = ingest.run(spark, cfg, source, lake)
+    outcome = validate.run(spark, cfg, lake)
+    spec = score.spec_from(cfg, "tiny-clip", checkpoint, model_config=TINY)
+    scored = score.run(spark, cfg, lake, spec)
+    written = report.write(out, analytics.collect(spark, cfg, lake), cfg.s3)
+    return {"pairs": summary.pairs, "quarantined": summary.quarantined, "docs": outcome.docs_index,
+            "scored": scored["scored"], "report": written["report"]}
+
+
+def test_every_job_on_s3_equals_the_same_run_on_disk(spark, cfg, moto, faults_corpus, tmp_path,
+                                                     tiny_checkpoint):  # noqa: F811
+    s3 = s3_cfg(cfg, moto, tmp_path)
+    session.apply_s3a(spark, s3)
+    store = bucket(moto, "lake1")
+    store.upload_tree(str(faults_corpus), "src")
+    store.upload_tree(str(tiny_checkpoint.parent), "models")
+    on_s3 = run_all(spark, s3, "s3://lake1/src", "s3a://lake1/lake", f"s3://lake1/models/{tiny_checkpoint.name}",
+                    "s3://lake1/report")
+    on_disk = run_all(spark, s3, "s3://lake1/src", str(tmp_path / "lake"), f"s3://lake1/models/{tiny_checkpoint.name}",
+                      str(tmp_path / "report"))
+
+    assert on_s3["pairs"] == on_disk["pairs"] > 200 and on_s3["quarantined"] == on_disk["quarantined"] > 50
+    assert on_s3["scored"] == on_disk["scored"] == on_s3["pairs"]
+    for name in TABLES:
+        assert delta_rs_rows("s3a://lake1/lake", name, moto) == delta_rs_rows(str(tmp_path / "lake"), name, None), name
+    # outputs on S3, staging gone, no lease left (in-process runs take none), no secret in any object
+    keys = {f.rel for f in _walk(store, "")}
+    assert on_s3["report"] == "s3://lake1/report/report.html" and "report/report.html" in keys
+    assert on_s3["docs"] == "s3a://lake1/lake/_quality/data_docs/index.html"
+    assert "lake/_quality/data_docs/index.html" in keys and any(k.startswith("lake/_quality/gx/") for k in keys)
+    assert not any(k.startswith("lake/_staging/") for k in keys)
+    secret = TEST_SECRET.encode()
+    for k in keys:
+        if k.startswith(("lake/", "report/")):
+            data = store.get(k)[0]
+            assert secret not in data, k
+    assert not any(secret.decode() in str(v) for v in session.session_settings("s3a://lake1/lake", s3).values())
+
+
+def _walk(store: Store, rel: str):
+    dirs, files = store.list_dir(rel)
+    yield from files
+    for d in dirs:
+        yield from _walk(store, f"{rel}/{d}" if rel else d)
+
+
+class _FaultyProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def fault_proxy(target: str, seed: int = 7, slow_down: float = 0.08, reset: float = 0.03, lost: float = 0.02):
+    """An HTTP proxy on 127.0.0.1 in front of moto: a share of requests answered 503 SlowDown, some
+    connections reset before the request reaches S3, some after (the answer is lost)."""
+    rng = random.Random(seed)
+    host, port = target.split("://", 1)[1].split(":")
+    lock = threading.Lock()
+    counts = {"requests": 0, "slow_down": 0, "reset": 0, "lost": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _reset(self):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.close_connection = True
+            self.connection.close()
+
+        def _body(self) -> bytes | None:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():   # boto3's streamed uploads
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                    if size == 0:
+                        while self.rfile.readline().strip():      # trailers, then the blank line
+                            pass
+                        return data
+                    data += self.rfile.read(size)
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else None
+
+        def _any(self):
+            body = self._body()
+            with lock:
+                counts["requests"] += 1
+                draw = rng.random()
+            if draw < slow_down:
+                with lock:
+                    counts["slow_down"] += 1
+                text = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                if self.command != "HEAD":                   # a HEAD answer never has a body
+                    self.wfile.write(text)
+                return
+            if draw < slow_down + reset:
+                with lock:
+                    counts["reset"] += 1
+                return self._reset()
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length", "expect")}
+            if body is not None:
+                headers["Content-Length"] = str(len(body))
+            upstream = http.client.HTTPConnection(host, port, timeout=60)   # plain http.client: no added headers
+            try:
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                resp = upstream.getresponse()
+                status, resp_headers = resp.status, resp.getheaders()
+                payload = resp.read()
+            finally:
+                upstream.close()
+            if draw < slow_down + reset + lost:
+                with lock:
+                    counts["lost"] += 1
+                return self._reset()
+            self.send_response(status)
+            length = str(len(payload))
+            for k, v in resp_headers:
+                if k.lower() == "content-length" and self.command == "HEAD":
+                    length = v                           # a HEAD answer has no body, but the object's length
+                elif k.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    server = _FaultyProxy(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", counts
+
+
+def test_ingest_and_validate_through_throttling_and_resets_give_the_same_rows(spark, cfg, moto, faults_corpus,
+                                                                              tmp_path):
+    store = bucket(moto, "faulty")
+    store.upload_tree(str(faults_corpus), "src")
+    proxy, endpoint, counts = fault_proxy(moto)
+    try:
+        s3 = s3_cfg(cfg, endpoint, tmp_path)
+        session.apply_s3a(spark, s3)
+        summary = ingest.run(spark, s3, "s3://faulty/src", "s3a://faulty/lake")
+        outcome = validate.run(spark, s3, "s3a://faulty/lake")
+    finally:
+        proxy.shutdown()
+        session.apply_s3a(spark, s3_cfg(cfg, moto, tmp_path))
+    assert counts["slow_down"] > 10 and counts["reset"] > 3 and counts["lost"] > 3, counts
+    clean = tmp_path / "clean"           # the same source, read without faults, into a lake on disk
+    assert summary.pairs == ingest.run(spark, s3_cfg(cfg, moto, tmp_path), "s3://faulty/src", str(clean)).pairs > 200
+    for name in ("pairs", "images", "quarantine", "ingest_log", "image_index"):
+        assert delta_rs_rows("s3a://faulty/lake", name, moto) == delta_rs_rows(str(clean), name, None), name
+    assert outcome.results and outcome.docs_index.startswith("s3a://faulty/lake/")
+
+
+# --- spark-submit against an S3 lake: one writer per lake, kill -9, a standalone cluster ----------------
+
+def job_conf(tmp_path, endpoint: str, base: str | None = None, **sections) -> str:
+    """A conf file for spark-submit runs: conf/<base> (if any) with moto's endpoint and `sections`."""
+    import yaml
+
+    from conftest import REPO
+
+    data = yaml.safe_load((REPO / "conf" / base).read_text()) if base else {}
+    data["s3"] = {"endpoint_url": endpoint, "path_style_access": True}
+    data.update(sections)
+    path = tmp_path / f"s3-{os.urandom(3).hex()}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.e2e
+def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(spark, cfg, moto, faults_corpus,
+                                                                                 tmp_path):
+    import json
+    import sys
+    import time
+
+    from conftest import REPO, run_job
+    from helpers import snapshot
+    from test_e2e import kill_9_after, ok
+
+    store = bucket(moto, "race")
+    store.upload_tree(str(faults_corpus), "src")
+    conf = job_conf(tmp_path, moto, lease={"ttl_seconds": 20, "heartbeat_seconds": 4})
+    args = ["--source", "s3://race/src", "--lake", "s3://race/lake", "--conf", conf]
+
+    # Two writers started at once: exactly one runs, the other refuses in one line naming the holder.
+    cmd = [str(BIN / "spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "ingest.py"), *args]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], [o[1][-2000:] for o in outs]
+    refusal = _last_line(outs[codes.index(2)][1])
+    assert refusal.startswith("ingest: error: lake s3a://race/lake is being written by ingest.py pid "), refusal
+    assert "one writer per lake" in refusal
+    assert store.get("lake/_lease.json") is None                    # the winner gave it back
+
+    # kill -9 mid-run leaves the lease; as if that driver had run on another node, a re-run refuses until
+    # the lease expires unrenewed, then takes it over (said in one line) and converges to a clean run.
+    fresh = ["--source", "s3://race/src", "--lake", "s3://race/lake2", "--conf", conf]
+    kill_9_after("ingest", fresh, "stage archives")
+    data, version = store.get("lake2/_lease.json")
+    left = json.loads(data)
+    store.put("lake2/_lease.json", json.dumps({**left, "host": "node-7"}).encode(), if_match=version)
+    refused = run_job("ingest", *fresh, submit=False)
+    assert refused.returncode == 2 and "on node-7" in _last_line(refused.stderr), refused.stderr[-2000:]
+    time.sleep(max(0.0, left["expires"] - time.time()) + 1)
+    again = run_job("ingest", *fresh)
+    ok(again)
+    assert "took over the lease of ingest.py pid" in again.stdout + again.stderr
+    assert "expired" in again.stdout + again.stderr
+
+    session.apply_s3a(spark, s3_cfg(cfg, moto, tmp_path))
+    clean = tmp_path / "clean"
+    ingest.run(spark, s3_cfg(cfg, moto, tmp_path), "s3://race/src", str(clean))
+    for name in ("pairs", "images", "quarantine", "image_index", "ingest_log"):
+        drop = ("ingest_run_id", "ingested_at")
+        assert snapshot(spark, "s3a://race/lake2", name, drop) == snapshot(spark, clean, name, drop), name
+        assert snapshot(spark, "s3a://race/lake", name, drop) == snapshot(spark, clean, name, drop), name
+    keys = {f.rel for f in _walk(store, "lake2")}
+    assert not any(k.startswith("lake2/_staging/") for k in keys) and "lake2/_lease.json" not in keys
