@@ -1,5 +1,5 @@
-"""Whole jobs as users run them: spark-submit on the sample and on scifig300, a standalone cluster,
-a source on S3 (moto's server), the spark-sql catalog, kill -9 and re-run, and clear errors."""
+"""Whole jobs as users run them: spark-submit on the sample and on scifig300 (a standalone cluster:
+test_s3_lake.py), a source on S3 (moto's server), the spark-sql catalog, kill -9 and re-run, and clear errors."""
 
 from __future__ import annotations
 
@@ -171,43 +171,6 @@ def test_kill_9_twice_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_la
     ok(run_job("ingest", *args))
     for table in ("pairs", "images", "quarantine", "image_index", "ingest_log"):
         assert snapshot(spark, lake, table) == snapshot(spark, clean_lake, table), table
-
-
-def test_standalone_cluster(spark, faults_corpus, tmp_path):
-    zip_path = REPO / "dist" / "s1mmalign.zip"
-    assert zip_path.is_file(), "dist/s1mmalign.zip is missing: run ./build.sh"
-    port = free_port()
-    master_url = f"spark://127.0.0.1:{port}"
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work")}
-    cls = str(BIN / "spark-class")
-    procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                               "--port", str(port), "--webui-port", str(free_port())],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        wait_port(port)
-        for _ in range(2):
-            procs.append(subprocess.Popen([cls, "org.apache.spark.deploy.worker.Worker", master_url,
-                                           "--host", "127.0.0.1", "--cores", "1", "--memory", "1536m",
-                                           "--webui-port", str(free_port()), "--work-dir", str(tmp_path / "work")],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        lake = tmp_path / "lake"
-        proc = subprocess.run([str(BIN / "spark-submit"), "--master", master_url, "--py-files", str(zip_path),
-                               "--conf", "spark.executor.memory=1g", "--conf", "spark.cores.max=2",
-                               str(REPO / "jobs" / "ingest.py"), "--source", str(faults_corpus),
-                               "--lake", str(lake), "--conf", str(REPO / "conf" / "cluster.yaml")],
-                              capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
-        ok(proc)
-        pairs, _ = assert_invariant(spark, lake, manifest(faults_corpus))
-        assert_image_bytes(spark, lake, pairs)
-        apps = list((tmp_path / "work").glob("app-*"))
-        assert apps, "no application ran on the workers"
-        assert len({p.name for a in apps for p in a.iterdir()}) == 2, "both workers' executors should run"
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
 
 
 def test_source_on_s3(spark, faults_corpus, tmp_path):

@@ -280,7 +280,9 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
     outs = [p.communicate(timeout=900) for p in procs]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 2], [o[1][-2000:] for o in outs]
-    refusal = _last_line(outs[codes.index(2)][1])
+    said = [ln for ln in "".join(outs[codes.index(2)]).splitlines() if ln.startswith("ingest: error:")]
+    assert len(said) == 1, outs[codes.index(2)]     # (under spark-submit the driver's lines come on stdout)
+    refusal = said[0]
     assert refusal.startswith("ingest: error: lake s3a://race/lake is being written by ingest.py pid "), refusal
     assert "one writer per lake" in refusal
     assert store.get("lake/_lease.json") is None                    # the winner gave it back
@@ -309,3 +311,53 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
         assert snapshot(spark, "s3a://race/lake", name, drop) == snapshot(spark, clean, name, drop), name
     keys = {f.rel for f in _walk(store, "lake2")}
     assert not any(k.startswith("lake2/_staging/") for k in keys) and "lake2/_lease.json" not in keys
+
+
+@pytest.mark.e2e
+@pytest.mark.cluster
+def test_standalone_cluster_with_the_lake_on_s3(spark, cfg, moto, faults_corpus, tmp_path):
+    """A real standalone cluster (master + two workers started with spark-class): the executors write
+    slices to S3 and the tables through S3A, with the credentials of their environment."""
+    import sys
+
+    from conftest import REPO
+    from helpers import assert_image_bytes, assert_invariant, manifest
+    from test_e2e import ok
+
+    bucket(moto, "clus")
+    conf = job_conf(tmp_path, moto, base="cluster.yaml")
+    zip_path = REPO / "dist" / "s1mmalign.zip"
+    assert zip_path.is_file(), "dist/s1mmalign.zip is missing: run ./build.sh"
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    cls = str(BIN / "spark-class")
+    procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(port), "--webui-port", str(free_port())],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_port(port)
+        for _ in range(2):
+            procs.append(subprocess.Popen([cls, "org.apache.spark.deploy.worker.Worker", master_url,
+                                           "--host", "127.0.0.1", "--cores", "1", "--memory", "1536m",
+                                           "--webui-port", str(free_port()), "--work-dir", str(tmp_path / "work")],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        lake = "s3://clus/lake"
+        proc = subprocess.run([str(BIN / "spark-submit"), "--master", master_url, "--py-files", str(zip_path),
+                               "--conf", "spark.executor.memory=1g", "--conf", "spark.cores.max=2",
+                               str(REPO / "jobs" / "ingest.py"), "--source", str(faults_corpus),
+                               "--lake", lake, "--conf", conf],
+                              capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+        ok(proc)
+        session.apply_s3a(spark, s3_cfg(cfg, moto, tmp_path))
+        pairs, _ = assert_invariant(spark, "s3a://clus/lake", manifest(faults_corpus))
+        assert_image_bytes(spark, "s3a://clus/lake", pairs)
+        apps = list((tmp_path / "work").glob("app-*"))
+        assert apps, "no application ran on the workers"
+        assert len({p.name for a in apps for p in a.iterdir()}) == 2, "both workers' executors should run"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
