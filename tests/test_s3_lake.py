@@ -344,8 +344,13 @@ def test_standalone_cluster_with_the_lake_on_s3(spark, cfg, moto, faults_corpus,
                                            "--webui-port", str(free_port()), "--work-dir", str(tmp_path / "work")],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         lake = "s3://clus/lake"
-        proc = subprocess.run([str(BIN / "spark-submit"), "--master", master_url, "--py-files", str(zip_path),
-                               "--conf", "spark.executor.memory=1g", "--conf", "spark.cores.max=2",
+        # as README's line for a standalone cluster, with executors sized to these two small workers
+        jars = ",".join(str(p) for p in sorted((REPO / "jars").glob("*.jar")))
+        proc = subprocess.run([str(BIN / "spark-submit"), "--master", master_url,
+                               "--properties-file", str(REPO / "conf" / "spark" / "standalone.conf"),
+                               "--py-files", str(zip_path), "--jars", jars,
+                               "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.memoryOverhead=384m",
+                               "--conf", "spark.cores.max=2",
                                str(REPO / "jobs" / "ingest.py"), "--source", str(faults_corpus),
                                "--lake", lake, "--conf", conf],
                               capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
