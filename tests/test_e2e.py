@@ -279,6 +279,8 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, c
     (["--lake", "TMP"], "table(s): run jobs/ingest.py first"),
     (["--lake", "TMP", "--bogus"], "unrecognized arguments: --bogus"),
     (["--lake", "TMP", "--conf", "/nonexistent.yaml"], "config file not found"),
+    (["--lake", "ftp://host/lake"], "--lake ftp://host/lake: use a local folder or s3://bucket/prefix"),
+    (["--lake", "s3:///lake"], "use a local folder or s3://bucket/prefix"),
 ])
 def test_validate_bad_flags_are_one_clear_line(args, message, tmp_path):
     proc = run_job("validate", *[str(tmp_path) if a == "TMP" else a for a in args], submit=False)
