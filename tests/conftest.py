@@ -51,6 +51,22 @@ def spark(tmp_path_factory, cfg):
     spark.stop()
 
 
+@pytest.fixture(scope="module")
+def moto() -> str:
+    """moto's S3 server on 127.0.0.1 (its endpoint URL); the credentials are the ones set above."""
+    from helpers import free_port, wait_port
+
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def faults_corpus(tmp_path_factory) -> Path:
     """A 300-pair corpus with every kind of bad input (and its _manifest.jsonl)."""

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import BIN, REPO, run_job
 from test_clip import TINY, tiny_checkpoint  # noqa: F401  (fixture)
-from helpers import assert_image_bytes, assert_invariant, free_port, manifest, snapshot, table_rows, wait_port
+from helpers import assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -173,44 +173,36 @@ def test_kill_9_twice_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_la
         assert snapshot(spark, lake, table) == snapshot(spark, clean_lake, table), table
 
 
-def test_source_on_s3(spark, faults_corpus, tmp_path):
+def test_source_on_s3(spark, faults_corpus, tmp_path, moto):
     import boto3
 
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
-        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="corpus")
-        for path in faults_corpus.rglob("*"):
-            if path.is_file():
-                s3.upload_file(str(path), "corpus", f"s1/{path.relative_to(faults_corpus).as_posix()}")
-        lake = tmp_path / "lake"
-        ok(run_job("ingest", "--source", "s3://corpus/s1", "--lake", str(lake), env=creds))
-        # S3 has no folders: the record naming a tree folder (image_unreadable on disk) names no object
-        expected = {k: {**e, "expect": "image_missing" if e["expect"] == "image_unreadable" else e["expect"]}
-                    for k, e in manifest(faults_corpus).items()}
-        assert any(e["expect"] == "image_unreadable" for e in manifest(faults_corpus).values())
-        pairs, _ = assert_invariant(spark, lake, expected)
-        assert_image_bytes(spark, lake, pairs)
-        etags = [r.etag for r in table_rows(spark, lake, "ingest_log", "etag")]
-        assert etags and all(etags)
-        # Unchanged objects: the refresh reads nothing.
-        again = run_job("ingest", "--source", "s3://corpus/s1", "--lake", str(lake), env=creds, submit=False)
-        ok(again)
-        assert "nothing changed since the last run" in again.stderr
-        # No such bucket: one clear line, non-zero.
-        bad = run_job("ingest", "--source", "s3://no-such-bucket/x", "--lake", str(tmp_path / "l2"),
-                      env=creds, submit=False)
-        assert bad.returncode != 0 and "no-such-bucket" in bad.stderr.strip().splitlines()[-1]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    endpoint = moto
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="corpus")
+    for path in faults_corpus.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "corpus", f"s1/{path.relative_to(faults_corpus).as_posix()}")
+    lake = tmp_path / "lake"
+    ok(run_job("ingest", "--source", "s3://corpus/s1", "--lake", str(lake), env=creds))
+    # S3 has no folders: the record naming a tree folder (image_unreadable on disk) names no object
+    expected = {k: {**e, "expect": "image_missing" if e["expect"] == "image_unreadable" else e["expect"]}
+                for k, e in manifest(faults_corpus).items()}
+    assert any(e["expect"] == "image_unreadable" for e in manifest(faults_corpus).values())
+    pairs, _ = assert_invariant(spark, lake, expected)
+    assert_image_bytes(spark, lake, pairs)
+    etags = [r.etag for r in table_rows(spark, lake, "ingest_log", "etag")]
+    assert etags and all(etags)
+    # Unchanged objects: the refresh reads nothing.
+    again = run_job("ingest", "--source", "s3://corpus/s1", "--lake", str(lake), env=creds, submit=False)
+    ok(again)
+    assert "nothing changed since the last run" in again.stderr
+    # No such bucket: one clear line, non-zero.
+    bad = run_job("ingest", "--source", "s3://no-such-bucket/x", "--lake", str(tmp_path / "l2"),
+                  env=creds, submit=False)
+    assert bad.returncode != 0 and "no-such-bucket" in bad.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("args, message", [

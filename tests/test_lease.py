@@ -9,36 +9,16 @@ import time
 
 import pytest
 
-from conftest import BIN
-from helpers import free_port, wait_port
-
 from s1mmalign import lease
 from s1mmalign.lease import LEASE_FILE, Lease, LeaseHeld, LeaseLost
 from s1mmalign.storage import Conflict, LocalStore, S3Store
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(str(tmp_path))
-    endpoint = request.getfixturevalue("moto_endpoint")
+    endpoint = request.getfixturevalue("moto")
     bucket = f"lease-{os.urandom(4).hex()}"
     s3 = S3Store(bucket, "lake", endpoint, "us-east-1")
     s3.client.create_bucket(Bucket=bucket)

@@ -31,21 +31,6 @@ TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index", "duplica
           "clip_scores")
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    """moto's S3 server (credentials: conftest's, in the environment as the AWS chain gives them; no
-    endpoint there: the jobs take it from conf)."""
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def s3_cfg(cfg, endpoint: str, tmp_path):
     return dataclasses.replace(
         cfg, s3=dataclasses.replace(cfg.s3, endpoint_url=endpoint, path_style_access=True),

@@ -1,40 +1,18 @@
 """S3Store against moto's S3 server on 127.0.0.1: listing one level, ranged reads, missing keys."""
 
-import subprocess
-
 import pytest
 
-from conftest import BIN
 from test_chunks import chunked
-from helpers import free_port, wait_port
 
 from s1mmalign.sources import discover
 from s1mmalign.storage import S3Store, SourceError, TooLarge
 
 
 @pytest.fixture(scope="module")
-def s3():
-    import os
-
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    try:
-        wait_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
-        store = S3Store("bucket", "root", endpoint, "us-east-1")
-        store.client.create_bucket(Bucket="bucket")
-        yield store
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def s3(moto):
+    store = S3Store("bucket", "root", moto, "us-east-1")
+    store.client.create_bucket(Bucket="bucket")
+    return store
 
 
 def put(store, rel, data: bytes):
