@@ -27,6 +27,10 @@ def test_frozen():
     ("nonsense: 1\n", "nonsense"),
     ("- a list\n", "mapping"),
     ("ingest: [\n", "not valid YAML"),
+    ("s3:\n  path_style_access: 'yes'\n", "setting s3.path_style_access must be a bool, got 'yes'"),
+    ("s3:\n  max_attempts: 0\n", "setting s3.max_attempts must be between 1 and 100"),
+    ("lease:\n  ttl_seconds: 30\n  heartbeat_seconds: 30\n", "lease.heartbeat_seconds .30. must be below "
+                                                               "lease.ttl_seconds .30."),
 ])
 def test_bad_files_are_one_clear_error(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"

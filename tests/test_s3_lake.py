@@ -297,6 +297,23 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
     keys = {f.rel for f in _walk(store, "lake2")}
     assert not any(k.startswith("lake2/_staging/") for k in keys) and "lake2/_lease.json" not in keys
 
+    # The other jobs' entry points on the S3 lake, as users run them (plain python: local mode).
+    v = run_job("validate", "--lake", "s3://race/lake", "--conf", conf, submit=False)
+    assert v.returncode == 1 and "quarantined_share" in _last_line(v.stderr), v.stderr[-2000:]  # the faults
+    assert "Data Docs s3a://race/lake/_quality/data_docs/index.html" in _last_line(v.stderr)
+    assert store.get("lake/_quality/data_docs/index.html") is not None
+    c = run_job("score_clip", "--lake", "s3://race/lake", "--model", "tiny-clip", "--model-config", TINY,
+                "--random-weights-for-testing", "--conf", conf, submit=False)
+    ok(c)
+    assert f"score_clip: {len(snapshot(spark, clean, 'pairs'))} pairs scored" in c.stdout
+    r = run_job("report", "--lake", "s3://race/lake", "--out", "s3://race/report", "--conf", conf, submit=False)
+    ok(r)
+    assert r.stdout.startswith("report: s3://race/report/report.html (") and "1 CLIP model(s)" in r.stdout
+    assert b"S1-MMAlign caption quality" in store.get("report/report.html")[0]
+    assert store.get("lake/_lease.json") is None
+    missing = run_job("validate", "--lake", "s3://race/nothing-here", "--conf", conf, submit=False)
+    assert missing.returncode == 2 and "run jobs/ingest.py first" in _last_line(missing.stderr)
+
 
 @pytest.mark.e2e
 @pytest.mark.cluster

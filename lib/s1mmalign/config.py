@@ -260,6 +260,10 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    lease = _section(LeaseConf, merged.get("lease"), "lease")
+    if lease.heartbeat_seconds >= lease.ttl_seconds:
+        raise ConfigError(f"lease.heartbeat_seconds ({lease.heartbeat_seconds}) must be below lease.ttl_seconds "
+                          f"({lease.ttl_seconds}): a lease must be renewed before it expires")
     return Config(
         spark=_section(SparkConf, merged.get("spark"), "spark"),
         catalog=_section(CatalogConf, merged.get("catalog"), "catalog"),
@@ -269,5 +273,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         quality=_section(QualityConf, merged.get("quality"), "quality"),
         clip=_section(ClipConf, merged.get("clip"), "clip"),
         report=_section(ReportConf, merged.get("report"), "report"),
-        lease=_section(LeaseConf, merged.get("lease"), "lease"),
+        lease=lease,
     )
