@@ -311,6 +311,14 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
     assert r.stdout.startswith("report: s3://race/report/report.html (") and "1 CLIP model(s)" in r.stdout
     assert b"S1-MMAlign caption quality" in store.get("report/report.html")[0]
     assert store.get("lake/_lease.json") is None
+    sql = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", "s3://race/lake", "--conf", conf, "-S",
+                          "-e", "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.clip_scores"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    n_pairs = len(snapshot(spark, clean, "pairs"))
+    assert sql.returncode == 0 and sql.stdout.split() == [str(n_pairs), str(n_pairs)], sql.stderr[-2000:]
+    for proc in (again, refused, v, c, r, sql):                     # no job says the secret, even at DEBUG
+        assert TEST_SECRET not in proc.stdout + proc.stderr
     missing = run_job("validate", "--lake", "s3://race/nothing-here", "--conf", conf, submit=False)
     assert missing.returncode == 2 and "run jobs/ingest.py first" in _last_line(missing.stderr)
 

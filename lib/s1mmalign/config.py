@@ -61,6 +61,12 @@ class S3Conf:
 
 
 @dataclass(frozen=True)
+class MaintainConf:
+    vacuum_retention_hours: int = 168     # never below Delta's safety check (its default 7 days)
+    zorder: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # table -> columns
+
+
+@dataclass(frozen=True)
 class LeaseConf:
     ttl_seconds: int = 120                # a lease not renewed for this long may be taken over
     heartbeat_seconds: int = 20           # how often the holder renews it
@@ -119,6 +125,7 @@ class Config:
     clip: ClipConf = field(default_factory=ClipConf)
     report: ReportConf = field(default_factory=ReportConf)
     lease: LeaseConf = field(default_factory=LeaseConf)
+    maintain: MaintainConf = field(default_factory=MaintainConf)
 
 
 # Ranges of numeric settings, (lowest, highest) with None for no bound, and the values some settings take:
@@ -137,6 +144,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "clip.torch_threads": (0, None),
     "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, None),
     "lease.ttl_seconds": (2, None), "lease.heartbeat_seconds": (1, None),
+    "maintain.vacuum_retention_hours": (168, None),
     "report.short_chars": (0, None), "report.review_pairs": (0, None), "report.preview_chars": (0, None),
     "report.score_bin_width": (1e-6, 1), "report.length_bins_per_decade": (1, 1000),
 }
@@ -202,9 +210,13 @@ def _section(cls, values: Mapping | None, name: str):
     for key in ("formats", "arxiv_sources"):
         if key in values and not isinstance(values[key], (list, tuple)):
             raise ConfigError(f"setting {name}.{key} must be a list, got {values[key]!r}")
-    for key in ("extra", "spark_extra", "layouts", "thresholds"):
+    for key in ("extra", "spark_extra", "layouts", "thresholds", "zorder"):
         if values.get(key) is not None and not isinstance(values[key], Mapping):
             raise ConfigError(f"setting {name}.{key} must be a mapping, got {values[key]!r}")
+    if "zorder" in values:
+        if not all(isinstance(v, (list, tuple)) for v in (values["zorder"] or {}).values()):
+            raise ConfigError(f"setting {name}.zorder must map each table to a list of columns")
+        values["zorder"] = {str(k): tuple(str(c) for c in v) for k, v in (values["zorder"] or {}).items()}
     if "formats" in values:
         values["formats"] = tuple(str(v).upper() for v in values["formats"])
     if "arxiv_sources" in values:
@@ -257,7 +269,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease"}
+    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease", "maintain"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     lease = _section(LeaseConf, merged.get("lease"), "lease")
@@ -274,4 +286,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         clip=_section(ClipConf, merged.get("clip"), "clip"),
         report=_section(ReportConf, merged.get("report"), "report"),
         lease=lease,
+        maintain=_section(MaintainConf, merged.get("maintain"), "maintain"),
     )

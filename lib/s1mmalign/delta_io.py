@@ -73,6 +73,7 @@ def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
             for key, value in tdef.properties:
                 builder = builder.property(key, value)
             builder.execute()
+        _add_missing_columns(spark, path, tdef)
         if tdef.properties:   # a table made by an earlier version lacks them: set them once
             have = DeltaTable.forPath(spark, path).detail().first().properties or {}
             missing = {k: v for k, v in tdef.properties if have.get(k) != v}
@@ -81,6 +82,17 @@ def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
                 spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({pairs})")
         if tdef.catalog and not spark.catalog.tableExists(f"{database}.{name}"):
             spark.sql(register_statement(lake, database, name))
+
+
+def _add_missing_columns(spark, path: str, tdef) -> None:
+    """A table made by an earlier version lacks a (nullable) column that schemas/ has since gained: add it
+    (a metadata-only commit; its existing rows read it as null)."""
+    have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
+    missing = [f for f in tdef.spark().fields if f.name not in have]
+    if missing:
+        columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in missing)
+        log.info("table %s: adding column(s) %s", tdef.name, columns)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
 
 
 def register_tables(spark, lake: str, database: str) -> list[str]:

@@ -64,7 +64,7 @@ def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
             chunk = pending.pop(0)
             now = datetime.now(timezone.utc)
             yield pa.RecordBatch.from_pylist([
-                {"pair_id": r["pair_id"], "discipline": r["discipline"], "model": model_id,
+                {"pair_id": r["pair_id"], "discipline": r["discipline"], "model": model_id, "arxiv_id": r["arxiv_id"],
                  "score_caption": s.score_caption, "score_recaption": s.score_recaption,
                  "status": s.status, "scored_at": now}
                 for r, s in zip(chunk, scores)], schema=out_schema)
@@ -74,7 +74,8 @@ def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
 def unscored(spark: SparkSession, lake: str, model_id: str) -> DataFrame:
     """Pairs with no clip_scores row for model_id (no thumbnails yet)."""
     done = delta_io.read(spark, lake, "clip_scores").where(F.col("model") == model_id).select("pair_id")
-    return (delta_io.read(spark, lake, "pairs").select("pair_id", "discipline", "caption", "recaption", "image_sha256")
+    return (delta_io.read(spark, lake, "pairs").select("pair_id", "discipline", "arxiv_id", "caption", "recaption",
+                                                       "image_sha256")
             .join(done, "pair_id", "left_anti"))
 
 

@@ -1,0 +1,88 @@
+"""Table maintenance in a local Spark session: same rows, fewer files, Z-ordered files that a query by
+arXiv id skips, VACUUM within the retention (time travel still works), leftover staging removed."""
+
+from __future__ import annotations
+
+import dataclasses
+import pytest
+
+from helpers import snapshot
+
+from s1mmalign import config, delta_io, ingest, maintain, sample
+from s1mmalign.config import ConfigError
+
+TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index")
+
+
+def files_read(df) -> int:
+    """Files the scan of df actually read, from Spark's SQL metrics (after Delta's data skipping)."""
+    df.collect()
+    plan = df._jdf.queryExecution().executedPlan()
+    if plan.nodeName() == "AdaptiveSparkPlan":
+        plan = plan.executedPlan()
+    leaves = plan.collectLeaves()
+    counts = [int(leaves.apply(i).metrics().apply("numFiles").value()) for i in range(leaves.size())
+              if leaves.apply(i).metrics().contains("numFiles")]
+    assert counts, plan.toString()
+    return sum(counts)
+
+
+@pytest.fixture(scope="module")
+def lake(spark, cfg, tmp_path_factory):
+    """An ingested lake whose pairs are spread over many small files per discipline, each holding arXiv
+    ids from all over (as many incremental runs leave them): rewritten by 8 random tasks."""
+    root = tmp_path_factory.mktemp("maintain") / "corpus"
+    sample.generate(root, n_pairs=360, seed=21, faults=False, processes=2)
+    lake = tmp_path_factory.mktemp("maintain-lake") / "lake"
+    ingest.run(spark, cfg, str(root), str(lake))
+    path = delta_io.table_path(str(lake), "pairs")
+    rows = delta_io.read(spark, str(lake), "pairs").localCheckpoint()
+    rows.repartition(8).write.format("delta").mode("overwrite").save(path)
+    return lake
+
+
+def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, cfg, lake):
+    path = delta_io.table_path(str(lake), "pairs")
+    before = {t: snapshot(spark, lake, t) for t in TABLES}
+    version_before = delta_io.version(spark, str(lake), "pairs")
+    files_before, _ = maintain._files(spark, str(lake), "pairs")
+    some_id = sorted(r.arxiv_id for r in delta_io.read(spark, str(lake), "pairs").select("arxiv_id").collect()
+                     if r.arxiv_id)[len(before["pairs"]) // 2]
+    leftover = lake / "_staging" / "20260101T000000-crashed" / "slices"
+    leftover.mkdir(parents=True)
+    (leftover / "x.arrow").write_bytes(b"left by a crashed run")
+
+    # small target files, so that each discipline partition keeps several Z-ordered files
+    spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(24 << 10))
+    try:
+        reports = {r.table: r for r in maintain.run(spark, cfg, str(lake))}
+    finally:
+        spark.conf.unset("spark.databricks.delta.optimize.maxFileSize")
+
+    assert {t: snapshot(spark, lake, t) for t in TABLES} == before               # same rows
+    pairs = reports["pairs"]
+    assert pairs.zorder == ("arxiv_id",) and pairs.files_before == files_before
+    assert pairs.files_after < pairs.files_before and pairs.version > version_before
+    assert reports["ingest_log"].files_after <= reports["ingest_log"].files_before
+    assert not (lake / "_staging").exists()
+    # the retention (7 days) keeps what the versions before maintenance read: time travel still works
+    old = spark.read.format("delta").option("versionAsOf", version_before).load(path)
+    assert sorted(tuple(r) for r in old.select("pair_id", "caption").collect()) == \
+        sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect())
+    # a query by arXiv id reads only the files whose arxiv_id range holds it
+    query = delta_io.read(spark, str(lake), "pairs").where(f"arxiv_id = '{some_id}'")
+    assert query.count() >= 1
+    assert files_read(query) < pairs.files_after / 3, (files_read(query), pairs.files_after)
+
+
+def test_bad_maintenance_settings_are_config_errors(cfg, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("maintain:\n  vacuum_retention_hours: 1\n")
+    with pytest.raises(ConfigError, match="maintain.vacuum_retention_hours must be >= 168"):
+        config.load(str(bad), environ={})
+    with pytest.raises(ConfigError, match="table pairs has no column.s. paper"):
+        maintain.zorder_columns(dataclasses.replace(cfg, maintain=dataclasses.replace(
+            cfg.maintain, zorder={"pairs": ("paper",)})))
+    with pytest.raises(ConfigError, match="names no lake table: nope"):
+        maintain.zorder_columns(dataclasses.replace(cfg, maintain=dataclasses.replace(
+            cfg.maintain, zorder={"nope": ("x",)})))
