@@ -4,6 +4,7 @@
 #   ./build.sh sample   set up, then ingest and validate the embedded sample corpus (spark-submit)
 #   ./build.sh test     set up (with the CLIP stack), then run the whole test suite (what .ci/run does)
 #   ./build.sh clip     set up with the CLIP stack (torch, open_clip) for jobs/score_clip.py
+#   ./build.sh airflow  set up, and Airflow 3.3.2 in .venv-airflow (dags/s1mmalign_refresh.py)
 #   .venv/            Python 3.11 virtual environment with the pinned packages (+ test extras)
 #   jars/             Delta Lake jars from Maven Central, resolved once (pom.xml)
 #   dist/s1mmalign.zip  lib/ + conf/ + schemas/ + expectations/ for spark-submit --py-files on a cluster
@@ -32,6 +33,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
   touch "$stamp"
+fi
+
+# Airflow (dags/) lives in its own venv, pinned by airflow-requirements.lock: its Spark provider pulls
+# pyspark-client, whose files would overwrite .venv's pyspark. The test command needs it for the DAG tests.
+if [ "${1:-}" = test ] || [ "${1:-}" = airflow ]; then
+  if [ ! -x .venv-airflow/bin/airflow ] || [ airflow-requirements.lock -nt .venv-airflow/.installed ]; then
+    "$PY" -m venv .venv-airflow
+    .venv-airflow/bin/python -m pip install -q --upgrade pip
+    .venv-airflow/bin/python -m pip install -q -r airflow-requirements.lock
+    touch .venv-airflow/.installed
+  fi
 fi
 
 # The report test opens the page in Debian's headless Chromium (needs root for apt-get, as on CI).
@@ -75,7 +87,7 @@ echo "build.sh: ready (.venv, $(ls jars/*.jar | wc -l) jars, dist/s1mmalign.zip)
 
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-}" in
-  "" | clip) ;;
+  "" | clip | airflow) ;;
   sample)
     # Ingest, then validate. The embedded sample: 1,000 pairs over arXiv (yearly archives, one split into parts), a bioRxiv-like
     # unpacked tree and a ChemRxiv-like archive, with every kind of bad input; generated on first use.
@@ -118,7 +130,7 @@ case "${1:-}" in
     exit "$rc"
     ;;
   *)
-    echo "build.sh: unknown command '$1' (use: sample, test, clip, or nothing)" >&2
+    echo "build.sh: unknown command '$1' (use: sample, test, clip, airflow, or nothing)" >&2
     exit 2
     ;;
 esac

@@ -129,7 +129,7 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     with Stage("plan") as st:
         store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
                                              cfg.ingest.archive_suffix)
-        todo_jsonl, todo_archives = _changed(spark, lake, plan)
+        todo_jsonl, todo_archives = changed(spark, lake, plan)
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
                 f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "
                 f"{len(plan.sources)} sources")
@@ -161,7 +161,7 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
 
 # --- plan -----------------------------------------------------------------------------------------
 
-def _changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
+def changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
     """JSONL files and archives whose fingerprints differ from ingest_log's (metadata rows only)."""
     seen = {r.source_file: (None if r.status == "incomplete" else r.fingerprint) for r in
             delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint", "status").collect()}

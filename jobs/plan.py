@@ -1,0 +1,47 @@
+"""Say which source files an ingest would read: those new or changed since ingest_log (reads only).
+
+    spark-submit jobs/plan.py --source ROOT_OR_S3_URI --lake LAKE_ROOT_OR_S3_URI [--conf conf/X.yaml]
+
+Prints one line per file to read and a summary line. Exit 0: there is something to ingest; 99: nothing
+changed (the Airflow DAG skips the rest of its run); 2: a bad flag, path or config, in one line.
+"""
+
+import os
+
+import _bootstrap  # noqa: F401
+
+from s1mmalign import cli, config, delta_io, ingest, session, sources
+from s1mmalign.storage import Store
+
+NOTHING_TO_DO = 99
+
+
+def body() -> int:
+    p = cli.parser("plan", __doc__.splitlines()[0])
+    p.add_argument("--source", required=True, help="source root: a local folder or s3://bucket/prefix")
+    args = p.parse_args()
+    cli.setup_logging(args.log_level)
+    cfg = config.load(args.conf)
+    if "://" not in args.source and not os.path.isdir(args.source):
+        raise cli.UsageError(f"--source {args.source} is not a folder")
+    lake = cli.lake_uri(args.lake, existing=False)
+    found = sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region),
+                             cfg.ingest.archive_suffix)
+    _, plan = found
+    if not delta_io.exists(None, lake, "ingest_log", cfg.s3):      # a new lake: everything is new
+        todo = [f.rel for s in plan.sources for f in s.jsonl] + [a.name for s in plan.sources for a in s.archives]
+    else:
+        spark = session.build(lake, cfg, write=False)
+        try:
+            jsonl, archives = ingest.changed(spark, lake, plan)
+        finally:
+            session.stop(spark)
+        todo = [f.rel for _, f in jsonl] + [a.name for a in archives]
+    for rel in todo:
+        print(f"plan: read {rel}")
+    print(f"plan: {len(todo)} file(s) to ingest from {args.source}")
+    return 0 if todo else NOTHING_TO_DO
+
+
+if __name__ == "__main__":
+    cli.main("plan", body)

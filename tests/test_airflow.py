@@ -1,0 +1,129 @@
+"""The Airflow DAGs (dags/s1mmalign_refresh.py) in real Airflow 3.3.2, from its own venv (.venv-airflow,
+made by build.sh), with a SQLite metadata database and no server: the DagBag's view of the graph, then
+`airflow dags test` runs with real spark-submit tasks: a refresh, a refresh with nothing new (skipped,
+no table changes), a refresh whose validation fails (nothing downstream, the run failed), maintenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+from s1mmalign import delta_io, sample
+
+AIRFLOW_BIN = REPO / ".venv-airflow" / "bin"
+STRUCTURE = r"""
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=__import__("os").environ["AIRFLOW__CORE__DAGS_FOLDER"])
+out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
+for dag in bag.dags.values():
+    tasks = {}
+    for t in dag.tasks:
+        tasks[t.task_id] = {
+            "type": type(t).__name__, "upstream": sorted(t.upstream_task_ids), "retries": t.retries,
+            "backoff": t.retry_exponential_backoff, "pool": t.pool, "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
+            "outlets": sorted(a.name for a in t.outlets),
+            "spark_binary": getattr(t, "_spark_binary", None) or getattr(t, "spark_binary", None),
+            "py_files": getattr(t, "py_files", None)}
+    out["dags"][dag.dag_id] = {"schedule": str(dag.schedule), "catchup": dag.catchup,
+                               "max_active_runs": dag.max_active_runs, "params": sorted(dag.params),
+                               "tasks": tasks}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    assert (AIRFLOW_BIN / "airflow").exists(), ".venv-airflow is missing: run ./build.sh airflow (./build.sh test does)"
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+           "AIRFLOW_CONN_S1MMALIGN_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"})}
+    for cmd in (["db", "migrate"], ["pools", "set", "gpu", "1", "GPU workers"]):
+        proc = subprocess.run([str(AIRFLOW_BIN / "airflow"), *cmd], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=home)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return env
+
+
+def test_the_dags_import_and_are_wired_as_designed(airflow_env):
+    proc = subprocess.run([str(AIRFLOW_BIN / "python"), "-c", STRUCTURE], env=airflow_env, capture_output=True,
+                          text=True, timeout=300, cwd=airflow_env["AIRFLOW_HOME"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["errors"] == {}
+    refresh, maintain = info["dags"]["s1mmalign_refresh"], info["dags"]["s1mmalign_maintain"]
+    assert (refresh["schedule"], refresh["catchup"], refresh["max_active_runs"]) == ("@daily", False, 1)
+    assert (maintain["schedule"], maintain["catchup"], maintain["max_active_runs"]) == ("@weekly", False, 1)
+    assert refresh["params"] == ["checkpoint", "conf", "lake", "model", "report_out", "source"]
+    t = refresh["tasks"]
+    assert {k: v["upstream"] for k, v in t.items()} == {
+        "plan": [], "ingest": ["plan"], "validate": ["ingest"], "checkpoint_configured": ["validate"],
+        "score_clip": ["checkpoint_configured"], "report": ["score_clip", "validate"]}
+    jobs = {**t, **maintain["tasks"]}
+    for name in ("ingest", "validate", "score_clip", "report", "maintain"):
+        assert jobs[name]["type"] == "SparkSubmitOperator", name
+        assert jobs[name]["spark_binary"] == str(REPO / ".venv" / "bin" / "spark-submit")
+        assert jobs[name]["py_files"] == str(REPO / "dist" / "s1mmalign.zip")
+    assert all(v["retries"] == 3 and v["backoff"] for v in jobs.values())
+    assert t["score_clip"]["pool"] == "gpu" and t["report"]["trigger_rule"] == "none_failed"
+    assert t["ingest"]["outlets"] == ["s1mmalign.image_index", "s1mmalign.images", "s1mmalign.ingest_log",
+                                      "s1mmalign.pairs", "s1mmalign.quarantine"]
+    assert t["validate"]["outlets"] == ["s1mmalign.duplicates", "s1mmalign.quality_results"]
+    assert t["score_clip"]["outlets"] == ["s1mmalign.clip_scores"] and t["report"]["outlets"] == []
+    assert "s1mmalign.pairs" in jobs["maintain"]["outlets"]
+
+
+def dags_test(env: dict, dag: str, conf: dict) -> tuple[str, str]:
+    """`airflow dags test` (tasks retried none: a failure shows at once); its output and the run's state."""
+    proc = subprocess.run([str(AIRFLOW_BIN / "airflow"), "dags", "test", dag, "--conf", json.dumps(conf)],
+                          env={**env, "S1MMALIGN_DAG_RETRIES": "0"}, capture_output=True, text=True, timeout=1200,
+                          cwd=env["AIRFLOW_HOME"])
+    out = proc.stdout + proc.stderr
+    states = [ln.split("state=", 1)[1].split(",", 1)[0] for ln in out.splitlines() if "DagRun Finished" in ln]
+    assert states, out[-3000:]
+    return out, states[-1]
+
+
+def versions(lake) -> dict[str, int]:
+    return {t: delta_io.version(None, str(lake), t) for t in ("pairs", "images", "quarantine", "ingest_log")}
+
+
+@pytest.mark.e2e
+def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spark, airflow_env, tmp_path):
+    src, lake = tmp_path / "src", tmp_path / "lake"
+    sample.generate(src, n_pairs=120, seed=4, faults=False, processes=2)
+    conf = {"source": str(src), "lake": str(lake), "report_out": str(tmp_path / "report1")}
+
+    out, state = dags_test(airflow_env, "s1mmalign_refresh", conf)
+    assert state == "success", out[-3000:]
+    assert delta_io.read(spark, str(lake), "pairs").count() == 120
+    assert (tmp_path / "report1" / "report.html").is_file()
+    assert not delta_io.exists(None, str(lake), "clip_scores")             # no checkpoint: not scored
+    first = versions(lake)
+
+    # Nothing new: plan short-circuits the rest; no table changes, no report.
+    out, state = dags_test(airflow_env, "s1mmalign_refresh", {**conf, "report_out": str(tmp_path / "report2")})
+    assert state == "success" and "plan: 0 file(s) to ingest" in out, out[-3000:]
+    assert versions(lake) == first and not (tmp_path / "report2").exists()
+
+    # A new file of unparseable lines: ingest takes it, validate fails (quarantined share): the run fails,
+    # scores nothing (a checkpoint is configured) and writes no report; the task log names the expectation.
+    (src / "arxiv" / "jsonl" / "zz_broken.jsonl").write_text("".join(f"not json {i}\n" for i in range(80)))
+    out, state = dags_test(airflow_env, "s1mmalign_refresh", {**conf, "report_out": str(tmp_path / "report3"),
+                                                              "checkpoint": str(tmp_path / "weights.safetensors")})
+    assert state == "failed", out[-3000:]
+    assert "critical expectation(s) failed" in out and "quarantined_share" in out
+    assert versions(lake)["pairs"] > first["pairs"] or versions(lake)["quarantine"] > first["quarantine"]
+    assert not delta_io.exists(None, str(lake), "clip_scores") and not (tmp_path / "report3").exists()
+
+    # Weekly maintenance: same rows, fewer or as many files.
+    rows = sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect())
+    out, state = dags_test(airflow_env, "s1mmalign_maintain", {"lake": str(lake)})
+    assert state == "success" and "maintain: pairs:" in out, out[-3000:]
+    assert sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect()) == rows
