@@ -125,3 +125,57 @@ def test_check_by_lake_only_for_leases_this_process_holds(tmp_path):
         taken.lost = None
         lease.release_all()
     assert not (tmp_path / LEASE_FILE).exists()
+
+
+class _Flaky:
+    """A store whose next puts fail as S3 can: `lost` writes and then refuses (the answer to a conditional
+    put was lost, the SDK retried it, and the retry found the condition false), `down` raises without
+    writing."""
+
+    def __init__(self, store):
+        self.store, self.lost, self.down = store, 0, 0
+
+    def put(self, rel, data, **condition):
+        if self.down:
+            self.down -= 1
+            raise ConnectionError("S3 unreachable")
+        version = self.store.put(rel, data, **condition)
+        if self.lost:
+            self.lost -= 1
+            raise Conflict("retried after a lost answer")
+        return version
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_our_own_write_whose_answer_was_lost_is_recognized(store):
+    flaky = _Flaky(store)
+    flaky.lost = 1
+    held = Lease(flaky, "L", ttl=3, heartbeat=1).acquire()         # the create: written, then "refused"
+    try:
+        held.check()
+        flaky.lost = 1                                               # a renewal: the same
+        expires = held.holder.expires
+        deadline = time.time() + 5
+        while held.holder.expires == expires and time.time() < deadline:
+            time.sleep(0.1)
+        assert held.holder.expires > expires and not held.lost
+        held.check()
+    finally:
+        held.release()
+    assert store.get(LEASE_FILE) is None
+
+
+def test_a_renewal_that_fails_does_not_extend_the_lease(store):
+    flaky = _Flaky(store)
+    held = Lease(flaky, "L", ttl=2, heartbeat=0.5).acquire()
+    try:
+        flaky.down = 1000                                            # S3 unreachable from now on
+        time.sleep(2.5)
+        assert not held.lost
+        with pytest.raises(LeaseLost, match="expired unrenewed"):
+            held.check()
+    finally:
+        flaky.down = 0
+        held.release()

@@ -89,18 +89,32 @@ class Lease:
                              job or os.path.basename(sys.argv[0] or "?"), run_id or uuid.uuid4().hex[:12],
                              time.time(), 0.0)
         self.version: str | None = None
+        self._attempt = 0.0                      # the expiry of our last write, written or not
         self.lost: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def _body(self) -> bytes:
-        self.holder.expires = time.time() + self.ttl
-        return json.dumps(asdict(self.holder)).encode()
+    def _put(self, **condition) -> None:
+        """Write our record with a new expiry under `condition`; the expiry counts only once written."""
+        expires = time.time() + self.ttl
+        self._attempt = expires
+        self.version = self.store.put(LEASE_FILE, json.dumps({**asdict(self.holder), "expires": expires}).encode(),
+                                      **condition)
+        self.holder.expires = expires
+
+    def _adopt(self, current: tuple[bytes, str] | None, expires: float | None = None) -> bool:
+        """Whether the stored record is our own write whose answer was lost (then retried and refused):
+        if so, take its version (and expiry) as ours."""
+        other = _parse(current[0]) if current else None
+        if other is None or not self._mine(other) or (expires is not None and other.expires != expires):
+            return False
+        self.version, self.holder.expires = current[1], other.expires
+        return True
 
     def acquire(self) -> "Lease":
         try:
-            self.version = self.store.put(LEASE_FILE, self._body(), create=True)
+            self._put(create=True)
         except Conflict:
             self._take_over()
         self._thread = threading.Thread(target=self._beat, name="lake-lease", daemon=True)
@@ -111,17 +125,16 @@ class Lease:
         current = self.store.get(LEASE_FILE)
         if current is None:     # released between our create and our read: create again, once
             try:
-                self.version = self.store.put(LEASE_FILE, self._body(), create=True)
+                self._put(create=True)
                 return
             except Conflict:
                 current = self.store.get(LEASE_FILE)
                 if current is None:
                     raise LeaseHeld(f"lake {self.lake}: its lease changes hands too fast to take; retry") from None
+        if self._adopt(current):       # our own create, whose answer was lost and retried
+            return
         data, version = current
         other = _parse(data)
-        if other is not None and self._mine(other):     # our own create, whose answer was lost and retried
-            self.version = version
-            return
         now = time.time()
         if other is not None and other.expires > now and not _process_gone(other):
             raise LeaseHeld(f"lake {self.lake} is being written by {other.describe()} (lease until "
@@ -132,7 +145,7 @@ class Lease:
                ("whose process is gone" if other.expires > now else
                 f"expired {now - other.expires:.0f}s ago without renewal"))
         try:
-            self.version = self.store.put(LEASE_FILE, self._body(), if_match=version)
+            self._put(if_match=version)
         except Conflict:
             raise LeaseHeld(f"lake {self.lake}: another job took over {why} first") from None
         log.warning("lake %s: took over %s", self.lake, why)
@@ -147,13 +160,10 @@ class Lease:
                 if self.lost:
                     return
                 try:
-                    self.version = self.store.put(LEASE_FILE, self._body(), if_match=self.version)
+                    self._put(if_match=self.version)
                 except Conflict:
-                    current = self.store.get(LEASE_FILE)
-                    other = _parse(current[0]) if current else None
-                    if other is not None and self._mine(other) and other.expires == self.holder.expires:
-                        self.version = current[1]      # our own renewal, whose answer was lost and retried
-                        continue
+                    if self._adopt(self.store.get(LEASE_FILE), self._attempt):
+                        continue                       # our own renewal, whose answer was lost and retried
                     self.lost = "another job took the lease over"
                     log.error("lake %s: lease lost (%s); this job stops before its next commit", self.lake,
                               self.lost)
