@@ -32,8 +32,11 @@ TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index", "duplica
 
 
 def s3_cfg(cfg, endpoint: str, tmp_path):
+    """cfg for moto; its own catalog database: the shared session's catalog must not keep tables that
+    point into a moto server that later tests no longer have (loading them would retry for minutes)."""
     return dataclasses.replace(
         cfg, s3=dataclasses.replace(cfg.s3, endpoint_url=endpoint, path_style_access=True),
+        catalog=dataclasses.replace(cfg.catalog, database=f"s1mmalign_s3_{os.urandom(3).hex()}"),
         clip=dataclasses.replace(cfg.clip, batch_size=16, decode_threads=2, text_workers=0,
                                  cache_dir=str(tmp_path / "ckpt-cache")))
 
