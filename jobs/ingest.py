@@ -3,12 +3,9 @@
     spark-submit jobs/ingest.py --source ROOT_OR_S3_URI --lake LAKE_ROOT_OR_S3_URI [--conf conf/X.yaml]
 """
 
-import os
-
 import _bootstrap  # noqa: F401
 
-from s1mmalign import cli, config, ingest, session, sources
-from s1mmalign.storage import Store
+from s1mmalign import cli, config, ingest, session
 
 
 def body() -> int:
@@ -17,12 +14,8 @@ def body() -> int:
     args = p.parse_args()
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    if "://" not in args.source and not os.path.isdir(args.source):
-        raise cli.UsageError(f"--source {args.source} is not a folder")
+    found = cli.discover_source(args.source, cfg)
     lake = cli.lake_uri(args.lake, existing=False)
-    # List the sources before Spark starts: a root with no sources fails fast, in one line.
-    found = sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region),
-                             cfg.ingest.archive_suffix)
     spark = session.build(lake, cfg)
     try:
         ingest.run(spark, cfg, args.source, lake, discovered=found)

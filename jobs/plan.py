@@ -6,12 +6,9 @@ Prints one line per file to read and a summary line. Exit 0: there is something 
 changed (the Airflow DAG skips the rest of its run); 2: a bad flag, path or config, in one line.
 """
 
-import os
-
 import _bootstrap  # noqa: F401
 
-from s1mmalign import cli, config, delta_io, ingest, session, sources
-from s1mmalign.storage import Store
+from s1mmalign import cli, config, delta_io, ingest, session
 
 NOTHING_TO_DO = 99
 
@@ -22,11 +19,8 @@ def body() -> int:
     args = p.parse_args()
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
-    if "://" not in args.source and not os.path.isdir(args.source):
-        raise cli.UsageError(f"--source {args.source} is not a folder")
+    found = cli.discover_source(args.source, cfg)
     lake = cli.lake_uri(args.lake, existing=False)
-    found = sources.discover(Store.from_uri(args.source, cfg.s3.endpoint_url, cfg.s3.region),
-                             cfg.ingest.archive_suffix)
     _, plan = found
     if not delta_io.exists(None, lake, "ingest_log", cfg.s3):      # a new lake: everything is new
         todo = [f.rel for s in plan.sources for f in s.jsonl] + [a.name for s in plan.sources for a in s.archives]

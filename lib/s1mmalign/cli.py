@@ -42,6 +42,17 @@ def lake_uri(lake: str, *, existing: bool = True) -> str:
     return lake
 
 
+def discover_source(source: str, cfg):
+    """--source listed before Spark starts (sources.discover's (store, plan)): a path that is not a folder,
+    or a root with no sources, fails fast in one line."""
+    from s1mmalign import sources
+    from s1mmalign.storage import Store
+
+    if "://" not in source and not os.path.isdir(source):
+        raise UsageError(f"--source {source} is not a folder")
+    return sources.discover(Store.from_uri(source, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.archive_suffix)
+
+
 def require_tables(lake: str, tables: Sequence[str], spark=None, s3=None) -> None:
     """LakeError unless every one of `tables` exists (checked without Spark when spark is None; s3: the
     S3 settings for an object-store lake)."""
