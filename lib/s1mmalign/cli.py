@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from s1mmalign.analytics import ViewError
 from s1mmalign.clip import ClipError
 from s1mmalign.config import ConfigError
+from s1mmalign.export import ExportError
 from s1mmalign.lease import LeaseLost
 from s1mmalign.quality import SuiteError
 from s1mmalign.session import LakeBusy
@@ -132,7 +133,7 @@ def main(prog: str, body: Callable[[], int]) -> None:
     try:
         code = body()
     except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError, LakeBusy,
-            LeaseLost) as exc:
+            LeaseLost, ExportError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

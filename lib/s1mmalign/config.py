@@ -115,6 +115,15 @@ class ReportConf:
 
 
 @dataclass(frozen=True)
+class ExportConf:
+    shard_size: str = "512MB"             # default --shard-size
+    batch_rows: int = 64                  # rows per Arrow batch into a shard task (bounded in bytes too:)
+    batch_bytes: int = 67108864           # bytes per Arrow batch into a shard task
+    row_group_bytes: int = 67108864       # Parquet shards: a row group holds about this many bytes
+    broadcast_pairs: int = 2000000        # up to this many pairs, their image keys are broadcast (no shuffle of images by sha)
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConf
     catalog: CatalogConf
@@ -126,6 +135,7 @@ class Config:
     report: ReportConf = field(default_factory=ReportConf)
     lease: LeaseConf = field(default_factory=LeaseConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
+    export: ExportConf = field(default_factory=ExportConf)
 
 
 # Ranges of numeric settings, (lowest, highest) with None for no bound, and the values some settings take:
@@ -145,6 +155,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, None),
     "lease.ttl_seconds": (2, None), "lease.heartbeat_seconds": (1, None),
     "maintain.vacuum_retention_hours": (168, None),
+    "export.batch_rows": (1, None), "export.batch_bytes": (1024, 2**31 - 1), "export.row_group_bytes": (1, None),
+    "export.broadcast_pairs": (0, None),
     "report.short_chars": (0, None), "report.review_pairs": (0, None), "report.preview_chars": (0, None),
     "report.score_bin_width": (1e-6, 1), "report.length_bins_per_decade": (1, 1000),
 }
@@ -269,7 +281,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease", "maintain"}
+    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease", "maintain", "export"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     lease = _section(LeaseConf, merged.get("lease"), "lease")
@@ -287,4 +299,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         report=_section(ReportConf, merged.get("report"), "report"),
         lease=lease,
         maintain=_section(MaintainConf, merged.get("maintain"), "maintain"),
+        export=_section(ExportConf, merged.get("export"), "export"),
     )

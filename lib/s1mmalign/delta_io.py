@@ -193,9 +193,12 @@ def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]
     return _log_write(spark, lake, name, f"replace where {where[:80]}", before)
 
 
-def read(spark, lake: str, name: str):
-    """The current rows of table `name`."""
-    return spark.read.format("delta").load(table_path(lake, name))
+def read(spark, lake: str, name: str, version: int | None = None):
+    """The current rows of table `name` (or those of an older `version`: Delta's time travel)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(table_path(lake, name))
 
 
 def exists(spark, lake: str, name: str, s3=None) -> bool:

@@ -224,9 +224,11 @@ class LocalStore(Store):
                     os.link(tmp, path)
                 except FileExistsError:
                     raise Conflict(f"{rel} exists") from None
+            elif if_match is None:      # an unconditional replace: rename(2) is atomic
+                os.replace(tmp, path)
             else:
                 # A conditional replace: compare and swap under a short lock of a guard file beside it
-                # (every writer of this file takes it), so no other writer slips in between.
+                # (every conditional writer of this file takes it), so no other writer slips in between.
                 with open(f"{path}.guard", "a+b") as guard:
                     fcntl.flock(guard, fcntl.LOCK_EX)
                     if if_match is not None:
@@ -244,6 +246,10 @@ class LocalStore(Store):
 
         path = self._full(rel)
         if not os.path.exists(path):
+            return
+        if if_match is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
             return
         with open(f"{path}.guard", "a+b") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
