@@ -29,6 +29,8 @@ def test_frozen():
     ("ingest: [\n", "not valid YAML"),
     ("s3:\n  path_style_access: 'yes'\n", "setting s3.path_style_access must be a bool, got 'yes'"),
     ("s3:\n  max_attempts: 0\n", "setting s3.max_attempts must be between 1 and 100"),
+    ("export:\n  batch_bytes: 10\n", "setting export.batch_bytes must be between 1024 and 2147483647"),
+    ("export:\n  batch_rows: two\n", "setting export.batch_rows must be an int"),
     ("lease:\n  ttl_seconds: 30\n  heartbeat_seconds: 30\n", "lease.heartbeat_seconds .30. must be below "
                                                                "lease.ttl_seconds .30."),
 ])

@@ -252,6 +252,7 @@ def _run(spark, cfg, lake, out: Path, *, model=None, **spec) -> Path:
     (dict(where="width + 1"), None, "not a condition"),
     (dict(where="score_caption > 0.5"), None, "score_caption"),
     (dict(), "ViT-L-14", "has no scores"),
+    (dict(where="discipline = 'alchemy'"), None, "the selection is empty .* where kept 0"),
 ])
 def test_bad_predicate_or_model_is_one_error_before_any_shard(spark, cfg, lake, tmp_path, spec, model, message):
     lake, _ = lake

@@ -578,6 +578,10 @@ def run(spark, cfg, lake: str, out: str, spec: Spec, *, model_name: str | None =
     images = _read(spark, lake, "images", versions)
     chosen, shards = plan(spark, selected.where("_keep").drop("_ok_where", "_ok_score", "_ok_text", "_keep"),
                           images, spec)
+    if not shards:
+        steps = tally["steps"]
+        raise ExportError(f"the selection is empty ({steps['pairs']} pairs; where kept {steps['where']}, score "
+                          f"{steps['min_score']}, text {steps['text']}, dedup {steps['dedup']}): nothing written")
     warnings = _warnings(spark, lake, versions, spec)
     draft = {"lake": lake, "spec": spec.as_dict(), "versions": versions,
              "shards": [{"name": shard_name(i, spec), "samples": n} for i, n in shards]}
