@@ -202,8 +202,7 @@ def fault_proxy(target: str, seed: int = 7, slow_down: float = 0.08, reset: floa
     return server, f"http://127.0.0.1:{server.server_address[1]}", counts
 
 
-def test_ingest_and_validate_through_throttling_and_resets_give_the_same_rows(spark, cfg, moto, faults_corpus,
-                                                                              tmp_path):
+def test_ingest_through_throttling_and_resets_gives_the_same_rows(spark, cfg, moto, faults_corpus, tmp_path):
     store = bucket(moto, "faulty")
     store.upload_tree(str(faults_corpus), "src")
     proxy, endpoint, counts = fault_proxy(moto)
@@ -211,7 +210,6 @@ def test_ingest_and_validate_through_throttling_and_resets_give_the_same_rows(sp
         s3 = s3_cfg(cfg, endpoint, tmp_path)
         session.apply_s3a(spark, s3)
         summary = ingest.run(spark, s3, "s3://faulty/src", "s3a://faulty/lake")
-        outcome = validate.run(spark, s3, "s3a://faulty/lake")
     finally:
         proxy.shutdown()
         session.apply_s3a(spark, s3_cfg(cfg, moto, tmp_path))
@@ -220,7 +218,6 @@ def test_ingest_and_validate_through_throttling_and_resets_give_the_same_rows(sp
     assert summary.pairs == ingest.run(spark, s3_cfg(cfg, moto, tmp_path), "s3://faulty/src", str(clean)).pairs > 200
     for name in ("pairs", "images", "quarantine", "ingest_log", "image_index"):
         assert delta_rs_rows("s3a://faulty/lake", name, moto) == delta_rs_rows(str(clean), name, None), name
-    assert outcome.results and outcome.docs_index.startswith("s3a://faulty/lake/")
 
 
 # --- spark-submit against an S3 lake: one writer per lake, kill -9, a standalone cluster ----------------
@@ -305,22 +302,15 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
     assert v.returncode == 1 and "quarantined_share" in _last_line(v.stderr), v.stderr[-2000:]  # the faults
     assert "Data Docs s3a://race/lake/_quality/data_docs/index.html" in _last_line(v.stderr)
     assert store.get("lake/_quality/data_docs/index.html") is not None
-    c = run_job("score_clip", "--lake", "s3://race/lake", "--model", "tiny-clip", "--model-config", TINY,
-                "--random-weights-for-testing", "--conf", conf, submit=False)
-    ok(c)
-    assert f"score_clip: {len(snapshot(spark, clean, 'pairs'))} pairs scored" in c.stdout
-    r = run_job("report", "--lake", "s3://race/lake", "--out", "s3://race/report", "--conf", conf, submit=False)
-    ok(r)
-    assert r.stdout.startswith("report: s3://race/report/report.html (") and "1 CLIP model(s)" in r.stdout
-    assert b"S1-MMAlign caption quality" in store.get("report/report.html")[0]
     assert store.get("lake/_lease.json") is None
     sql = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", "s3://race/lake", "--conf", conf, "-S",
-                          "-e", "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.clip_scores"],
+                          "-e", "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.duplicates"],
                          capture_output=True, text=True, timeout=300, cwd=REPO,
                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
     n_pairs = len(snapshot(spark, clean, "pairs"))
-    assert sql.returncode == 0 and sql.stdout.split() == [str(n_pairs), str(n_pairs)], sql.stderr[-2000:]
-    for proc in (again, refused, v, c, r, sql):                     # no job says the secret, even at DEBUG
+    n_dups = len(snapshot(spark, "s3a://race/lake", "duplicates", ()))
+    assert sql.returncode == 0 and sql.stdout.split() == [str(n_pairs), str(n_dups)], sql.stderr[-2000:]
+    for proc in (again, refused, v, sql):                     # no job says the secret, even at DEBUG
         assert TEST_SECRET not in proc.stdout + proc.stderr
     missing = run_job("validate", "--lake", "s3://race/nothing-here", "--conf", conf, submit=False)
     assert missing.returncode == 2 and "run jobs/ingest.py first" in _last_line(missing.stderr)

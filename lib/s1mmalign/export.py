@@ -9,9 +9,10 @@ Steps, each a function below:
   plan       pairs in pair_id order (a sha256 prefix: shards are well mixed) cut into shards of about
              --shard-size by their estimated bytes: a prefix sum by pair_id-prefix buckets (no single task
              sees every row), shard = floor(bytes before the pair / shard size)
-  write      the chosen rows joined with their image bytes, one shuffle by shard, sorted by pair_id within
-             it; each shard written by one task to a spool file and published whole (rename or one S3
-             object), with a record of its size and sha256 under _shards/
+  write      the chosen rows joined with their image bytes, one shuffle by shard (one task per shard);
+             the task spools the image bytes to local disk as they come, then writes the shard in
+             pair_id order to a spool file, published whole (rename or one S3 object), with a record
+             of its size and sha256 under _shards/
   manifest   spec, versions, counts, every shard's name/samples/bytes/sha256 in _manifest.json; _SUCCESS last
 
 A re-run over the same --out resumes: the draft manifest (_manifest.draft.json) pins spec and versions,
@@ -210,7 +211,8 @@ def _blank(col):
 
 
 def select(df, spec: Spec):
-    """The chosen pairs (with `_keep`), and a frame of the step-by-step counts' columns."""
+    """Every candidate with the step flags `_ok_where`, `_ok_score`, `_ok_text` (each including the ones
+    before) and `_keep` (passed every step and first of its duplicate group)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -235,19 +237,22 @@ def select(df, spec: Spec):
 
 
 def counts(selected) -> dict:
-    """Pairs read and kept by each step, and the kept ones per discipline and source."""
+    """Pairs read and kept by each step, and the kept ones per discipline and source (one Spark job)."""
     from pyspark.sql import functions as F
 
-    steps = selected.agg(F.count("*").alias("pairs"), F.sum(F.col("_ok_where").cast("long")).alias("where"),
-                         F.sum(F.col("_ok_score").cast("long")).alias("min_score"),
-                         F.sum(F.col("_ok_text").cast("long")).alias("text"),
-                         F.sum(F.col("_keep").cast("long")).alias("dedup")).first().asDict()
-    kept = selected.where("_keep")
-    return {
-        "steps": {k: int(v or 0) for k, v in steps.items()},
-        "by_discipline": {r[0]: r[1] for r in kept.groupBy("discipline").count().orderBy("discipline").collect()},
-        "by_source": {r[0]: r[1] for r in kept.groupBy("source").count().orderBy("source").collect()},
-    }
+    flags = ("_ok_where", "_ok_score", "_ok_text", "_keep")
+    rows = selected.groupBy("discipline", "source").agg(
+        F.count("*").alias("pairs"), *(F.sum(F.col(f).cast("long")).alias(f) for f in flags)).collect()
+    names = {"pairs": "pairs", "_ok_where": "where", "_ok_score": "min_score", "_ok_text": "text", "_keep": "dedup"}
+    steps = {step: sum(int(r[col] or 0) for r in rows) for col, step in names.items()}
+    by_discipline: dict[str, int] = {}
+    by_source: dict[str, int] = {}
+    for r in rows:
+        if r["_keep"]:
+            by_discipline[r["discipline"]] = by_discipline.get(r["discipline"], 0) + int(r["_keep"])
+            by_source[r["source"]] = by_source.get(r["source"], 0) + int(r["_keep"])
+    return {"steps": steps, "by_discipline": dict(sorted(by_discipline.items())),
+            "by_source": dict(sorted(by_source.items()))}
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -428,19 +433,21 @@ def _partition_keys(spark, n: int) -> dict[int, int]:
     return keys
 
 
-def _write(spark, cfg, store: Store, spec: Spec, chosen, images, todo: list[int]):
+def _write(spark, cfg, store: Store, spec: Spec, chosen, images, shards: list[tuple[int, int]],
+           todo: list[int]):
     """Write the shards `todo`; their records.
 
     Image bytes cross the network once: images are joined with the pairs' (image_sha256, pair_id, shard)
     keys (broadcast when small), the pairs' other fields travel as their own rows beside them (a union, not
-    a second join), one shuffle brings each shard's rows to its task, sorted by pair_id (fields first).
+    a second join), one shuffle brings each shard's rows to its own task (shard_task orders them).
     """
     from pyspark.sql import functions as F
 
     ecfg = cfg.export
     chosen = chosen.where(F.col("shard").isin(todo))
     keys = chosen.select("image_sha256", "pair_id", "shard")
-    if chosen.count() <= ecfg.broadcast_pairs:
+    wanted = set(todo)
+    if sum(n for i, n in shards if i in wanted) <= ecfg.broadcast_pairs:
         keys = F.broadcast(keys)
     content = "content" if spec.image == "original" else "thumbnail"
     blobs = (images.select("image_sha256", F.col(content).alias("image")).join(keys, "image_sha256")
@@ -449,7 +456,7 @@ def _write(spark, cfg, store: Store, spec: Spec, chosen, images, todo: list[int]
     part = _partition_keys(spark, len(todo))
     routes = spark.createDataFrame([(shard, part[i]) for i, shard in enumerate(todo)], "shard long, _route long")
     rows = (metas.unionByName(blobs, allowMissingColumns=True).join(F.broadcast(routes), "shard")
-            .repartition(len(todo), "_route").sortWithinPartitions("shard", "pair_id", "_part").drop("_route"))
+            .repartition(len(todo), "_route").drop("_route"))
     writer = Writer(store, spec, ecfg.row_group_bytes)
     conf = spark.conf
     saved = {k: conf.get(k, None) for k in _BATCH_CONF}
@@ -462,32 +469,48 @@ def _write(spark, cfg, store: Store, spec: Spec, chosen, images, todo: list[int]
             conf.unset(k) if v is None else conf.set(k, v)
 
 
-def _samples(batches):
-    """Rows (fields row, then image row, per pair) -> one dict per pair with its `image`; a pair whose
-    image row is missing (its image is not in the table) is left out, and the shard comes up short."""
-    fields_row = None
-    for batch in batches:
-        for r in batch.to_pylist():
-            if r["_part"] == 0:
-                fields_row = r
-            elif fields_row is not None and fields_row["pair_id"] == r["pair_id"]:
-                yield {**fields_row, "image": r["image"]}
-                fields_row = None
-
-
 def shard_task(writer: Writer):
-    """The mapInArrow function: rows sorted by (shard, pair_id) -> one record per shard written."""
+    """The mapInArrow function over one partition = one shard (routing keys guarantee it), its rows in
+    any order: the pairs' fields are kept, the image bytes go to a local spool file as they come (no sort
+    in the JVM, no image held in memory), then the shard is written in pair_id order from the two. A pair
+    whose image row is missing (its image is not in the table) is left out, and the shard comes up short."""
     import pyarrow as pa
 
     out_schema = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
                             ("sha256", pa.string())])
 
     def run(batches):
-        import itertools
+        import tempfile
 
-        for index, rows in itertools.groupby(_samples(batches), key=lambda r: r["shard"]):
-            record = writer.write(index, rows)
-            yield pa.RecordBatch.from_pylist([record], schema=out_schema)
+        fields_of: dict[str, dict] = {}
+        where: dict[str, tuple[int, int]] = {}
+        shard = None
+        with tempfile.TemporaryFile(prefix="s1mmalign-export-") as spool:
+            for batch in batches:
+                kinds = batch.column("_part").to_pylist()
+                if 0 in kinds:
+                    for r, kind in zip(batch.drop_columns(["image"]).to_pylist(), kinds):
+                        if kind == 0:
+                            fields_of[r["pair_id"]] = r
+                            shard = r["shard"]
+                if 1 in kinds:
+                    ids, images = batch.column("pair_id"), batch.column("image")
+                    for i, kind in enumerate(kinds):
+                        if kind == 1:
+                            data = images[i].as_buffer()
+                            where[ids[i].as_py()] = (spool.tell(), data.size)
+                            spool.write(data)
+            if shard is None:
+                return
+
+            def rows():
+                for pair_id in sorted(fields_of):
+                    if pair_id in where:
+                        offset, size = where[pair_id]
+                        spool.seek(offset)
+                        yield {**fields_of[pair_id], "image": spool.read(size)}
+
+            yield pa.RecordBatch.from_pylist([writer.write(shard, rows())], schema=out_schema)
     return run
 
 
@@ -596,7 +619,7 @@ def run(spark, cfg, lake: str, out: str, spec: Spec, *, model_name: str | None =
 
     records = dict(kept)
     if todo:
-        for r in _write(spark, cfg, store, spec, chosen, images, todo):
+        for r in _write(spark, cfg, store, spec, chosen, images, shards, todo):
             records[r["name"]] = r.asDict()
     planned = {shard_name(i, spec): n for i, n in shards}
     short = [n for n in planned if records.get(n, {}).get("samples") != planned[n]]
