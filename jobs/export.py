@@ -23,16 +23,16 @@ def body() -> int:
     p = cli.parser("export", __doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix for the shards and _manifest.json")
     p.add_argument("--where", default=None, help="Spark SQL condition over pairs (and the model's scores)")
-    p.add_argument("--dedup", default="none", choices=export.DEDUP,
-                   help="exact: one pair per exact image group; near: one per near-duplicate cluster too")
+    p.add_argument("--dedup", default=None, choices=export.DEDUP,
+                   help="exact: one pair per exact image group; near: one per near-duplicate cluster too (default none)")
     p.add_argument("--model", default=None, help="a clip_scores model (name or id): its scores in each sample")
     p.add_argument("--min-score", type=float, default=None, help="keep pairs whose --model score is at least this")
     p.add_argument("--score-field", default=None, choices=export.SCORE_FIELDS,
                    help="the score --min-score compares (default: that of --text; caption for both)")
-    p.add_argument("--text", default="recaption", choices=export.TEXTS, help="the text of each sample")
-    p.add_argument("--format", default="webdataset", choices=export.FORMATS)
+    p.add_argument("--text", default=None, choices=export.TEXTS, help="the text of each sample (default recaption)")
+    p.add_argument("--format", default=None, choices=export.FORMATS, help="default webdataset")
     p.add_argument("--shard-size", default=None, help="bytes per shard, e.g. 512MB (default: export.shard_size)")
-    p.add_argument("--image", default="original", choices=export.IMAGES)
+    p.add_argument("--image", default=None, choices=export.IMAGES, help="default original")
     p.add_argument("--from-manifest", default=None,
                    help="an earlier export's _manifest.json: the same spec over the same table versions")
     args = p.parse_args()
@@ -42,15 +42,17 @@ def body() -> int:
     out = cli.require_out_folder(args.out)
     versions, model_name = None, args.model
     if args.from_manifest:
-        given = [f for f in ("where", "model", "min_score", "score_field", "shard_size") if getattr(args, f) is not None]
+        given = [f for f in ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size", "image")
+                 if getattr(args, f) is not None]
         if given:
             raise cli.UsageError(f"--from-manifest takes the spec from the manifest: drop --{given[0].replace('_', '-')}")
         manifest = _manifest(args.from_manifest, cfg)
         spec, versions, model_name = export.Spec.from_dict(manifest["spec"]), manifest["versions"], None
     else:
-        field = args.score_field or ("recaption" if args.text == "recaption" else "caption")
-        spec = export.Spec(where=args.where, dedup=args.dedup, min_score=args.min_score, score_field=field,
-                           text=args.text, format=args.format, image=args.image,
+        text = args.text or "recaption"
+        field = args.score_field or ("recaption" if text == "recaption" else "caption")
+        spec = export.Spec(where=args.where, dedup=args.dedup or "none", min_score=args.min_score, score_field=field,
+                           text=text, format=args.format or "webdataset", image=args.image or "original",
                            shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
         if args.min_score is not None and not args.model:
             raise cli.UsageError("--min-score needs --model (whose scores to compare)")

@@ -282,6 +282,9 @@ def test_missing_tables_foreign_out_and_the_jobs_exit_codes(spark, cfg, lake, tm
         (["--where", "discipline ="], "export: error: --where"),
         (["--min-score", "0.3"], "export: error: --min-score needs --model"),
         (["--shard-size", "lots"], "export: error: --shard-size 'lots'"),
+        (["--from-manifest", str(tmp_path / "none.json"), "--text", "caption"], "export: error: --from-manifest "
+                                                                                "takes the spec from the manifest: drop --text"),
+        (["--from-manifest", str(tmp_path / "none.json")], "export: error: --from-manifest"),
     ):
         proc = _job(lake, tmp_path / "o3", *args)
         assert proc.returncode == 2, proc.stderr
