@@ -54,9 +54,7 @@ def body() -> int:
         spec = export.Spec(where=args.where, dedup=args.dedup or "none", min_score=args.min_score, score_field=field,
                            text=text, format=args.format or "webdataset", image=args.image or "original",
                            shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
-        if args.min_score is not None and not args.model:
-            raise cli.UsageError("--min-score needs --model (whose scores to compare)")
-    spec.check()
+    spec.check(model_name)
     cli.require_tables(lake, ("pairs", "images"), s3=cfg.s3)
     spark = session.build(lake, cfg, write=False)
     try:

@@ -88,12 +88,14 @@ class Spec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def check(self) -> None:
+    def check(self, model_name: str | None = None) -> None:
+        """ExportError for a value no flag takes, or a score threshold without a model (model_name: --model
+        as given, before it is resolved into `model`)."""
         for name, allowed in (("dedup", DEDUP), ("text", TEXTS), ("format", FORMATS), ("image", IMAGES),
                               ("score_field", SCORE_FIELDS)):
             if getattr(self, name) not in allowed:
                 raise ExportError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
-        if self.min_score is not None and not self.model:
+        if self.min_score is not None and not (self.model or model_name):
             raise ExportError("--min-score needs --model (whose scores to compare)")
 
     @property
@@ -164,15 +166,14 @@ def candidates(spark, lake: str, spec: Spec, versions: dict[str, int]):
     score_recaption, score_status when --model), all models' scores, duplicate groups."""
     from pyspark.sql import functions as F
 
-    pairs = _read(spark, lake, "pairs", versions).drop("row_hash", "ingest_run_id", "ingested_at")
-    df = pairs
+    df = _read(spark, lake, "pairs", versions).drop("row_hash", "ingest_run_id", "ingested_at")
+    clip_scores = _read(spark, lake, "clip_scores", versions) if "clip_scores" in versions else None
     if spec.model:
-        mine = (_read(spark, lake, "clip_scores", versions).where(F.col("model") == spec.model)
+        mine = (clip_scores.where(F.col("model") == spec.model)
                 .select("pair_id", "score_caption", "score_recaption", F.col("status").alias("score_status")))
         df = df.join(mine, "pair_id", "left")
-    if "clip_scores" in versions:
-        scores = (_read(spark, lake, "clip_scores", versions)
-                  .where(F.col("model") == spec.model if spec.model else F.lit(True))
+    if clip_scores is not None:
+        scores = (clip_scores.where(F.col("model") == spec.model if spec.model else F.lit(True))
                   .groupBy("pair_id").agg(F.array_sort(F.collect_list(F.struct(
                       "model", "score_caption", "score_recaption", "status"))).alias("scores")))
         df = df.join(scores, "pair_id", "left")
@@ -528,7 +529,8 @@ def _load_json(store: Store, rel: str) -> dict | None:
 
 
 def check_out(store: Store, spec: Spec, lake: str) -> dict | None:
-    """What --out holds: None (empty), or the draft to resume; ExportError when it holds anything else."""
+    """What --out holds: None (empty), or the draft to resume; ExportError when it holds anything else.
+    Spool files of shards whose task died are removed."""
     dirs, files = store.list_dir("")
     ours = {MANIFEST, DRAFT, SUCCESS}
     strangers = [f.rel for f in files if f.rel not in ours and not _SHARD.match(f.rel) and ".tmp" not in f.rel]
@@ -537,6 +539,7 @@ def check_out(store: Store, spec: Spec, lake: str) -> dict | None:
         raise ExportError(f"--out {store.uri} holds files that are not an export's ({', '.join(sorted(strangers)[:3])}"
                           f"...): choose an empty folder")
     names = {f.rel for f in files}
+    held = None
     for rel in (MANIFEST, DRAFT) if SUCCESS in names else (DRAFT,):
         if rel in names:
             held = _load_json(store, rel)
@@ -544,8 +547,11 @@ def check_out(store: Store, spec: Spec, lake: str) -> dict | None:
                 what = "a complete" if SUCCESS in names else "an unfinished"
                 raise ExportError(f"--out {store.uri} holds {what} export of another spec or lake: "
                                   f"choose another folder (or remove it)")
-            return held
-    return None
+            break
+    for name in names:
+        if ".tmp" in name:
+            store.delete(name)
+    return held
 
 
 def kept_shards(store: Store, draft: dict) -> dict[str, dict]:
@@ -584,9 +590,6 @@ def run(spark, cfg, lake: str, out: str, spec: Spec, *, model_name: str | None =
         spec = _with_model(spec, resolve_model(spark, lake, versions, model_name))
     spec.check()
     held = check_out(store, spec, lake)
-    for f in store.list_dir("")[1]:
-        if ".tmp" in f.rel:         # a spool file of a shard whose task died
-            store.delete(f.rel)
     if held and held.get("complete"):
         log.info("export: %s already holds this export, complete", out)
         m = held
