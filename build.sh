@@ -6,6 +6,7 @@
 #   ./build.sh clip     set up with the CLIP stack (torch, open_clip) for jobs/score_clip.py
 #   ./build.sh airflow  set up, and Airflow 3.3.2 in .venv-airflow (dags/s1mmalign_refresh.py)
 #   .venv/            Python 3.11 virtual environment with the pinned packages (+ test extras)
+#   vendor/data_docs/ Data Docs' scripts and styles from the npm registry (conf/data_docs_assets.yaml)
 #   jars/             Delta Lake jars from Maven Central, resolved once (pom.xml)
 #   dist/s1mmalign.zip  lib/ + conf/ + schemas/ + expectations/ for spark-submit --py-files on a cluster
 set -euo pipefail
@@ -33,6 +34,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[$extras]"
   touch "$stamp"
+fi
+
+# Great Expectations' Data Docs load their scripts, styles and fonts from public CDNs; these copies (pinned
+# and checked in conf/data_docs_assets.yaml, 3.4 MB from the npm registry) let validate serve them from the
+# docs folder instead, so the pages work with no network and tell no one who opened them.
+if [ ! -f vendor/data_docs/.fetched ] || [ conf/data_docs_assets.yaml -nt vendor/data_docs/.fetched ]; then
+  .venv/bin/python -m s1mmalign.docs_offline --fetch vendor/data_docs
+  touch vendor/data_docs/.fetched
 fi
 
 # Airflow (dags/) lives in its own venv, pinned by airflow-requirements.lock: its Spark provider pulls

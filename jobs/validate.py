@@ -29,7 +29,8 @@ def body() -> int:
         outcome = validate.run(spark, cfg, lake, out=out)
     finally:
         session.stop(spark)
-    line = f"validate: {outcome.summary_line()} (run {outcome.run_id}, Data Docs {outcome.docs_index})"
+    line = f"validate: {outcome.summary_line()} (run {outcome.run_id}, "
+    line += f"Data Docs {outcome.docs_index})" if outcome.docs_index else f"no Data Docs: {outcome.docs_note})"
     if outcome.critical_failures:
         print(line, file=sys.stderr)
         return 1

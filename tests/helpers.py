@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from s1mmalign import delta_io
 
@@ -83,3 +87,31 @@ def wait_port(port: int, timeout: float = 60) -> None:
                 return
         time.sleep(0.3)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(page: Path, tmp_path: Path, requests: list | None = None) -> str:
+    """The page's DOM after it loaded in headless Chromium (scripts run, pictures decoded), no network: every
+    host name resolves to nothing. With `requests`, the URLs the page itself asked for (from Chromium's net
+    log, so a request that failed for want of a network still counts; the browser's own calls home do not)
+    are appended to it."""
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (./build.sh test installs it)")
+    netlog = tmp_path / f"netlog-{time.monotonic_ns()}.json"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium'}", "--host-resolver-rules=MAP * ~NOTFOUND",
+           f"--log-net-log={netlog}", "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if requests is not None:
+        log = json.loads(netlog.read_text())
+        start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+        for event in log["events"]:
+            params = event.get("params") or {}
+            # the browser's own requests (updates, time) carry no initiating origin; the page's carry its own
+            if event["type"] == start and "url" in params and params.get("initiator") != "not an origin":
+                requests.append(params["url"])
+    return proc.stdout

@@ -72,7 +72,9 @@ def test_scifig300_real_figures(spark, scifig300, tmp_path):
     ok(proc)
     assert verdict(proc).startswith("validate: all ") and "warning" not in verdict(proc)
     assert table_rows(spark, lake, "duplicates", "pair_id") == []
-    assert (lake / "_quality" / "data_docs" / "index.html").is_file()
+    index = (lake / "_quality" / "data_docs" / "index.html").read_text()   # offline: no CDN, its own copies
+    assert "Content-Security-Policy" in index and "https://" not in index.split("<body")[0]
+    assert (lake / "_quality" / "data_docs" / "static" / "vendor" / "jquery@3.7.1" / "dist" / "jquery.min.js").is_file()
 
 
 def _large_archive_corpus(root, total_bytes: int) -> int:

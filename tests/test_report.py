@@ -10,8 +10,6 @@ import io
 import json
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,8 @@ import pandas as pd
 import pytest
 
 from s1mmalign import analytics, delta_io, report, schemas
+
+from helpers import browse
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0)
 M1, M2 = "tiny-clip@sha256:aaaaaaaaaaaaaaaa", "other-clip@sha256:bbbbbbbbbbbbbbbb"
@@ -60,6 +60,23 @@ QUARANTINE = [("arxiv", "arxiv/jsonl/24_recaption.jsonl", 7, "malformed_json", R
               ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 11, "image_missing", R2),
               ("biorxiv", "biorxiv/jsonl/records.jsonl", 3, "unsafe_path", R2)]
 NEAR = ["p02", "p05", "p09"]        # one near-duplicate cluster
+# Two validate runs: the later one skipped the clip_scores suite, so that suite's latest verdicts are V1's.
+V1, V2 = "v20261124T000000Z-aaaa", "v20261125T000000Z-bbbb"
+# (run, validated_at, suite, expectation, severity, success, observed_value, element_count, unexpected_count,
+#  unexpected_percent, details)
+QUALITY = [
+    (V1, NOW - dt.timedelta(days=2), "schema_values.pairs", "recaption_present", "critical", False, "0.9",
+     None, None, None, None),
+    (V1, NOW - dt.timedelta(days=2), "schema_values.pairs", "unknown_discipline_share", "warning", True, "0.01",
+     None, None, None, None),
+    (V1, NOW - dt.timedelta(days=2), "schema_values.clip_scores", "score_caption_range", "critical", False,
+     '{"unexpected_count": 1, "unexpected_percent": 8.333333333333334}', 12, 1, 8.333333333333334,
+     '{"unexpected": [1.5]}'),
+    (V2, NOW - dt.timedelta(days=1), "schema_values.pairs", "recaption_present", "critical", True, "0.995",
+     None, None, None, None),
+    (V2, NOW - dt.timedelta(days=1), "schema_values.pairs", "unknown_discipline_share", "warning", False, "0.08",
+     None, None, None, '{"exception": "planted: no such column"}'),
+]
 
 
 def sha(pid: str) -> str:
@@ -98,6 +115,12 @@ def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_dup
                  pair_id=p, source=PAIRS[p][0], discipline=PAIRS[p][1], image_path=f"images/x/{p}.png",
                  image_sha256=sha(p), image_dhash=0, distance=0, validate_run_id="v-1", computed_at=NOW)
             for kind, gid, members in dups for p in members])
+        write_table(spark, lake, "quality_results", [
+            dict(validate_run_id=run, validated_at=at, suite=suite, suite_group=suite.split(".")[0],
+                 table_name=suite.split(".")[1], expectation=exp, expectation_type="expect_x", severity=sev,
+                 success=ok, observed_value=obs, element_count=n, unexpected_count=bad, unexpected_percent=pct,
+                 details=det)
+            for run, at, suite, exp, sev, ok, obs, n, bad, pct, det in QUALITY])
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +257,33 @@ def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
     for r in out["quarantine_reasons"]:
         r["input_lines"] = inputs[(r["source"], r["ingest_run_id"])]
         r["share"] = r["lines"] / r["input_lines"]
+    qr = delta_io.read(spark, lake, "quality_results").toPandas()
+    latest = qr[qr.validated_at == qr.groupby("suite").validated_at.transform("max")]
+    out["quality_latest"] = [
+        dict(suite=r.suite, expectation=r.expectation, suite_group=r.suite_group, table_name=r.table_name,
+             expectation_type=r.expectation_type, severity=r.severity, success=bool(r.success),
+             observed_value=r.observed_value, element_count=num(r.element_count),
+             unexpected_count=num(r.unexpected_count),
+             unexpected_share=None if num(r.unexpected_percent) is None else r.unexpected_percent / 100,
+             sample_values=r.details, validate_run_id=r.validate_run_id, validated_at=r.validated_at.isoformat())
+        for r in latest.itertuples()]
+    for r in out["quality_latest"]:     # pandas holds a missing count as NaN (a float)
+        for col in ("element_count", "unexpected_count"):
+            r[col] = None if r[col] is None else int(r[col])
+    trend = []
+    for run, g in qr.groupby("validate_run_id"):
+        failed = g[~g.success]
+        trend.append(dict(validate_run_id=run, validated_at=g.validated_at.max().isoformat(), expectations=len(g),
+                          failed_critical=int((failed.severity == "critical").sum()),
+                          failed_warning=int((failed.severity == "warning").sum()),
+                          failed=", ".join(sorted(failed.suite + ":" + failed.expectation))))
+    trend.sort(key=lambda r: r["validated_at"], reverse=True)
+    out["quality_trend"] = trend[:rcfg.quality_runs]
     return out
 
 
 VIEWS = ["overview", "pair_counts", "caption_lengths", "length_ratio", "length_histogram", "clip_stats",
-         "clip_histogram", "clip_lowest", "duplicate_rates", "quarantine_reasons"]
+         "clip_histogram", "clip_lowest", "duplicate_rates", "quarantine_reasons", "quality_latest", "quality_trend"]
 
 
 def assert_rows_equal(view: str, key: tuple[str, ...], got: list[dict], want: list[dict]) -> None:
@@ -298,6 +343,16 @@ def test_known_values_by_hand(known):
     assert q[("*", "*", "image_missing")]["lines"] == 2
     assert q[("biorxiv", "*", "unsafe_path")]["share"] == pytest.approx(1 / 5)
     assert q[("*", R2, "image_missing")]["share"] == pytest.approx(1 / 8)     # run 2: 6 pairs + 2 lines
+    latest = {(r["suite"], r["expectation"]): r for r in v["quality_latest"]}
+    assert sorted((k, r["validate_run_id"], r["success"]) for k, r in latest.items()) == [
+        (("schema_values.clip_scores", "score_caption_range"), V1, False),    # skipped by V2: V1's verdict
+        (("schema_values.pairs", "recaption_present"), V2, True),
+        (("schema_values.pairs", "unknown_discipline_share"), V2, False)]
+    assert latest[("schema_values.clip_scores", "score_caption_range")]["unexpected_share"] == pytest.approx(1 / 12)
+    assert [(r["validate_run_id"], r["expectations"], r["failed_critical"], r["failed_warning"], r["failed"])
+            for r in v["quality_trend"]] == [     # in key order here; the page shows the newest first
+        (V1, 3, 2, 0, "schema_values.clip_scores:score_caption_range, schema_values.pairs:recaption_present"),
+        (V2, 2, 0, 1, "schema_values.pairs:unknown_discipline_share")]
     low = [r for r in v["clip_lowest"] if r["model"] == M1 and r["discipline"] == "biology"]
     assert [r["pair_id"] for r in low] == ["p08", "p12", "p09", "p07", "p11"]    # best .18 .26 .29 .31 .33
 
@@ -343,22 +398,6 @@ def test_report_files_and_plots(known, written):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page loads something from elsewhere"
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def browse(page: Path, tmp_path: Path) -> str:
-    """The page's DOM after it loaded in headless Chromium (scripts run, pictures decoded), no network."""
-    if not CHROMIUM:
-        pytest.skip("Debian's chromium is not installed (./build.sh test installs it)")
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'chromium'}", "--host-resolver-rules=MAP * ~NOTFOUND",
-           "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
 def cells(dom: str, table_id: str, key: str) -> list[str]:
     table = re.search(rf'<table id="{re.escape(table_id)}">(.*?)</table>', dom, re.S)
     assert table, table_id
@@ -368,7 +407,8 @@ def cells(dom: str, table_id: str, key: str) -> list[str]:
 def test_page_opens_in_headless_chromium_and_shows_the_numbers(known, written, tmp_path):
     _, _, summary = known
     out, files = written
-    dom = browse(out / "report.html", tmp_path)
+    asked: list[str] = []
+    dom = browse(out / "report.html", tmp_path, asked)
     body = re.search(r"<body([^>]*)>", dom).group(1)
     n = len(files["plots"])
     assert f'data-images="{n}"' in body and f'data-images-decoded="{n}"' in body, body
@@ -383,6 +423,16 @@ def test_page_opens_in_headless_chromium_and_shows_the_numbers(known, written, t
     assert cells(dom, tid, "uplift_pct") == [f"{r['uplift_pct']:+.2f}%" for r in stats]
     assert f"{100 * 0.05 / 0.3:+.2f}%" in cells(dom, tid, "uplift_pct") and "-75.00%" in cells(dom, tid, "variance_change_pct")
     assert cells(dom, "quarantine_reasons", "lines") == [str(r["lines"]) for r in summary["views"]["quarantine_reasons"]]
+    # validation: the failed expectations (critical first), their observed and unexpected values; the trend
+    assert cells(dom, "quality_failed", "expectation") == ["score_caption_range", "unknown_discipline_share"]
+    assert cells(dom, "quality_failed", "observed") == [
+        '{"unexpected_count": 1, "unexpected_percent": 8.333333333333334}', "0.0800"]
+    assert cells(dom, "quality_failed", "unexpected_share") == ["8.33%", "n/a"]
+    assert cells(dom, "quality_failed", "samples") == ["1.5", "raised: planted: no such column"]
+    assert cells(dom, "quality_latest", "result") == ["FAILED", "passed", "FAILED"]
+    assert cells(dom, "quality_trend", "failed_critical") == ["0", "2"]
+    assert re.search(r"<b>3</b> expectations, <b>2</b> failed \(1 critical, 1 warning\)", dom)
+    assert [u for u in asked if not u.startswith(("file:", "data:"))] == [], asked
     assert "No CLIP scores" not in dom
 
 
@@ -392,7 +442,8 @@ def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
     build_lake(spark, lake, "report_noclip", with_clip=False, with_duplicates=False)
     spark.sql("CREATE OR REPLACE VIEW report_noclip.clip_stats AS SELECT 1 AS stale")   # left by an older run
     summary = analytics.collect(spark, tcfg, lake)
-    assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates"}
+    assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates",
+                                           "quality_latest", "quality_trend"}
     assert "run jobs/score_clip.py" in summary["unavailable"]["clip_stats"]
     assert "run jobs/validate.py" in summary["unavailable"]["duplicate_rates"]
     assert not spark.catalog.tableExists("report_noclip.clip_stats"), "a stale view was left in the catalog"
@@ -401,6 +452,7 @@ def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert '<p class="note" id="note-clip_stats">No CLIP scores in this lake: no clip_scores table yet: run jobs/score_clip.py.</p>' in page
     assert "No duplicate analysis" in page and "clip_" not in " ".join(files["plots"])
+    assert "No validation results: no quality_results table yet: run jobs/validate.py." in page
 
 
 def test_view_files_are_checked(cfg):

@@ -5,9 +5,13 @@ planted duplicates."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
+import ipaddress
 import json
+import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ from delta.tables import DeltaTable
 from PIL import Image
 
 from s1mmalign import delta_io, ingest, quality, sample, schemas, validate
+
+from helpers import browse
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +226,47 @@ def test_missing_tables_are_a_clear_error(spark, cfg, tmp_path):
 
     with pytest.raises(LakeError, match="run jobs/ingest.py first"):
         validate.run(spark, cfg, str(tmp_path / "empty-lake"))
+
+
+def _text(dom: str) -> str:
+    """What a reader sees of a page: its text, scripts and styles left out."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+def test_data_docs_show_the_results_offline_and_nothing_leaves(spark, strict_cfg, lake_copy, tmp_path, monkeypatch):
+    """A validation with a failure; its Data Docs opened in Chromium with every host name unresolvable: the
+    failed expectation's counts and unexpected value are on screen (drawn by the docs folder's own copies of
+    bootstrap-table and jQuery), the pages asked for nothing but their own files, and the job itself opened
+    no connection off this machine."""
+    _dotdot_path(spark, lake_copy)
+    outside = []
+    connect = socket.socket.connect
+
+    def watched(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                local = ipaddress.ip_address(address[0]).is_loopback
+            except ValueError:
+                local = address[0] == "localhost"
+            if not local:
+                outside.append(address)
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", watched)
+    docs = tmp_path / "docs"
+    outcome = validate.run(spark, strict_cfg, str(lake_copy), out=str(docs))
+    monkeypatch.undo()
+    assert outside == []
+    assert outcome.docs_index == str(docs / "index.html") and outcome.docs_note == "offline"
+    (bad,) = [r for r in outcome.results if not r.success]
+    assert bad.key == "path_integrity.pairs:image_path_no_dotdot" and bad.unexpected_count == 1
+    planted = json.loads(bad.details)["unexpected"][0]
+    asked: list[str] = []
+    index = _text(browse(docs / "index.html", tmp_path, asked))
+    assert outcome.run_id in index and "path_integrity.pairs" in index and "schema_values.input_lines" in index
+    (page,) = (docs / "validations" / "path_integrity" / "pairs").rglob("*.html")
+    shown = _text(browse(page, tmp_path, asked))
+    assert [u for u in asked if not u.startswith("file:")] == [], asked
+    assert re.search(rf"Unsuccessful Expectations {bad.unexpected_count}\b", shown), shown[:2000]
+    assert planted in shown and re.search(rf"\b{bad.element_count}\b total rows", shown), shown[:4000]

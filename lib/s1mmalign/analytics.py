@@ -70,7 +70,7 @@ def parameters(cfg: Config) -> dict[str, object]:
     return {"db": cfg.catalog.database, "short_chars": int(r.short_chars),
             "figure_label_regex": r.figure_label_regex, "review_pairs": int(r.review_pairs),
             "preview_chars": int(r.preview_chars), "score_bin_width": float(r.score_bin_width),
-            "length_bins_per_decade": int(r.length_bins_per_decade)}
+            "length_bins_per_decade": int(r.length_bins_per_decade), "quality_runs": int(r.quality_runs)}
 
 
 def render(view: View, params: dict[str, object]) -> str:

@@ -77,6 +77,9 @@ class QualityConf:
     suites_dir: str = "expectations"          # the suite JSON files (in the checkout or the package)
     context_dir: str = "_quality/gx"          # Great Expectations' project, under the lake
     docs_dir: str = "_quality/data_docs"      # Data Docs, under the lake (unless --out)
+    data_docs: str = "offline"                # offline (assets served from the docs folder) | cdn | off
+    docs_assets: str = "vendor/data_docs"     # where ./build.sh put Data Docs' assets (under the checkout)
+    analytics: bool = False                   # Great Expectations' usage statistics
     near_duplicate_distance: int = 2
     lsh_bands: int = 3
     max_bucket: int = 5000
@@ -112,6 +115,7 @@ class ReportConf:
     preview_chars: int = 300              # caption text shown with them
     score_bin_width: float = 0.01         # CLIP score histogram bins
     length_bins_per_decade: int = 10      # word-count histogram bins (log scale)
+    quality_runs: int = 20                # validate runs in the quality trend
 
 
 @dataclass(frozen=True)
@@ -159,10 +163,11 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "export.broadcast_pairs": (0, None),
     "report.short_chars": (0, None), "report.review_pairs": (0, None), "report.preview_chars": (0, None),
     "report.score_bin_width": (1e-6, 1), "report.length_bins_per_decade": (1, 1000),
+    "report.quality_runs": (1, 100000),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "clip.text_strategy": ("truncate", "chunk_mean"), "clip.device": ("auto", "cpu", "cuda"),
-    "clip.image_decode": ("auto", "pil", "torch"),
+    "clip.image_decode": ("auto", "pil", "torch"), "quality.data_docs": ("offline", "cdn", "off"),
 }
 
 

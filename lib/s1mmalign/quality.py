@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from s1mmalign import resources, schemas
+from s1mmalign import docs_offline, resources, schemas
+from s1mmalign.config import QualityConf
 
 log = logging.getLogger(__name__)
 
@@ -135,21 +136,26 @@ def _number(value) -> float | None:
 class Runner:
     """A file-backed Great Expectations project under the lake, with one Spark data source."""
 
-    def __init__(self, context_root: str, docs_dir: str, partial_unexpected: int):
+    def __init__(self, context_root: str, docs_dir: str, conf: QualityConf):
+        # Usage statistics: off unless the conf asks (the variable for this process, the flag for the project).
+        os.environ["GX_ANALYTICS_ENABLED"] = "true" if conf.analytics else "false"
         import great_expectations as gx
 
         self.gx = gx
-        self.partial_unexpected = partial_unexpected
+        self.conf = conf
+        self.partial_unexpected = conf.partial_unexpected
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.context = gx.get_context(mode="file", project_root_dir=context_root)
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        if self.context.get_config().analytics_enabled is not conf.analytics:
+            self.context.enable_analytics(conf.analytics)
         sites = self.context.get_config().data_docs_sites or {}
         for name in list(sites):   # keep one site, at docs_dir (which --out may change between runs)
             base = (sites[name].get("store_backend") or {}).get("base_directory")
-            if name != DOCS_SITE or base != docs_dir:
+            if name != DOCS_SITE or base != docs_dir or conf.data_docs == "off":
                 self.context.delete_data_docs_site(name)
-        if DOCS_SITE not in (self.context.get_config().data_docs_sites or {}):
+        if conf.data_docs != "off" and DOCS_SITE not in (self.context.get_config().data_docs_sites or {}):
             self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
                 "class_name": "SiteBuilder", "show_how_to_buttons": False,
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
@@ -205,10 +211,31 @@ class Runner:
                 unexpected_percent=_number(res.get("unexpected_percent")), details=details))
         return out
 
-    def build_docs(self) -> str:
-        """Build Data Docs for every stored validation; the path of the index page."""
+    def build_docs(self) -> tuple[str | None, str]:
+        """Build Data Docs for every stored validation: (the index page or None, what was done). Offline (the
+        default) the pages load only files of the docs folder; without the assets ./build.sh fetches, no
+        pages are built (the results are in quality_results and the report all the same)."""
+        mode = self.conf.data_docs
+        if mode == "off":
+            return None, "off (quality.data_docs)"
+        if mode == "offline":
+            assets = docs_assets(self.conf)
+            lacking = docs_offline.missing(assets)
+            if lacking:
+                log.warning("Data Docs not built: %d of their assets are missing in %s (./build.sh fetches them)",
+                            len(lacking), assets)
+                return None, f"not built: assets missing in {assets} (run ./build.sh)"
         self.context.build_data_docs(site_names=[DOCS_SITE])
-        return os.path.join(self.docs_dir, "index.html")
+        if mode == "offline":
+            done = docs_offline.localize(self.docs_dir, assets)
+            log.info("Data Docs offline: %(rewritten)d of %(pages)d pages rewritten, %(dropped)d URLs disabled", done)
+        return os.path.join(self.docs_dir, "index.html"), mode
+
+
+def docs_assets(conf: QualityConf) -> Path:
+    """The folder of Data Docs' fetched assets (a relative quality.docs_assets is under the checkout)."""
+    path = Path(conf.docs_assets).expanduser()
+    return path if path.is_absolute() else resources.repo_root() / path
 
 
 def write_schema_suites(folder: Path) -> list[Path]:

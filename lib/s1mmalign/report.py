@@ -204,6 +204,68 @@ th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numer
 """
 
 
+def _clip(text: str, chars: int = 200) -> str:
+    return text if len(text) <= chars else text[:chars - 1] + "…"
+
+
+def observed(value: str | None) -> str:
+    """An expectation's observed value (JSON in quality_results) as the page shows it."""
+    if value is None:
+        return "n/a"
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return _clip(value)
+    if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+        return fmt(parsed, "score" if isinstance(parsed, float) else "")
+    return _clip(json.dumps(parsed, ensure_ascii=False, separators=(", ", ": ")))
+
+
+def samples(details: str | None) -> str:
+    """A few unexpected values, or the exception an expectation raised."""
+    if not details:
+        return ""
+    try:
+        parsed = json.loads(details)
+    except ValueError:
+        return _clip(details)
+    if isinstance(parsed, dict) and "exception" in parsed:
+        return _clip(f"raised: {parsed['exception']}")
+    values = parsed.get("unexpected", []) if isinstance(parsed, dict) else parsed
+    return _clip(", ".join(json.dumps(x, ensure_ascii=False) for x in values))
+
+
+QUALITY_COLUMNS = [("suite", "suite", ""), ("expectation", "expectation", ""), ("severity", "severity", ""),
+                   ("result", "result", ""), ("observed", "observed", ""), ("unexpected_count", "unexpected", ""),
+                   ("unexpected_share", "share", "share"), ("element_count", "rows checked", ""),
+                   ("samples", "unexpected values", ""), ("validate_run_id", "run", "")]
+
+
+def _quality(latest: list[dict], trend: list[dict], summary: dict) -> list[str]:
+    rows = [dict(r, result="passed" if r["success"] else "FAILED", observed=observed(r["observed_value"]),
+                 samples=samples(r["sample_values"])) for r in latest]
+    failed = [r for r in rows if not r["success"]]
+    failed.sort(key=lambda r: (r["severity"] != "critical", r["suite"], r["expectation"]))
+    runs = sorted({r["validate_run_id"] for r in rows})
+    critical = sum(r["severity"] == "critical" for r in failed)
+    out = [f'<p id="quality-summary">The latest validate run of each suite ({html.escape(", ".join(runs))}): '
+           f'<b>{len(rows)}</b> expectations, <b>{len(failed)}</b> failed ({critical} critical, '
+           f'{len(failed) - critical} warning). Every run in full, with Great Expectations\' own pages: '
+           f'Data Docs (by default <code>{html.escape(summary["lake"].rstrip("/"))}/_quality/data_docs/index.html</code>, '
+           "readable offline).</p>"]
+    if failed:
+        out.append("<h3>Failed expectations</h3>" + _table("quality_failed", failed, QUALITY_COLUMNS))
+    out.append(f"<details><summary>Every expectation ({len(rows)})</summary>"
+               + _table("quality_latest", rows, QUALITY_COLUMNS) + "</details>")
+    if trend:
+        trend = sorted(trend, key=lambda r: r["validated_at"], reverse=True)
+        out.append(f"<h3>Failures over the last {len(trend)} runs, newest first</h3>" + _table(
+            "quality_trend", trend, [("validate_run_id", "run", ""), ("validated_at", "validated at", ""),
+                                     ("expectations", "expectations", ""), ("failed_critical", "failed critical", ""),
+                                     ("failed_warning", "failed warning", ""), ("failed", "which", "")]))
+    return out
+
+
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     """The page: every number comes from `summary`, every picture from `plots`."""
     v = summary["views"]
@@ -284,6 +346,13 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
                              ("lines", "lines", ""), ("input_lines", "input lines", ""), ("share", "share", "share")]))
     else:
         parts.append('<p class="note" id="note-quarantine_reasons">No quarantined lines.</p>')
+
+    parts.append("<h2>Validation (Great Expectations)</h2>")
+    latest = v.get("quality_latest", [])
+    if latest:
+        parts += _quality(latest, v.get("quality_trend", []), summary)
+    else:
+        parts.append(_note("quality_latest", summary, "No validation results"))
 
     described = summary.get("descriptions", {})
     if described:

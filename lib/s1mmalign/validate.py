@@ -43,7 +43,8 @@ class Outcome:
     run_id: str
     results: list[quality.Result] = field(default_factory=list)
     stats: dedup.DedupStats | None = None
-    docs_index: str | None = None
+    docs_index: str | None = None        # the Data Docs index page, when built
+    docs_note: str = ""                  # how they were built (offline, cdn), or why not
     seconds: float = 0.0
 
     @property
@@ -220,7 +221,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
 
     t0 = time.monotonic()
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
-        runner = quality.Runner(context_dir, docs_dir, q.partial_unexpected)
+        runner = quality.Runner(context_dir, docs_dir, q)
         params = parameters(cfg)
         for suite in quality.load_suites():
             schema_suite = suite.name.startswith("schema.")
@@ -245,10 +246,11 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
         tdef = schemas.table("quality_results")
         results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in result_rows], tdef.spark())
         delta_io.merge_on_key(spark, lake, "quality_results", results_df)
-        runner.build_docs()
-    outcome.docs_index = f"{docs_target.rstrip('/')}/index.html"
+        index, outcome.docs_note = runner.build_docs()
+    if index:
+        outcome.docs_index = f"{docs_target.rstrip('/')}/index.html"
     outcome.seconds = time.monotonic() - started
-    log.info("stage results: %d rows to quality_results, Data Docs at %s in %.1fs", len(result_rows),
-             outcome.docs_index, time.monotonic() - t0)
+    log.info("stage results: %d rows to quality_results, Data Docs %s in %.1fs", len(result_rows),
+             outcome.docs_index or outcome.docs_note, time.monotonic() - t0)
     log.info("validate %s: %s (%.1fs)", outcome.run_id, outcome.summary_line(), outcome.seconds)
     return outcome
