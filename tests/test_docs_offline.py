@@ -41,6 +41,9 @@ def test_every_url_gx_templates_load_is_served_locally():
     logo = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png?d=20260101T000000Z&dataContextId=x"
     assert docs_offline._local(logo, targets) == "static/images/logo-long.png"
     assert len(seen) >= 15, seen
+    styles = (TEMPLATES.parent / "static" / "styles" / "data_docs_default_styles.css").read_text()
+    rewritten, _ = docs_offline.rewrite_page(f"<html><head><style>{styles}</style></head></html>", ".", targets)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", rewritten)
 
 
 def test_the_installed_assets_are_every_listed_file():
@@ -60,6 +63,8 @@ PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">
 <script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" integrity="sha384-abc" crossorigin="anonymous"></script>
 <script src="https://evil.example/track.js"></script>
 <script src="./static/local.js"></script>
+<style>.logo { background: url('https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png') 0 0; }
+.x { background: url(https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png) }</style>
 </head><body>
 <img src="https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png?d=1&amp;dataContextId=42">
 <a href="https://greatexpectations.io">Great Expectations</a>
@@ -73,7 +78,10 @@ def test_a_page_is_rewritten_relative_to_its_depth_and_loads_nothing_else():
     assert 'href="../../../static/vendor/bootstrap@4.3.1/dist/css/bootstrap.min.css"' in text
     assert 'src="../../../static/images/logo-long.png"' in text
     assert "integrity" not in text and "crossorigin" not in text    # GE's SRI hashes: not of these files' URLs
-    assert dropped == ["https://evil.example/track.js"]
+    assert dropped == ["https://evil.example/track.js",
+                       "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png"]
+    assert """.logo { background: url("data:,") 0 0; }""" in text
+    assert '.x { background: url("../../../static/images/logo-long.png") }' in text
     assert 'data-offline-src="https://evil.example/track.js"' in text and not re.search(r'\ssrc="https://evil', text)
     assert 'src="./static/local.js"' in text                # relative URLs are the site's own
     assert '<a href="https://greatexpectations.io">' in text   # a link loads nothing until clicked
@@ -83,6 +91,7 @@ def test_a_page_is_rewritten_relative_to_its_depth_and_loads_nothing_else():
     top, _ = docs_offline.rewrite_page(PAGE, ".", targets)
     assert 'src="static/vendor/jquery@3.7.1/dist/jquery.min.js"' in top
     assert not re.search(r"""<(script|link|img)\b[^>]*\s(src|href)=["']https?:""", text + top)
+    assert "url('http" not in text + top and "url(http" not in text + top
 
 
 def test_a_tampered_download_is_refused(tmp_path):

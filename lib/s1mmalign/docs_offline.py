@@ -7,7 +7,7 @@ its headings and nothing else, and online every view tells those hosts who looke
   the registry, checks each tarball against its pinned sha512 `integrity`, and keeps the files named;
 - `localize(site, assets)` copies them into the site (static/vendor/<package>@<version>/...) and rewrites
   every page: each listed URL points at the local copy (relative to the page; subresource-integrity and
-  crossorigin attributes dropped), any other absolute URL a tag would load is disabled (logged), and a
+  crossorigin attributes dropped), any other absolute URL a tag or a style would load is disabled (logged), and a
   Content-Security-Policy meta lets the page load nothing but files of its own site.
 
 `python -m s1mmalign.docs_offline --fetch DIR` fetches; `--check` says whether DIR holds every file.
@@ -49,6 +49,8 @@ _LOADING_TAG = re.compile(r"<(script|link|img|iframe|source|embed)\b[^>]*>", re.
 _URL_ATTR = re.compile(r"""(?<=\s)(src|href)\s*=\s*("([^"]*)"|'([^']*)')""", re.I)
 _DROP_ATTR = re.compile(r"""\s(integrity|crossorigin)(\s*=\s*("[^"]*"|'[^']*'|[^\s>]+))?""", re.I)
 _ABSOLUTE = re.compile(r"^\s*(https?:)?//", re.I)
+# A style's url(...) that names another host (GE's default styles take the dark-mode logo from S3).
+_CSS_URL = re.compile(r"""url\(\s*(["']?)((?:https?:)?//[^"')\s]+)\1\s*\)""", re.I)
 
 
 class AssetsError(RuntimeError):
@@ -183,7 +185,15 @@ def rewrite_page(text: str, page_dir: str, targets: list[tuple[str, str]]) -> tu
         out = _URL_ATTR.sub(attr, source)
         return _DROP_ATTR.sub("", out) if changed else out
 
+    def css_url(m: re.Match) -> str:
+        local = _local(m.group(2), targets)
+        if local is None:
+            dropped.append(m.group(2))
+            return 'url("data:,")'          # loads nothing (the rule shows no picture)
+        return f'url("{posixpath.relpath(local, page_dir)}")'
+
     text = _LOADING_TAG.sub(tag, text)
+    text = _CSS_URL.sub(css_url, text)
     if _CSP_META not in text:
         text, n = re.subn(r"<head\b[^>]*>", lambda h: h.group(0) + "\n    " + _CSP_META, text, count=1, flags=re.I)
         if not n:
