@@ -10,7 +10,7 @@ caption strings (decode on the GPU with nvJPEG, or Pillow threads with --decode 
 >= 0.6. First, with --check N, N pairs are scored on the GPU (both decode paths, one batch and
 pipelined) and on the CPU in fp32 with the same weights: the largest score difference is printed, and
 over --tolerance the run fails. Needs torch, torchvision, open_clip_torch and Pillow (carry the wheels
-that the machine lacks: see the README's performance section).
+that the machine lacks: see bench/README.md, CLIP).
 """
 
 from __future__ import annotations
