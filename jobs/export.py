@@ -2,7 +2,7 @@
 
     spark-submit jobs/export.py --lake LAKE --out DIR_OR_S3 [--where SQL] [--dedup none|exact|near]
         [--model MODEL --min-score X --score-field caption|recaption] [--text recaption|caption|both]
-        [--format webdataset|parquet] [--shard-size 512MB] [--image original|thumbnail]
+        [--format webdataset|parquet] [--shard-size 512MB] [--image original|thumbnail] [--order pair_id|storage]
     spark-submit jobs/export.py --lake LAKE --out DIR_OR_S3 --from-manifest OLD_OUT/_manifest.json
 
 --where is a Spark SQL condition over the pairs' columns (and score_caption, score_recaption, score_status
@@ -33,6 +33,9 @@ def body() -> int:
     p.add_argument("--format", default=None, choices=export.FORMATS, help="default webdataset")
     p.add_argument("--shard-size", default=None, help="bytes per shard, e.g. 512MB (default: export.shard_size)")
     p.add_argument("--image", default=None, choices=export.IMAGES, help="default original")
+    p.add_argument("--order", default=None, choices=export.ORDERS,
+                   help="pair_id (default): every shard a well-mixed sample; storage: as the images table stores "
+                        "them (grouped by discipline), read straight from its files: faster")
     p.add_argument("--from-manifest", default=None,
                    help="an earlier export's _manifest.json: the same spec over the same table versions")
     args = p.parse_args()
@@ -42,7 +45,7 @@ def body() -> int:
     out = cli.require_out_folder(args.out)
     versions, model_name = None, args.model
     if args.from_manifest:
-        given = [f for f in ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size", "image")
+        given = [f for f in ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size", "image", "order")
                  if getattr(args, f) is not None]
         if given:
             raise cli.UsageError(f"--from-manifest takes the spec from the manifest: drop --{given[0].replace('_', '-')}")
@@ -53,6 +56,7 @@ def body() -> int:
         field = args.score_field or ("recaption" if text == "recaption" else "caption")
         spec = export.Spec(where=args.where, dedup=args.dedup or "none", min_score=args.min_score, score_field=field,
                            text=text, format=args.format or "webdataset", image=args.image or "original",
+                           order=args.order or "pair_id",
                            shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
     spec.check(model_name)
     cli.require_tables(lake, ("pairs", "images"), s3=cfg.s3)

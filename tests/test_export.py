@@ -153,6 +153,40 @@ def test_webdataset_shards_read_by_webdataset_equal_the_lake(spark, cfg, lake, t
     assert keys == sorted(keys)
 
 
+def test_storage_order_reads_the_tables_files_in_their_order(spark, cfg, lake, tmp_path):
+    """--order storage: the same samples (image bytes equal images.content), in the order the images table's
+    files hold them at the pinned version (computed here with delta-rs and pyarrow, not with Spark), shards
+    filled to the target; a second run writes the same bytes."""
+    import pyarrow.parquet as pq
+    import webdataset as wds
+    from deltalake import DeltaTable
+
+    lake, _ = lake
+    spec = export.Spec(shard_bytes=SHARD, order="storage")
+    first = export.run(spark, cfg, lake, str(tmp_path / "a"), spec).manifest
+    pairs, blobs = by_pair(spark, lake), stored(spark, lake)
+    got = []
+    for s in wds.WebDataset(shard_files(tmp_path / "a"), shardshuffle=False):
+        p = pairs[s["__key__"]]
+        ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}[p["image_format"]]
+        assert s[ext] == blobs[p["image_sha256"]]["content"]
+        assert json.loads(s["json"])["pair_id"] == p["pair_id"] and s["txt"].decode() == p["recaption"]
+        got.append(s["__key__"])
+    assert sorted(got) == sorted(pairs) and first["samples"] == len(pairs)
+    table = DeltaTable(str(Path(lake) / "images"), version=first["versions"]["images"])
+    position = {}
+    for f, uri in enumerate(sorted(table.file_uris())):
+        for row, sha in enumerate(pq.read_table(uri.removeprefix("file://"), columns=["image_sha256"])
+                                  .column(0).to_pylist()):
+            position.setdefault(sha, (f, row))
+    assert got == sorted(pairs, key=lambda pid: (position[pairs[pid]["image_sha256"]], pid))
+    assert got != sorted(got)                                   # not pair_id order
+    sizes = [s["bytes"] for s in first["shards"]]
+    assert len(sizes) >= 4 and all(SHARD * 0.5 < b < SHARD * 1.6 for b in sizes[:-1]), sizes
+    again = export.run(spark, cfg, lake, str(tmp_path / "b"), spec).manifest
+    assert again["shards"] == first["shards"]
+
+
 def _tar_keys(path: str) -> list[str]:
     import tarfile
 
@@ -371,3 +405,8 @@ def test_export_from_a_lake_on_s3_to_s3_equals_the_local_export(spark, cfg, lake
     assert keys == {"out/_SUCCESS", "out/_manifest.json", *(f"out/{s['name']}" for s in local["shards"])}
     body = store.client.get_object(Bucket="exportlake", Key=f"out/{local['shards'][0]['name']}")["Body"].read()
     assert body == (tmp_path / "local" / local["shards"][0]["name"]).read_bytes()
+    # storage order: the shard tasks read the images' Parquet files from S3 themselves (pyarrow)
+    spec = dataclasses.replace(spec, order="storage")
+    local = export.run(spark, cfg, lake, str(tmp_path / "local-storage"), spec).manifest
+    remote = export.run(spark, s3, "s3a://exportlake/lake", "s3://exportlake/storage", spec).manifest
+    assert remote["shards"] == local["shards"] and remote["samples"] == local["samples"] > 0

@@ -6,13 +6,19 @@ Steps, each a function below:
              versions writes byte-identical shards
   select     pairs -> the user's predicate -> score threshold -> a non-blank text -> dedup (the lowest
              pair_id of each exact group or near cluster among what is left), counted step by step
-  plan       pairs in pair_id order (a sha256 prefix: shards are well mixed) cut into shards of about
-             --shard-size by their estimated bytes: a prefix sum by pair_id-prefix buckets (no single task
-             sees every row), shard = floor(bytes before the pair / shard size)
-  write      the chosen rows joined with their image bytes, one shuffle by shard (one task per shard);
-             the task spools the image bytes to local disk as they come, then writes the shard in
-             pair_id order to a spool file, published whole (rename or one S3 object), with a record
-             of its size and sha256 under _shards/
+  plan       pairs in order, cut into shards of about --shard-size by their estimated bytes: a prefix sum
+             by buckets (no single task sees every row), shard = floor(bytes before the pair / shard size).
+             --order pair_id (the default): by pair_id, a sha256 prefix, so every shard is a well-mixed
+             sample of the selection; buckets are pair_id prefixes. --order storage: in the order the
+             images table stores the images (file, row: by discipline, then as ingested), the way a bare
+             reader of the files would write them; buckets are the table's files
+  write      one task per shard. pair_id order: the chosen rows joined with their image bytes, one
+             shuffle by shard; the task spools the image bytes to local disk as they come, then writes
+             the shard in pair_id order. storage order: only the rows' fields are shuffled; the task
+             reads its images straight from the table's Parquet files at the pinned version (the
+             row groups that hold them, one at a time), no image byte through the JVM. Either way the
+             shard goes to a spool file, published whole (rename or one S3 object), with a record of
+             its size and sha256 under _shards/
   manifest   spec, versions, counts, every shard's name/samples/bytes/sha256 in _manifest.json; _SUCCESS last
 
 A re-run over the same --out resumes: the draft manifest (_manifest.draft.json) pins spec and versions,
@@ -42,6 +48,7 @@ DEDUP = ("none", "exact", "near")
 TEXTS = ("recaption", "caption", "both")
 IMAGES = ("original", "thumbnail")
 SCORE_FIELDS = ("caption", "recaption")
+ORDERS = ("pair_id", "storage")
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 LICENSE = "CC BY-NC 4.0"
 MANIFEST, DRAFT, SUCCESS, RECORDS = "_manifest.json", "_manifest.draft.json", "_SUCCESS", "_shards"
@@ -79,6 +86,7 @@ class Spec:
     format: str = "webdataset"
     shard_bytes: int = 512_000_000
     image: str = "original"
+    order: str = "pair_id"              # pair_id: shards well mixed; storage: as the images table stores them
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +100,7 @@ class Spec:
         """ExportError for a value no flag takes, or a score threshold without a model (model_name: --model
         as given, before it is resolved into `model`)."""
         for name, allowed in (("dedup", DEDUP), ("text", TEXTS), ("format", FORMATS), ("image", IMAGES),
-                              ("score_field", SCORE_FIELDS)):
+                              ("score_field", SCORE_FIELDS), ("order", ORDERS)):
             if getattr(self, name) not in allowed:
                 raise ExportError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.min_score is not None and not (self.model or model_name):
@@ -258,9 +266,36 @@ def counts(selected) -> dict:
 
 # ----------------------------------------------------------------------------------------------- plan
 
+def _locations(spark, images):
+    """Where each image's row is in the images table's files at the pinned version: (file URI, row in that
+    file), the first when a sha256 has several rows. The snapshot's files read as plain Parquet (Delta does
+    not expose a row index), key columns only: no image bytes. ExportError for a table whose files hold
+    rows Delta hides (deletion vectors) or other column names (column mapping): ours have neither."""
+    from pyspark.sql import functions as F
+
+    files = images.inputFiles()
+    if not files:
+        return spark.createDataFrame([], "image_sha256 string, _file string, _row long")
+    loc = F.struct(F.col("_metadata.file_path").alias("_file"), F.col("_metadata.row_index").alias("_row"))
+    return (spark.read.parquet(*files).select("image_sha256", loc.alias("_loc")).groupBy("image_sha256")
+            .agg(F.min("_loc").alias("_loc")).select("image_sha256", "_loc._file", "_loc._row"))
+
+
+def check_storage_order(spark, lake: str) -> None:
+    """ExportError unless the images table's files can be read as plain Parquet: no deletion vectors (rows
+    a file holds but Delta hides), no column mapping (other names in the files). Ours are made without."""
+    from delta.tables import DeltaTable
+
+    props = {k.lower(): str(v).lower() for k, v in
+             (DeltaTable.forPath(spark, delta_io.table_path(lake, "images")).detail().first()["properties"] or {}).items()}
+    if props.get("delta.enabledeletionvectors") == "true" or props.get("delta.columnmapping.mode", "none") != "none":
+        raise ExportError("--order storage reads the images table's files directly, which needs a table without "
+                          "deletion vectors and column mapping; this one has them: use --order pair_id")
+
+
 def plan(spark, chosen, images, spec: Spec):
-    """chosen (the kept pairs) with `shard` and `_est` (estimated bytes in a shard), and the shards as
-    [(index, samples)] in order."""
+    """chosen (the kept pairs) with `shard` and `_est` (estimated bytes in a shard), plus `_file` and `_row`
+    (where the image is) in storage order, and the shards as [(index, samples)] in order."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -272,8 +307,15 @@ def plan(spark, chosen, images, spec: Spec):
         sizes = images.select("image_sha256", F.octet_length("thumbnail").alias("_thumb_bytes"))
         chosen = chosen.join(sizes, "image_sha256", "left")
         img_bytes = F.coalesce(F.col("_thumb_bytes"), F.lit(0))
-    chosen = (chosen.withColumn("_est", (img_bytes + text_bytes + F.lit(TAR_OVERHEAD)).cast("long"))
-              .withColumn("_bucket", F.substring("pair_id", 1, 3)))
+    chosen = chosen.withColumn("_est", (img_bytes + text_bytes + F.lit(TAR_OVERHEAD)).cast("long"))
+    if spec.order == "storage":
+        # a pair whose image has no row gets file '' (first): its shard task finds no image and comes up short
+        chosen = (chosen.join(_locations(spark, images), "image_sha256", "left")
+                  .withColumn("_file", F.coalesce("_file", F.lit(""))).withColumn("_bucket", F.col("_file")))
+        within = ("_row", "pair_id")
+    else:
+        chosen = chosen.withColumn("_bucket", F.substring("pair_id", 1, 3))
+        within = ("pair_id",)
     sums = chosen.groupBy("_bucket").agg(F.sum("_est").alias("_b")).collect()
     offsets, total = [], 0
     for row in sorted(sums, key=lambda r: r["_bucket"]):
@@ -282,7 +324,7 @@ def plan(spark, chosen, images, spec: Spec):
     if not offsets:
         return chosen.withColumn("shard", F.lit(0).cast("long")), []
     offset_df = spark.createDataFrame(offsets, "_bucket string, _offset long")
-    before = F.coalesce(F.sum("_est").over(Window.partitionBy("_bucket").orderBy("pair_id")
+    before = F.coalesce(F.sum("_est").over(Window.partitionBy("_bucket").orderBy(*within)
                                            .rowsBetween(Window.unboundedPreceding, -1)), F.lit(0))
     planned = (chosen.join(F.broadcast(offset_df), "_bucket")
                .withColumn("shard", F.floor((F.col("_offset") + before) / F.lit(spec.shard_bytes)).cast("long"))
@@ -420,6 +462,9 @@ META = ("pair_id", "source", "source_file", "source_line", "arxiv_id", "discipli
         "recaption", "image_sha256", "image_format", "width", "height", "scores", "exact_group", "near_group")
 
 
+RECORD_SCHEMA = "name string, samples long, bytes long, sha256 string"     # what a shard task returns
+
+
 def _partition_keys(spark, n: int) -> dict[int, int]:
     """For each partition 0..n-1, a long whose Spark hash lands in it: shard i keyed by keys[i] goes to
     partition i, one shard per task (hash partitioning of the shard number itself would put several in
@@ -438,33 +483,39 @@ def _write(spark, cfg, store: Store, spec: Spec, chosen, images, shards: list[tu
            todo: list[int]):
     """Write the shards `todo`; their records.
 
-    Image bytes cross the network once: images are joined with the pairs' (image_sha256, pair_id, shard)
-    keys (broadcast when small), the pairs' other fields travel as their own rows beside them (a union, not
-    a second join), one shuffle brings each shard's rows to its own task (shard_task orders them).
+    Storage order: the rows' fields alone are shuffled to one task per shard, which reads the images from
+    the table's files itself (storage_task). pair_id order: image bytes cross the network once: images are
+    joined with the pairs' (image_sha256, pair_id, shard) keys (broadcast when small), the pairs' other
+    fields travel as their own rows beside them (a union, not a second join), one shuffle brings each
+    shard's rows to its own task (shard_task orders them).
     """
     from pyspark.sql import functions as F
 
     ecfg = cfg.export
     chosen = chosen.where(F.col("shard").isin(todo))
+    content = "content" if spec.image == "original" else "thumbnail"
+    part = _partition_keys(spark, len(todo))
+    routes = spark.createDataFrame([(shard, part[i]) for i, shard in enumerate(todo)], "shard long, _route long")
+    writer = Writer(store, spec, ecfg.row_group_bytes)
+    if spec.order == "storage":
+        rows = (chosen.select("shard", *META, "_file", "_row").join(F.broadcast(routes), "shard")
+                .repartition(len(todo), "_route").drop("_route"))
+        return rows.mapInArrow(storage_task(writer, content, cfg.s3), RECORD_SCHEMA).collect()
     keys = chosen.select("image_sha256", "pair_id", "shard")
     wanted = set(todo)
     if sum(n for i, n in shards if i in wanted) <= ecfg.broadcast_pairs:
         keys = F.broadcast(keys)
-    content = "content" if spec.image == "original" else "thumbnail"
     blobs = (images.select("image_sha256", F.col(content).alias("image")).join(keys, "image_sha256")
              .select("shard", "pair_id", F.lit(1).alias("_part"), "image"))
     metas = chosen.select("shard", *META, F.lit(0).alias("_part"))
-    part = _partition_keys(spark, len(todo))
-    routes = spark.createDataFrame([(shard, part[i]) for i, shard in enumerate(todo)], "shard long, _route long")
     rows = (metas.unionByName(blobs, allowMissingColumns=True).join(F.broadcast(routes), "shard")
             .repartition(len(todo), "_route").drop("_route"))
-    writer = Writer(store, spec, ecfg.row_group_bytes)
     conf = spark.conf
     saved = {k: conf.get(k, None) for k in _BATCH_CONF}
     conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ecfg.batch_rows))
     conf.set("spark.sql.execution.arrow.maxBytesPerBatch", str(ecfg.batch_bytes))
     try:
-        return rows.mapInArrow(shard_task(writer), "name string, samples long, bytes long, sha256 string").collect()
+        return rows.mapInArrow(shard_task(writer), RECORD_SCHEMA).collect()
     finally:
         for k, v in saved.items():
             conf.unset(k) if v is None else conf.set(k, v)
@@ -513,6 +564,68 @@ def shard_task(writer: Writer):
 
             yield pa.RecordBatch.from_pylist([writer.write(shard, rows())], schema=out_schema)
     return run
+
+
+def storage_task(writer: Writer, column: str, s3):
+    """The mapInArrow function of storage order over one partition = one shard: its rows' fields (small)
+    sorted by (file, row, pair_id), then each file's needed row groups read with pyarrow, one at a time,
+    only `column`, and the shard written as they come. A pair whose image has no row is left out (the
+    shard comes up short, as in pair_id order)."""
+    import itertools
+
+    import pyarrow as pa
+
+    out_schema = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
+                            ("sha256", pa.string())])
+
+    def run(batches):
+        metas = [r for batch in batches for r in batch.to_pylist()]
+        if not metas:
+            return
+        metas.sort(key=lambda r: (r["_file"], r["_row"] if r["_row"] is not None else -1, r["pair_id"]))
+
+        def rows():
+            for file, group in itertools.groupby(metas, key=lambda r: r["_file"]):
+                if file:
+                    yield from _rows_of_file(file, column, list(group), s3)
+
+        yield pa.RecordBatch.from_pylist([writer.write(metas[0]["shard"], rows())], schema=out_schema)
+    return run
+
+
+def _rows_of_file(uri: str, column: str, metas: list[dict], s3):
+    """metas (sorted by row) with their image bytes from `column` of the Parquet file at uri."""
+    import bisect
+    import itertools
+
+    import pyarrow.parquet as pq
+
+    with _open_parquet(uri, s3) as source:
+        pf = pq.ParquetFile(source)
+        starts = list(itertools.accumulate((pf.metadata.row_group(g).num_rows
+                                            for g in range(pf.metadata.num_row_groups)), initial=0))
+        for group, in_group in itertools.groupby(metas, key=lambda r: bisect.bisect_right(starts, r["_row"]) - 1):
+            values = pf.read_row_group(group, columns=[column]).column(0)
+            for r in in_group:
+                yield {**r, "image": values[r["_row"] - starts[group]].as_py()}
+
+
+def _open_parquet(uri: str, s3):
+    """A file pyarrow reads: a Delta data file named as Spark names it (file:/..., s3a://bucket/key)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return open(unquote(parsed.path), "rb")
+    if parsed.scheme in ("s3", "s3a", "s3n"):
+        from pyarrow import fs
+
+        endpoint = s3.endpoint_url
+        s3fs = fs.S3FileSystem(region=s3.region, endpoint_override=endpoint,
+                               scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+                               force_virtual_addressing=bool(endpoint) and not s3.path_style_access)
+        return s3fs.open_input_file(f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
+    raise ExportError(f"images file {uri}: no reader for its scheme {parsed.scheme}")
 
 
 # -------------------------------------------------------------------------------------------- the run
@@ -598,6 +711,8 @@ def run(spark, cfg, lake: str, out: str, spec: Spec, *, model_name: str | None =
         versions = held["versions"]
         log.info("export: resuming the unfinished export in %s (versions %s)", out, versions)
 
+    if spec.order == "storage":
+        check_storage_order(spark, lake)
     df = candidates(spark, lake, spec, versions)
     selected = select(df, spec).localCheckpoint()
     tally = counts(selected)
