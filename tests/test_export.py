@@ -185,6 +185,13 @@ def test_storage_order_reads_the_tables_files_in_their_order(spark, cfg, lake, t
     assert len(sizes) >= 4 and all(SHARD * 0.5 < b < SHARD * 1.6 for b in sizes[:-1]), sizes
     again = export.run(spark, cfg, lake, str(tmp_path / "b"), spec).manifest
     assert again["shards"] == first["shards"]
+    # a table whose files may hold rows Delta hides (deletion vectors): refused in one line, before any work
+    copy = tmp_path / "dv-lake"
+    shutil.copytree(lake, copy)
+    spark.sql(f"ALTER TABLE delta.`{copy / 'images'}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    with pytest.raises(export.ExportError, match="deletion vectors and column mapping"):
+        export.run(spark, cfg, str(copy), str(tmp_path / "c"), spec)
+    assert not (tmp_path / "c" / "_manifest.draft.json").exists()
 
 
 def _tar_keys(path: str) -> list[str]:
