@@ -2,7 +2,7 @@
 
     spark-submit jobs/export.py --lake LAKE --out DIR_OR_S3 [--where SQL] [--dedup none|exact|near]
         [--model MODEL --min-score X --score-field caption|recaption] [--text recaption|caption|both]
-        [--format webdataset|parquet] [--shard-size 512MB] [--image original|thumbnail] [--order pair_id|storage]
+        [--format webdataset|parquet] [--shard-size 512MB] [--image original|thumbnail] [--order storage|pair_id]
     spark-submit jobs/export.py --lake LAKE --out DIR_OR_S3 --from-manifest OLD_OUT/_manifest.json
 
 --where is a Spark SQL condition over the pairs' columns (and score_caption, score_recaption, score_status
@@ -34,8 +34,8 @@ def body() -> int:
     p.add_argument("--shard-size", default=None, help="bytes per shard, e.g. 512MB (default: export.shard_size)")
     p.add_argument("--image", default=None, choices=export.IMAGES, help="default original")
     p.add_argument("--order", default=None, choices=export.ORDERS,
-                   help="pair_id (default): every shard a well-mixed sample; storage: as the images table stores "
-                        "them (grouped by discipline), read straight from its files: faster")
+                   help="storage (default): as the images table stores them (grouped by discipline), read straight "
+                        "from its files; pair_id: every shard a well-mixed sample (one shuffle of the image bytes: slower)")
     p.add_argument("--from-manifest", default=None,
                    help="an earlier export's _manifest.json: the same spec over the same table versions")
     args = p.parse_args()
@@ -56,7 +56,7 @@ def body() -> int:
         field = args.score_field or ("recaption" if text == "recaption" else "caption")
         spec = export.Spec(where=args.where, dedup=args.dedup or "none", min_score=args.min_score, score_field=field,
                            text=text, format=args.format or "webdataset", image=args.image or "original",
-                           order=args.order or "pair_id",
+                           order=args.order or "storage",
                            shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
     spec.check(model_name)
     cli.require_tables(lake, ("pairs", "images"), s3=cfg.s3)

@@ -8,15 +8,15 @@ Steps, each a function below:
              pair_id of each exact group or near cluster among what is left), counted step by step
   plan       pairs in order, cut into shards of about --shard-size by their estimated bytes: a prefix sum
              by buckets (no single task sees every row), shard = floor(bytes before the pair / shard size).
-             --order pair_id (the default): by pair_id, a sha256 prefix, so every shard is a well-mixed
-             sample of the selection; buckets are pair_id prefixes. --order storage: in the order the
-             images table stores the images (file, row: by discipline, then as ingested), the way a bare
-             reader of the files would write them; buckets are the table's files
-  write      one task per shard. pair_id order: the chosen rows joined with their image bytes, one
-             shuffle by shard; the task spools the image bytes to local disk as they come, then writes
-             the shard in pair_id order. storage order: only the rows' fields are shuffled; the task
-             reads its images straight from the table's Parquet files at the pinned version (the
-             row groups that hold them, one at a time), no image byte through the JVM. Either way the
+             --order storage (the default): in the order the images table stores the images (file, row:
+             by discipline, then as ingested), the way a bare reader of the files would write them;
+             buckets are the table's files. --order pair_id: by pair_id, a sha256 prefix, so every shard
+             is a well-mixed sample of the selection; buckets are pair_id prefixes
+  write      one task per shard. storage order: only the rows' fields are shuffled; the task reads its
+             images straight from the table's Parquet files at the pinned version (the row groups that
+             hold them, one at a time), no image byte through the JVM. pair_id order: the chosen rows
+             joined with their image bytes, one shuffle by shard; the task spools the image bytes to
+             local disk as they come, then writes the shard in pair_id order. Either way the
              shard goes to a spool file, published whole (rename or one S3 object), with a record of
              its size and sha256 under _shards/
   manifest   spec, versions, counts, every shard's name/samples/bytes/sha256 in _manifest.json; _SUCCESS last
@@ -86,7 +86,7 @@ class Spec:
     format: str = "webdataset"
     shard_bytes: int = 512_000_000
     image: str = "original"
-    order: str = "pair_id"              # pair_id: shards well mixed; storage: as the images table stores them
+    order: str = "storage"              # storage: as the images table stores them (fast); pair_id: well mixed
 
     def as_dict(self) -> dict:
         return asdict(self)
