@@ -167,5 +167,5 @@ def test_docs_off_or_without_assets_are_not_built(tmp_path):
     assert index is None and "assets missing" in note and "./build.sh" in note
     assert not (docs / "index.html").exists()
     r, docs = runner(tmp_path, data_docs="off")
-    assert r.build_docs() == (None, "off (quality.data_docs)")
+    assert r.build_docs() == (None, "off by quality.data_docs")
     assert not (r.context.get_config().data_docs_sites or {}) and not (docs / "index.html").exists()

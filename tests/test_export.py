@@ -194,6 +194,13 @@ def test_storage_order_reads_the_tables_files_in_their_order(spark, cfg, lake, t
     assert not (tmp_path / "c" / "_manifest.draft.json").exists()
 
 
+def test_a_manifest_from_before_order_existed_reads_as_pair_id_order():
+    old = export.Spec(shard_bytes=SHARD, order="pair_id").as_dict()
+    del old["order"]
+    assert export.Spec.from_dict(old) == export.Spec(shard_bytes=SHARD, order="pair_id")
+    assert export.Spec.from_dict(export.Spec().as_dict()).order == "storage"
+
+
 def _tar_keys(path: str) -> list[str]:
     import tarfile
 

@@ -94,7 +94,8 @@ class Spec:
     @classmethod
     def from_dict(cls, data: dict) -> "Spec":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # a manifest written before --order existed holds pair_id-ordered shards
+        return cls(**{"order": "pair_id", **{k: v for k, v in data.items() if k in known}})
 
     def check(self, model_name: str | None = None) -> None:
         """ExportError for a value no flag takes, or a score threshold without a model (model_name: --model

@@ -217,7 +217,7 @@ class Runner:
         pages are built (the results are in quality_results and the report all the same)."""
         mode = self.conf.data_docs
         if mode == "off":
-            return None, "off (quality.data_docs)"
+            return None, "off by quality.data_docs"
         if mode == "offline":
             assets = docs_assets(self.conf)
             lacking = docs_offline.missing(assets)
