@@ -270,8 +270,7 @@ def counts(selected) -> dict:
 def _locations(spark, images):
     """Where each image's row is in the images table's files at the pinned version: (file URI, row in that
     file), the first when a sha256 has several rows. The snapshot's files read as plain Parquet (Delta does
-    not expose a row index), key columns only: no image bytes. ExportError for a table whose files hold
-    rows Delta hides (deletion vectors) or other column names (column mapping): ours have neither."""
+    not expose a row index), key columns only: no image bytes (check_storage_order says when they can be)."""
     from pyspark.sql import functions as F
 
     files = images.inputFiles()
@@ -466,6 +465,13 @@ META = ("pair_id", "source", "source_file", "source_line", "arxiv_id", "discipli
 RECORD_SCHEMA = "name string, samples long, bytes long, sha256 string"     # what a shard task returns
 
 
+def _record_schema():
+    """RECORD_SCHEMA as pyarrow writes it in the tasks."""
+    import pyarrow as pa
+
+    return pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string())])
+
+
 def _partition_keys(spark, n: int) -> dict[int, int]:
     """For each partition 0..n-1, a long whose Spark hash lands in it: shard i keyed by keys[i] goes to
     partition i, one shard per task (hash partitioning of the shard number itself would put several in
@@ -529,8 +535,7 @@ def shard_task(writer: Writer):
     whose image row is missing (its image is not in the table) is left out, and the shard comes up short."""
     import pyarrow as pa
 
-    out_schema = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
-                            ("sha256", pa.string())])
+    out_schema = _record_schema()
 
     def run(batches):
         import tempfile
@@ -576,8 +581,7 @@ def storage_task(writer: Writer, column: str, s3):
 
     import pyarrow as pa
 
-    out_schema = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
-                            ("sha256", pa.string())])
+    out_schema = _record_schema()
 
     def run(batches):
         metas = [r for batch in batches for r in batch.to_pylist()]
