@@ -132,7 +132,7 @@ case "${1:-}" in
     # Two worker processes, whole files each (a file's module fixtures: one moto server, one lake, built
     # once): most of a test's time is JVM start-up, Delta commits and waits, so two share 2 cores well.
     # S1MMALIGN_TEST_WORKERS=0 (or -n 0 among the arguments) runs in this process, as plain pytest does.
-    python -m pytest -ra -n "${S1MMALIGN_TEST_WORKERS:-2}" --dist loadfile "$@"
+    python -m pytest -ra -n "${S1MMALIGN_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
     rc=$?
     set -e
     if [ "$rc" -eq 5 ]; then

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
 from s1mmalign import clip, images, sample  # noqa: E402
+from s1mmalign.config import IngestConf  # noqa: E402
 
 WORDS = ("signal rate field model phase energy network sample flux layer spectrum noise temperature "
          "pressure gradient lattice accuracy ablation distribution epoch").split()
@@ -25,7 +26,7 @@ WORDS = ("signal rate field model phase energy network sample flux layer spectru
 
 def thumbnails(n: int, distinct: int = 64) -> list[bytes]:
     """n thumbnails, as ingest makes them (256 px JPEG), of generated figures (distinct of them, repeated)."""
-    policy = images.ImagePolicy()
+    policy = IngestConf()
     out = [images.analyze(sample.render(k, 1, "PNG"), policy).thumbnail for k in range(distinct)]
     return [out[i % distinct] for i in range(n)]
 
@@ -96,7 +97,7 @@ def agreement(a: list[clip.Score], b: list[clip.Score]) -> float:
     """Largest absolute difference between two score lists of the same pairs (statuses must match)."""
     if [s.status for s in a] != [s.status for s in b]:
         raise AssertionError("statuses differ between the two scorers")
-    diffs = [abs(x - y) for s, t in zip(a, b)
+    diffs = [abs(x - y) for s, t in zip(a, b, strict=True)
              for x, y in ((s.score_caption, t.score_caption), (s.score_recaption, t.score_recaption))
              if x is not None and y is not None]
     return max(diffs)

@@ -122,7 +122,8 @@ def make_lake(spark, rows: int) -> Path:
                         F.col("n").alias("group_pairs"), F.lit(1).cast("bigint").alias("group_images"), "*") \
         .unionByName(near.select(F.lit("near").alias("group_kind"),
                                  F.concat(F.lit("near-"), (F.abs(F.col("hh")) % 1000).cast("string")).alias("group_id"),
-                                 F.lit(2).cast("bigint").alias("group_pairs"), F.lit(2).cast("bigint").alias("group_images"),
+                                 F.lit(2).cast("bigint").alias("group_pairs"),
+                                 F.lit(2).cast("bigint").alias("group_images"),
                                  "*", F.lit(1).cast("bigint").alias("n")))
     dups = dups.select("group_kind", "group_id", "group_pairs", "group_images", "pair_id", "source", "discipline",
                        "image_path", "image_sha256", "image_dhash", F.lit(0).alias("distance"),
@@ -165,10 +166,12 @@ WITH texts AS (
   SELECT discipline, source, 'caption' AS field, caption_blank AS blank, caption_chars AS chars,
          caption_words AS words, caption_label AS label FROM pair_text
   UNION ALL
-  SELECT discipline, source, 'recaption', recaption_blank, recaption_chars, recaption_words, recaption_label FROM pair_text),
+  SELECT discipline, source, 'recaption', recaption_blank, recaption_chars, recaption_words, recaption_label
+  FROM pair_text),
 agg AS (
   SELECT {star('discipline')}, {star('source')}, field, count(*) AS pairs, count_if(NOT blank) AS present,
-         avg(IF(blank, 1.0, 0.0)) AS empty_share, avg(IF(blank OR chars < {p['short_chars']}, 1.0, 0.0)) AS empty_or_short_share,
+         avg(IF(blank, 1.0, 0.0)) AS empty_share,
+         avg(IF(blank OR chars < {p['short_chars']}, 1.0, 0.0)) AS empty_or_short_share,
          count_if(label) / nullif(count_if(NOT blank), 0) AS label_share,
          avg(IF(blank, NULL, chars)) AS chars_mean, quantile_cont(IF(blank, NULL, chars), [0.05, 0.5, 0.95]) AS cp,
          avg(IF(blank, NULL, words)) AS words_mean, quantile_cont(IF(blank, NULL, words), [0.05, 0.5, 0.95]) AS wp
@@ -177,15 +180,16 @@ SELECT * EXCLUDE (cp, wp), cp[1] AS chars_p5, cp[2] AS chars_p50, cp[3] AS chars
        wp[1] AS words_p5, wp[2] AS words_p50, wp[3] AS words_p95 FROM agg""",
         "length_ratio": f"""
 SELECT {star('discipline')}, {star('source')}, count(*) AS pairs_with_both,
-       sum(recaption_chars) / sum(caption_chars) AS chars_ratio, sum(recaption_words) / sum(caption_words) AS words_ratio,
+       sum(recaption_chars) / sum(caption_chars) AS chars_ratio,
+       sum(recaption_words) / sum(caption_words) AS words_ratio,
        quantile_cont(recaption_chars / caption_chars, 0.5) AS chars_ratio_p50
 FROM pair_text WHERE NOT caption_blank AND NOT recaption_blank GROUP BY {ds}""",
         "length_histogram": f"""
 WITH texts AS (
   SELECT discipline, 'caption' AS field, caption_words AS words FROM pair_text WHERE NOT caption_blank
   UNION ALL SELECT discipline, 'recaption', recaption_words FROM pair_text WHERE NOT recaption_blank)
-SELECT {star('discipline')}, field, bin, power(10.0, bin / {k}.0) AS words_lo, power(10.0, (bin + 1) / {k}.0) AS words_hi,
-       count(*) AS texts
+SELECT {star('discipline')}, field, bin, power(10.0, bin / {k}.0) AS words_lo,
+       power(10.0, (bin + 1) / {k}.0) AS words_hi, count(*) AS texts
 FROM (SELECT *, CAST(floor(log10(words) * {k}) AS INT) AS bin FROM texts)
 GROUP BY {gs(['discipline', 'field', 'bin'], ['field', 'bin'])}""",
         "clip_stats": f"""
@@ -213,8 +217,10 @@ FROM (SELECT *, CAST(floor(score / {w}) AS INT) AS bin FROM s)
 GROUP BY {gs(['model', 'discipline', 'field', 'bin'], ['model', 'field', 'bin'])}""",
         "clip_lowest": f"""
 WITH ranked AS (
-  SELECT model, discipline, pair_id, score_caption, score_recaption, greatest(score_caption, score_recaption) AS best_score,
-         row_number() OVER (PARTITION BY model, discipline ORDER BY greatest(score_caption, score_recaption), pair_id) AS rank
+  SELECT model, discipline, pair_id, score_caption, score_recaption,
+         greatest(score_caption, score_recaption) AS best_score,
+         row_number() OVER (PARTITION BY model, discipline
+                            ORDER BY greatest(score_caption, score_recaption), pair_id) AS rank
   FROM clip_scores WHERE score_caption IS NOT NULL AND score_recaption IS NOT NULL
   QUALIFY rank <= {n})
 SELECT r.model, r.discipline, r.rank, r.pair_id, p.source, p.paper_id, p.image_path, r.score_caption,
@@ -265,7 +271,7 @@ def run_duckdb(lake: Path, params: dict, cores: int) -> tuple[float, dict[str, l
         else:
             cur = con.execute(sql)
             cols = [d[0] for d in cur.description]
-            out[name] = [dict(zip(cols, row)) for row in cur.fetchall()]
+            out[name] = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
         seconds[name] = time.monotonic() - t
     con.close()
     return time.monotonic() - t0, out, seconds
@@ -346,7 +352,8 @@ def main() -> int:
     print(f"{'view':<20}{'spark s':>10}{'duckdb s':>10}")
     for name in ["pair_text"] + list(summary["views"]):
         print(f"{name:<20}{summary['seconds'].get(name, 0):>10.2f}{duck_seconds.get(name, 0):>10.2f}")
-    print(f"(spark's total includes creating the {len(keys)} views in the catalog; each row's time includes caching it)")
+    print(f"(spark's total includes creating the {len(keys)} views in the catalog; "
+          "each row's time includes caching it)")
     print(f"bare scan of caption + recaption (sum of lengths): spark {spark_scan:.1f}s, duckdb {duck_scan:.1f}s")
     print(f"analytics views over {args.rows:,} pairs rows, {args.cores} cores: spark {spark_time:.1f}s, "
           f"duckdb over delta-rs {duck_time:.1f}s ... ratio={duck_time / spark_time:.2f}")

@@ -33,7 +33,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
     ap.add_argument("--model-config", default=None, help="an open_clip JSON config (models not built in)")
     ap.add_argument("--check", type=int, default=128, help="pairs scored on GPU and CPU to compare (0: skip)")
-    ap.add_argument("--tolerance", type=float, default=0.005, help="largest GPU fp16 vs CPU fp32 score difference allowed")
+    ap.add_argument("--tolerance", type=float, default=0.005,
+                    help="largest GPU fp16 vs CPU fp32 score difference allowed")
     args = ap.parse_args()
     import torch
 

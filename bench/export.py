@@ -175,13 +175,15 @@ def main() -> None:
 
     if args.big:
         big = big_lake(spark, cfg, args.big)
-        for order, label, shard in (("pair_id", "one shard of everything", "100GB"), ("pair_id", "64 MB shards", "64MB"),
+        for order, label, shard in (("pair_id", "one shard of everything", "100GB"),
+                                    ("pair_id", "64 MB shards", "64MB"),
                                     ("storage", "one shard of everything", "100GB")):
             shutil.rmtree(WORK / "export-big-out", ignore_errors=True)
             with PeakRSS() as rss:
                 r = export.run(spark, cfg, str(big), str(WORK / "export-big-out"),
                                export.Spec(shard_bytes=export.parse_size(shard), order=order))
-            print(f"memory, --order {order}, {args.big} figures of ~5 MB ({r.bytes / 1e9:.2f} GB), {label} ({r.shards} shards): "
+            print(f"memory, --order {order}, {args.big} figures of ~5 MB ({r.bytes / 1e9:.2f} GB), {label} "
+                  f"({r.shards} shards): "
                   f"largest Python worker {rss.worker / 2**20:.0f} MiB, JVM {rss.jvm / 2**20:.0f} MiB")
     spark.stop()
     result = results["storage"]     # the order that reads as the baseline does (pair_id's figure is above)

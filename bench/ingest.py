@@ -83,7 +83,7 @@ def make_corpus(copies: int) -> Path:
             with ExitStack() as per_year:
                 many = _tar_writer(per_year, root / f"many/arxiv/images_20{year}.tar.gz")
                 lines = []
-                for i, ((path, _, rec), blob) in enumerate(zip(figs, blobs)):
+                for i, ((path, _, rec), blob) in enumerate(zip(figs, blobs, strict=True)):
                     new_id = f"{year}01.{i:0{4 if year < 15 else 5}d}"
                     new_path = f"images/{year}01/{new_id}.tar.gz/{Path(path).name}"
                     for tar in (many, one):
@@ -107,9 +107,10 @@ def _tar_writer(stack: ExitStack, path: Path) -> tarfile.TarFile:
 
 def _baseline_one(path: str):
     from s1mmalign import images
+    from s1mmalign.config import IngestConf
 
     with open(path, "rb") as f:
-        facts = images.analyze(f.read(), images.ImagePolicy())
+        facts = images.analyze(f.read(), IngestConf())
     return facts.status
 
 
@@ -143,11 +144,12 @@ def _analyze_one(where: tuple[str, str]) -> int:
     """The slice task's own code (tasks.analyze_slices) over one slice file: members analysed."""
     import pyarrow as pa
 
-    from s1mmalign import images, tasks
+    from s1mmalign import tasks
+    from s1mmalign.config import IngestConf
     from s1mmalign.storage import LocalStore
 
     scratch, slice_name = where
-    fn = tasks.analyze_slices(images.ImagePolicy(), LocalStore(scratch))
+    fn = tasks.analyze_slices(IngestConf(), LocalStore(scratch))
     desc = pa.RecordBatch.from_pylist([{"source": "arxiv", "archive": "a", "slice": slice_name}])
     return sum(sum(1 for s in b.column("status").to_pylist() if s == "ok") for b in fn(iter([desc])))
 
@@ -225,7 +227,8 @@ class PeakRSS:
 
 def session(cores: int):
     """A local[cores] session with Spark's default memory, and the config its runs use."""
-    from s1mmalign import config, session as sessions
+    from s1mmalign import config
+    from s1mmalign import session as sessions
 
     cfg = config.load(str(REPO / "conf" / "local.yaml"),
                       overrides={"spark": {"master": f"local[{cores}]", "shuffle_partitions": cores,

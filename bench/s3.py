@@ -6,7 +6,8 @@ disk: same corpus, same warm session, same run.
 Corpus: bench/ingest.py's (copies x 300 real figures of ../shared/data/scifig300), source on local disk
 for both sides, so only the lake's place differs: Delta's commits and log reads, the Parquet staging,
 the slice files (uploaded, then downloaded by the tasks that read them) and the lease all go to S3.
-A first run on disk warms the session up (not counted). Prints each stage's seconds on both sides (what S3 adds, and where), then ratio = local time / S3 time.
+A first run on disk warms the session up (not counted). Prints each stage's seconds on both sides (what S3
+adds, and where), then ratio = local time / S3 time.
 moto keeps objects in memory in one Python process: it is slower per request than S3 and has no network
 latency, so the ratio says how request-bound the S3 path is, not what a region would give.
 """

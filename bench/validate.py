@@ -57,10 +57,13 @@ def make_lake(spark, rows: int) -> Path:
     words = F.array(*[F.lit(w) for w in ("signal", "rate", "field", "model", "phase", "energy", "network",
                                          "sample", "flux", "layer", "spectrum", "noise")])
     caption_len = (F.col("id") % 40 + 5).cast("int")
+    def word(k):
+        return F.element_at(words, (k % 12 + 1).cast("int"))
+
     caption = F.concat(F.lit("Figure 1: "), F.array_join(F.transform(
-        F.sequence(F.lit(1), caption_len), lambda i: F.element_at(words, ((F.col("id") + i) % 12 + 1).cast("int"))), " "))
+        F.sequence(F.lit(1), caption_len), lambda i: word(F.col("id") + i)), " "))
     recaption = F.concat(F.lit("The figure shows "), F.array_join(F.transform(
-        F.sequence(F.lit(1), caption_len * 3), lambda i: F.element_at(words, ((F.col("id") * 7 + i) % 12 + 1).cast("int"))), " "))
+        F.sequence(F.lit(1), caption_len * 3), lambda i: word(F.col("id") * 7 + i)), " "))
     cats = F.array(F.element_at(F.array(*[F.lit(c) for c in CATEGORIES]), disc_i + 1))
     discipline = F.when(F.col("id") % 100 == 3, "unknown").otherwise(
         F.element_at(F.array(*[F.lit(d) for d in DISCIPLINES]), disc_i + 1))
@@ -91,26 +94,32 @@ def make_lake(spark, rows: int) -> Path:
         F.expr("shiftleft(CAST(1 AS BIGINT), CAST(id % 64 AS INT))"))
     images = img.select(
         F.sha2(F.col("id").cast("string"), 256).alias("image_sha256"),
-        F.element_at(F.array(*[F.lit(d) for d in DISCIPLINES]), (F.abs(F.xxhash64("id")) % 9).cast("int") + 1).alias("discipline"),
+        F.element_at(F.array(*[F.lit(d) for d in DISCIPLINES]),
+                     (F.abs(F.xxhash64("id")) % 9).cast("int") + 1).alias("discipline"),
         F.lit("PNG").alias("format"), F.lit(640).alias("width"), F.lit(480).alias("height"),
         F.lit(80000).cast("bigint").alias("image_bytes"),
-        F.when(near, near_hash).otherwise(F.xxhash64(F.concat(F.lit("d"), F.col("id").cast("string")))).alias("image_dhash"),
+        F.when(near, near_hash).otherwise(
+            F.xxhash64(F.concat(F.lit("d"), F.col("id").cast("string")))).alias("image_dhash"),
         F.lit(b"").alias("content"), F.lit(b"").alias("thumbnail"), F.lit(256).alias("thumbnail_width"),
         F.lit(192).alias("thumbnail_height"), F.lit("arxiv").alias("first_source"),
         F.lit("images/x").alias("first_image_path"), F.lit("bench").alias("ingest_run_id"), now.alias("ingested_at"))
     images.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "images"))
     quarantine = spark.range(rows // 50, numPartitions=2).select(
         F.lit("arxiv").alias("source"), F.lit("arxiv/jsonl/19_recaption.jsonl").alias("source_file"),
-        (F.col("id") + rows + 1).alias("source_line"), F.lit("{").alias("raw"), F.lit(None).cast("string").alias("image_path"),
+        (F.col("id") + rows + 1).alias("source_line"), F.lit("{").alias("raw"),
+        F.lit(None).cast("string").alias("image_path"),
         F.lit("malformed_json").alias("reason"), F.lit("bench").alias("detail"), F.lit("bench").alias("ingest_run_id"),
         now.alias("ingested_at"))
     quarantine.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "quarantine"))
     log_rows = spark.range(50).select(
-        F.lit("arxiv").alias("source"), F.format_string("arxiv/jsonl/%02d.jsonl", F.col("id").cast("int")).alias("source_file"),
-        F.lit("jsonl").alias("kind"), F.lit(None).cast("string").alias("archive"), F.lit(1 << 20).cast("bigint").alias("size"),
+        F.lit("arxiv").alias("source"),
+        F.format_string("arxiv/jsonl/%02d.jsonl", F.col("id").cast("int")).alias("source_file"),
+        F.lit("jsonl").alias("kind"), F.lit(None).cast("string").alias("archive"),
+        F.lit(1 << 20).cast("bigint").alias("size"),
         now.alias("modified_at"), F.lit(None).cast("string").alias("etag"), F.lit("x").alias("fingerprint"),
-        F.lit("x").alias("checksum"), F.lit(100).cast("bigint").alias("read"), F.lit(98).cast("bigint").alias("accepted"),
-        F.lit(2).cast("bigint").alias("quarantined"), F.lit("ok").alias("status"), F.lit(None).cast("string").alias("detail"),
+        F.lit("x").alias("checksum"), F.lit(100).cast("bigint").alias("read"),
+        F.lit(98).cast("bigint").alias("accepted"), F.lit(2).cast("bigint").alias("quarantined"),
+        F.lit("ok").alias("status"), F.lit(None).cast("string").alias("detail"),
         F.lit("bench").alias("ingest_run_id"), now.alias("ingested_at"))
     log_rows.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "ingest_log"))
     (lake / "done").write_text("ok")
@@ -167,7 +176,8 @@ SELECT
      'bad_discipline', sum(CAST(discipline NOT IN ({discs}) AS INT)),
      'unknown_share', avg(CAST(discipline = 'unknown' AS INT)),
      'bad_arxiv_id', sum(CAST(NOT arxiv_id RLIKE '{arxiv_re}' AS INT)),
-     'unknown_category_share', avg(CAST(size(array_except(coalesce(categories, array()), array({taxonomy}))) > 0 AS INT)),
+     'unknown_category_share',
+       avg(CAST(size(array_except(coalesce(categories, array()), array({taxonomy}))) > 0 AS INT)),
      'recaption_share', avg(CAST(coalesce(length(trim(recaption)) > 0, false) AS INT)),
      'caption_max', max(coalesce(length(caption), 0)), 'recaption_max', max(coalesce(length(recaption), 0)))
    FROM pc) AS pairs,

@@ -57,7 +57,8 @@ def _env() -> dict[str, str]:
     Airflow's, which has no pyspark): name the project's venv explicitly."""
     python = str(VENV / "bin" / "python")
     spark_home = next((VENV / "lib").glob("python3*/site-packages/pyspark"), None)
-    env = {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python, "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '')}"}
+    env = {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python,
+           "PATH": f"{VENV / 'bin'}:{os.environ.get('PATH', '')}"}
     if spark_home:
         env["SPARK_HOME"] = str(spark_home)
     return env

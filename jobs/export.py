@@ -14,8 +14,7 @@ resumes it: complete shards are kept, the rest written.
 import json
 
 import _bootstrap  # noqa: F401
-
-from s1mmalign import cli, config, export, session
+from s1mmalign import cli, config, delta_io, errors, export, session
 from s1mmalign.storage import Store, remote
 
 
@@ -24,7 +23,8 @@ def body() -> int:
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix for the shards and _manifest.json")
     p.add_argument("--where", default=None, help="Spark SQL condition over pairs (and the model's scores)")
     p.add_argument("--dedup", default=None, choices=export.DEDUP,
-                   help="exact: one pair per exact image group; near: one per near-duplicate cluster too (default none)")
+                   help="exact: one pair per exact image group; near: one per near-duplicate cluster too "
+                        "(default none)")
     p.add_argument("--model", default=None, help="a clip_scores model (name or id): its scores in each sample")
     p.add_argument("--min-score", type=float, default=None, help="keep pairs whose --model score is at least this")
     p.add_argument("--score-field", default=None, choices=export.SCORE_FIELDS,
@@ -35,7 +35,8 @@ def body() -> int:
     p.add_argument("--image", default=None, choices=export.IMAGES, help="default original")
     p.add_argument("--order", default=None, choices=export.ORDERS,
                    help="storage (default): as the images table stores them (grouped by discipline), read straight "
-                        "from its files; pair_id: every shard a well-mixed sample (one shuffle of the image bytes: slower)")
+                        "from its files; pair_id: every shard a well-mixed sample (one shuffle of the image bytes: "
+                        "slower)")
     p.add_argument("--from-manifest", default=None,
                    help="an earlier export's _manifest.json: the same spec over the same table versions")
     args = p.parse_args()
@@ -45,10 +46,11 @@ def body() -> int:
     out = cli.require_out_folder(args.out)
     versions, model_name = None, args.model
     if args.from_manifest:
-        given = [f for f in ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size", "image", "order")
-                 if getattr(args, f) is not None]
+        given = [f for f in ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size",
+                             "image", "order") if getattr(args, f) is not None]
         if given:
-            raise cli.UsageError(f"--from-manifest takes the spec from the manifest: drop --{given[0].replace('_', '-')}")
+            flag = given[0].replace("_", "-")
+            raise errors.UsageError(f"--from-manifest takes the spec from the manifest: drop --{flag}")
         manifest = _manifest(args.from_manifest, cfg)
         spec, versions, model_name = export.Spec.from_dict(manifest["spec"]), manifest["versions"], None
     else:
@@ -59,7 +61,7 @@ def body() -> int:
                            order=args.order or "storage",
                            shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
     spec.check(model_name)
-    cli.require_tables(lake, ("pairs", "images"), s3=cfg.s3)
+    delta_io.require_tables(lake, ("pairs", "images"), s3=cfg.s3)
     spark = session.build(lake, cfg, write=False)
     try:
         result = export.run(spark, cfg, lake, out, spec, model_name=model_name, versions=versions)
@@ -84,9 +86,9 @@ def _manifest(path: str, cfg) -> dict:
                 text = fh.read()
         manifest = json.loads(text) if text is not None else None
     except (OSError, ValueError) as exc:
-        raise cli.UsageError(f"--from-manifest {path} cannot be read: {exc}") from None
+        raise errors.UsageError(f"--from-manifest {path} cannot be read: {exc}") from None
     if not isinstance(manifest, dict) or not {"spec", "versions"} <= set(manifest):
-        raise cli.UsageError(f"--from-manifest {path} is not an export's _manifest.json")
+        raise errors.UsageError(f"--from-manifest {path} is not an export's _manifest.json")
     return manifest
 
 

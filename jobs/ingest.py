@@ -4,7 +4,6 @@
 """
 
 import _bootstrap  # noqa: F401
-
 from s1mmalign import cli, config, ingest, session
 
 

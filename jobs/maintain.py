@@ -7,8 +7,7 @@ path or config, or a lake without tables, in one line; 1 anything else, in one l
 """
 
 import _bootstrap  # noqa: F401
-
-from s1mmalign import cli, config, maintain, session
+from s1mmalign import cli, config, delta_io, maintain, session
 
 
 def body() -> int:
@@ -18,7 +17,7 @@ def body() -> int:
     cfg = config.load(args.conf)
     lake = cli.lake_uri(args.lake)
     maintain.zorder_columns(cfg)          # a bad Z-order setting fails here, before Spark starts
-    cli.require_tables(lake, ["pairs"], s3=cfg.s3)
+    delta_io.require_tables(lake, ["pairs"], s3=cfg.s3)
     spark = session.build(lake, cfg)
     try:
         reports = maintain.run(spark, cfg, lake)

@@ -7,7 +7,6 @@ changed (the Airflow DAG skips the rest of its run); 2: a bad flag, path or conf
 """
 
 import _bootstrap  # noqa: F401
-
 from s1mmalign import cli, config, delta_io, ingest, session
 
 NOTHING_TO_DO = 99

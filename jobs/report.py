@@ -8,8 +8,7 @@ tables are missing (no CLIP scores, no validate run yet) are dropped, and the pa
 """
 
 import _bootstrap  # noqa: F401
-
-from s1mmalign import analytics, cli, config, report, session
+from s1mmalign import analytics, cli, config, delta_io, errors, report, session
 from s1mmalign.storage import remote
 
 NEEDED = ("pairs", "quarantine")
@@ -21,13 +20,13 @@ def body() -> int:
     p.add_argument("--views-only", action="store_true", help="only (re)create the views in the catalog")
     args = p.parse_args()
     if not args.out and not args.views_only:
-        raise cli.UsageError("--out DIR is required (or --views-only)")
+        raise errors.UsageError("--out DIR is required (or --views-only)")
     cli.setup_logging(args.log_level)
     cfg = config.load(args.conf)
     lake = cli.lake_uri(args.lake)
     out = cli.require_out_folder(args.out)
     analytics.load_views(cfg)   # a broken view file fails here, before Spark starts
-    cli.require_tables(lake, NEEDED, s3=cfg.s3)
+    delta_io.require_tables(lake, NEEDED, s3=cfg.s3)
     # Reads only; the views go to the catalog, which a local lake keeps beside its tables (so it takes
     # the lake's lease there) and an object-store lake keeps in this session alone.
     spark = session.build(lake, cfg, write=not remote(lake))

@@ -11,15 +11,15 @@ import dataclasses
 import os
 
 import _bootstrap  # noqa: F401
-
-from s1mmalign import cli, clip, config, session
+from s1mmalign import cli, clip, config, delta_io, errors, session
 
 
 def body() -> int:
     p = cli.parser("score_clip", __doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="open_clip model name (default: clip.model in conf)")
     p.add_argument("--checkpoint", default=None, help="weights: a local file or s3://bucket/key")
-    p.add_argument("--model-config", default=None, help="an open_clip JSON model config, for a model that is not built in")
+    p.add_argument("--model-config", default=None,
+                   help="an open_clip JSON model config, for a model that is not built in")
     p.add_argument("--random-weights-for-testing", action="store_true",
                    help="no checkpoint: random weights, and a model id that says so (tests only)")
     args = p.parse_args()
@@ -27,15 +27,15 @@ def body() -> int:
     cfg = config.load(args.conf)
     lake = cli.lake_uri(args.lake)
     if args.model_config and not os.path.isfile(args.model_config):
-        raise cli.UsageError(f"--model-config {args.model_config} is not a file")
+        raise errors.UsageError(f"--model-config {args.model_config} is not a file")
     try:
         import open_clip  # noqa: F401
         import torch  # noqa: F401
     except ImportError as exc:
-        raise cli.UsageError(f"the CLIP stack is not installed ({exc.name}): pip install -e '.[clip]'") from None
+        raise errors.UsageError(f"the CLIP stack is not installed ({exc.name}): pip install -e '.[clip]'") from None
     from s1mmalign import score
 
-    cli.require_tables(lake, score.NEEDED, s3=cfg.s3)
+    delta_io.require_tables(lake, score.NEEDED, s3=cfg.s3)
     spec = score.spec_from(cfg, args.model, args.checkpoint, args.random_weights_for_testing, args.model_config)
     mid = clip.model_id(spec)   # a missing or an unreadable checkpoint fails here, before Spark starts
     run_cfg = dataclasses.replace(cfg, spark=dataclasses.replace(
@@ -45,7 +45,7 @@ def body() -> int:
         result = score.run(spark, run_cfg, lake, spec, model_id=mid)
     finally:
         session.stop(spark)
-    print(f"score_clip: {result['scored']} pairs scored by {result['model']} ({result['seconds']:.1f}s)")
+    print(f"score_clip: {result.scored} pairs scored by {result.model} ({result.seconds:.1f}s)")
     return 0
 
 

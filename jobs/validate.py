@@ -9,8 +9,7 @@ named on one line; 2: the job could not run.
 import sys
 
 import _bootstrap  # noqa: F401
-
-from s1mmalign import cli, config, quality, session, validate
+from s1mmalign import cli, config, delta_io, quality, session, validate
 
 
 def body() -> int:
@@ -23,7 +22,7 @@ def body() -> int:
     lake = cli.lake_uri(args.lake)
     out = cli.require_out_folder(args.out)
     quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
-    cli.require_tables(lake, validate.INGEST_TABLES, s3=cfg.s3)
+    delta_io.require_tables(lake, validate.NEEDED, s3=cfg.s3)
     spark = session.build(lake, cfg)
     try:
         outcome = validate.run(spark, cfg, lake, out=out)

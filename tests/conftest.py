@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import BIN, REPO  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 SCIFIG300 = SHARED / "data" / "scifig300"
-BIN = Path(sys.executable).parent
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 # S3 in tests is moto's server on 127.0.0.1, never AWS: fixed credentials, set before the shared Spark JVM
 # (and its Python workers) start, as the AWS chain would give them to a job. The secret is a marker that
@@ -24,6 +24,44 @@ TEST_SECRET = "s1mmalign-test-secret-never-logged"
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
     os.environ.pop(_name, None)
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=TEST_SECRET, AWS_DEFAULT_REGION="us-east-1")
+
+
+# Rough cost of a test, for ordering files heaviest first (see below): jobs through spark-submit or a
+# cluster of their own, in-process Spark, plain Python.
+COST = {"e2e": 100, "cluster": 100, "spark": 10}
+
+
+def pytest_collection_modifyitems(items):
+    """Tiers: a test that starts a JVM (it uses the `spark` fixture, or runs jobs: e2e, cluster) is marked
+    `spark`, so `./build.sh test -m "not spark"` runs the pure-Python tests alone.
+
+    Then whole files are ordered by their tests' rough cost, heaviest first (a stable sort: the order
+    within a file stays): with build.sh's two xdist workers (`--dist loadfile --no-loadscope-reorder`)
+    the long spark-submit files start at once instead of last, where one worker would run them alone."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()) or any(item.get_closest_marker(m) for m in ("e2e", "cluster")):
+            item.add_marker(pytest.mark.spark)
+    cost: dict[str, int] = {}
+    for item in items:
+        mark = next((m for m in COST if item.get_closest_marker(m)), None)
+        cost[item.nodeid.split("::")[0]] = cost.get(item.nodeid.split("::")[0], 0) + (COST[mark] if mark else 1)
+    items.sort(key=lambda item: -cost[item.nodeid.split("::")[0]])
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_spark_session(request):
+    """A test not marked `spark` that leaves a Spark session behind (e.g. Great Expectations starting one
+    for itself) fails: it would belong in the spark tier, and later tests would get that bare session
+    instead of the spark fixture's (no Delta, no Python workers of this venv)."""
+    if request.node.get_closest_marker("spark"):
+        yield
+        return
+    from pyspark import SparkContext
+
+    before = SparkContext._active_spark_context is not None
+    yield
+    if not before and SparkContext._active_spark_context is not None:
+        pytest.fail("this test started a Spark session: use the spark fixture (which marks it `spark`)")
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +87,23 @@ def spark(tmp_path_factory, cfg):
     spark = session.build(str(tmp_path_factory.mktemp("test-catalog")), cfg)
     yield spark
     spark.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny-clip model (helpers.TINY) with random weights (seed 3), saved as safetensors."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from helpers import TINY
+
+    open_clip.add_model_config(TINY)
+    torch.manual_seed(3)
+    model = open_clip.create_model("tiny-clip", pretrained=None)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,27 @@
-"""Checks shared by the ingest tests: the invariant of DESIGN.md, line by line, against a manifest."""
+"""What several test modules share (fixtures live in conftest.py): the invariant of DESIGN.md checked line
+by line against a manifest, table snapshots, jobs run and killed, ports, the browser, moto's conf."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from s1mmalign import delta_io
+from s1mmalign import delta_io, tasks
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = str(Path(__file__).parent / "data" / "tiny-clip.json")     # a tiny open_clip model config
 
 
 def manifest(root: Path) -> dict[tuple[str, int], dict]:
@@ -115,3 +124,43 @@ def browse(page: Path, tmp_path: Path, requests: list | None = None) -> str:
             if event["type"] == start and "url" in params and params.get("initiator") != "not an origin":
                 requests.append(params["url"])
     return proc.stdout
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def kill_9_after(job: str, args: list[str], marker: str) -> None:
+    """Start jobs/<job>.py through spark-submit and kill -9 its whole process group once it logs `marker`."""
+    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / f"{job}.py"), *args]
+    # spark-submit passes the Python driver's stderr (our log) through its stdout: read both.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+
+
+def s3_cfg(cfg, endpoint: str, tmp_path):
+    """cfg for moto; its own catalog database: the shared session's catalog must not keep tables that
+    point into a moto server that later tests no longer have (loading them would retry for minutes)."""
+    return dataclasses.replace(
+        cfg, s3=dataclasses.replace(cfg.s3, endpoint_url=endpoint, path_style_access=True),
+        catalog=dataclasses.replace(cfg.catalog, database=f"s1mmalign_s3_{os.urandom(3).hex()}"),
+        clip=dataclasses.replace(cfg.clip, batch_size=16, decode_threads=2, text_workers=0,
+                                 cache_dir=str(tmp_path / "ckpt-cache")))
+
+
+def chunked(store, rel, data: bytes, size: int):
+    """tasks.chunk_lines over data cut into chunks of `size` bytes, as the JSONL stage cuts a file."""
+    out, before = [], 0
+    for start in range(0, max(len(data), 1), size):
+        end = min(start + size, len(data))
+        out += list(tasks.chunk_lines(store, rel, start, end, before))
+        before += data[start:end].count(b"\n")
+    return out

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from PIL import Image
 
-
-
 ARXIV_TAR = "arxiv/images_2024.tar.gz"
 BROKEN_TAR = "arxiv/images_2012.tar.gz"
 BIG_LINE_BYTES = 50 << 20
@@ -32,7 +30,8 @@ def image(color: str, fmt: str = "PNG", size=(64, 48)) -> bytes:
 def mpo() -> bytes:
     """A two-frame MPO, as phones write (a JPEG with a second image after the first)."""
     out = io.BytesIO()
-    Image.new("RGB", (80, 60), "red").save(out, "MPO", save_all=True, append_images=[Image.new("RGB", (80, 60), "blue")])
+    second = Image.new("RGB", (80, 60), "blue")
+    Image.new("RGB", (80, 60), "red").save(out, "MPO", save_all=True, append_images=[second])
     return out.getvalue()
 
 
@@ -77,7 +76,8 @@ def build(root: Path) -> dict:
     members = [(p(1), image("red")), (p(2).replace("fig1", "dup"), dup_first), (p(3), image("blue")),
                (p(4), mpo())] + [(f"images/2401/2401.0009{k}.tar.gz/fig1.png", image((k * 40, 10, 10)))
                                  for k in range(6)]
-    members += [(p(2).replace("fig1", "dup"), dup_last), (p(5), image("orange"))]   # last member: in the last gzip member
+    # the last member: in the last gzip member
+    members += [(p(2).replace("fig1", "dup"), dup_last), (p(5), image("orange"))]
     (root / ARXIV_TAR).write_bytes(_multi_member_gzip(_tar(members), 5))
     broken = gzip.compress(_tar([("images/1201/1201.0001.tar.gz/fig1.png", image("gray")),
                                  ("images/1201/1201.0002.tar.gz/fig1.png", os.urandom(200_000))]))

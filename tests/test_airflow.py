@@ -12,7 +12,6 @@ import subprocess
 import pytest
 
 from conftest import REPO
-
 from s1mmalign import delta_io, sample
 
 AIRFLOW_BIN = REPO / ".venv-airflow" / "bin"
@@ -26,7 +25,8 @@ for dag in bag.dags.values():
     for t in dag.tasks:
         tasks[t.task_id] = {
             "type": type(t).__name__, "upstream": sorted(t.upstream_task_ids), "retries": t.retries,
-            "backoff": t.retry_exponential_backoff, "pool": t.pool, "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
+            "backoff": t.retry_exponential_backoff, "pool": t.pool,
+            "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
             "outlets": sorted(a.name for a in t.outlets),
             "spark_binary": getattr(t, "_spark_binary", None) or getattr(t, "spark_binary", None),
             "py_files": getattr(t, "py_files", None)}
@@ -126,4 +126,5 @@ def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spar
     rows = sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect())
     out, state = dags_test(airflow_env, "s1mmalign_maintain", {"lake": str(lake)})
     assert state == "success" and "maintain: pairs:" in out, out[-3000:]
-    assert sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect()) == rows
+    after = delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect()
+    assert sorted(tuple(r) for r in after) == rows

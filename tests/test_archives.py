@@ -42,7 +42,7 @@ def test_split_parts_read_as_one_stream_with_per_part_checksums(tmp_path):
     assert result.status == "ok"
     assert [(m.name, m.data) for m in members] == [(n, d) for n, d, _ in payload]
     import hashlib
-    for part, blob in zip(parts, blobs.values()):
+    for part, blob in zip(parts, blobs.values(), strict=True):
         assert part.sha256.hexdigest() == hashlib.sha256(blob).hexdigest()
     assert sum(p.members for p in parts) == 20
 

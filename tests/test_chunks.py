@@ -4,17 +4,9 @@ import random
 
 import pytest
 
+from helpers import chunked
 from s1mmalign import tasks
 from s1mmalign.storage import LocalStore
-
-
-def chunked(store, rel, data: bytes, size: int):
-    out, before = [], 0
-    for start in range(0, max(len(data), 1), size):
-        end = min(start + size, len(data))
-        out += list(tasks.chunk_lines(store, rel, start, end, before))
-        before += data[start:end].count(b"\n")
-    return out
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 64, 1000])

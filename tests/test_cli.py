@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from s1mmalign import cli
-from s1mmalign.ingest import Stage
+from s1mmalign.stages import Stage
 
 # The text Spark gives the driver when a task's heap ran out (abridged from a real local-mode run).
 JAVA_OOM = ("An error occurred while calling o412.save.\n: org.apache.spark.SparkException: Job aborted due to "

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import tarfile
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -16,23 +15,11 @@ import torch
 from PIL import Image
 
 from conftest import BIN
-from helpers import free_port, wait_port
+from helpers import TINY, free_port, wait_port
 from s1mmalign import clip, images
+from s1mmalign.config import IngestConf
 
-TINY = str(Path(__file__).parent / "data" / "tiny-clip.json")
 open_clip.add_model_config(TINY)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny-clip model with random weights (seed 3), saved as safetensors."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(3)
-    model = open_clip.create_model("tiny-clip", pretrained=None)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-clip.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +69,7 @@ def test_scores_agree_with_open_clip_reference(tiny_checkpoint, figures, strateg
     got = [s for batch in scorer.score_batches([pairs[i:i + 8] for i in range(0, len(pairs), 8)]) for s in batch]
     want = reference(tiny_checkpoint, figures, chunk=strategy == "chunk_mean")
     assert all(s.status == "ok" for s in got)
-    for s, (wc, wr) in zip(got, want):
+    for s, (wc, wr) in zip(got, want, strict=True):
         assert abs(s.score_caption - wc) < 1e-4 and abs(s.score_recaption - wr) < 1e-4
     long = [f for f in figures if len(scorer.tokenizer.encode(f[2])) > 75]
     assert long, "some recaptions must run over 77 tokens for the strategies to differ"
@@ -93,7 +80,7 @@ def test_strategies_differ_only_on_long_texts(tiny_checkpoint, figures):
     mean = clip.Scorer(spec(tiny_checkpoint, text_strategy="chunk_mean"))
     pairs = [clip.Pair(*f) for f in figures]
     a, b = trunc.score(pairs), mean.score(pairs)
-    for (data, cap, recap), x, y in zip(figures, a, b):
+    for (_data, _cap, recap), x, y in zip(figures, a, b, strict=True):
         if len(trunc.tokenizer.encode(recap)) > 75:
             assert abs(x.score_recaption - y.score_recaption) > 1e-6
         else:
@@ -138,12 +125,12 @@ def test_tokenizer_processes_give_the_same_scores(tiny_checkpoint, figures, stra
 def test_thumbnails_sit_close_to_originals(tiny_checkpoint, figures, capsys):
     """How far scores from the ingest's 256 px JPEG thumbnails sit from scores from the original files."""
     scorer = clip.Scorer(spec(tiny_checkpoint))
-    policy = images.ImagePolicy()
+    policy = IngestConf()
     thumbs = [images.analyze(data, policy).thumbnail for data, _, _ in figures]
     orig = scorer.score([clip.Pair(*f) for f in figures])
-    small = scorer.score([clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures)])
-    diffs = [abs(a.score_caption - b.score_caption) for a, b in zip(orig, small)] + \
-            [abs(a.score_recaption - b.score_recaption) for a, b in zip(orig, small)]
+    small = scorer.score([clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures, strict=True)])
+    diffs = [abs(a.score_caption - b.score_caption) for a, b in zip(orig, small, strict=True)] + \
+            [abs(a.score_recaption - b.score_recaption) for a, b in zip(orig, small, strict=True)]
     spread = max(a.score_caption for a in orig) - min(a.score_caption for a in orig)
     with capsys.disabled():
         print(f"\nthumbnail vs original (tiny random CLIP, {len(figures)} figures): mean |diff| "
@@ -241,9 +228,9 @@ def test_checkpoint_from_s3(tmp_path, tiny_checkpoint, figures, monkeypatch):
 def test_device_decode_path_agrees_with_pillow(tiny_checkpoint, figures):
     """The torch decode path (nvJPEG + resize on the GPU when there is one; here on the CPU) scores the
     ingest's JPEG thumbnails like open_clip's Pillow preprocessing, and falls back for non-JPEGs."""
-    policy = images.ImagePolicy()
+    policy = IngestConf()
     thumbs = [images.analyze(data, policy).thumbnail for data, _, _ in figures]
-    items = [clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures)]
+    items = [clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures, strict=True)]
     items.append(clip.Pair(figures[0][0], figures[0][1], figures[0][2]))          # a PNG: Pillow path
     items.append(clip.Pair(thumbs[0][:200], figures[0][1], figures[0][2]))        # a broken JPEG
     pil = clip.Scorer(spec(tiny_checkpoint, image_decode="pil")).score(items)
@@ -251,6 +238,6 @@ def test_device_decode_path_agrees_with_pillow(tiny_checkpoint, figures):
     assert dev_scorer.decode_on_device
     dev = dev_scorer.score(items)
     assert [s.status for s in dev] == [s.status for s in pil] and dev[-1].status == "image_unreadable"
-    worst = max(abs(a.score_caption - b.score_caption) for a, b in zip(pil[:-1], dev[:-1]))
+    worst = max(abs(a.score_caption - b.score_caption) for a, b in zip(pil[:-1], dev[:-1], strict=True))
     assert worst < 5e-3, worst
     assert dev[-2] == pil[-2]

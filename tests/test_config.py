@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from s1mmalign import config, session
@@ -18,7 +20,7 @@ def test_layers_base_env_environment_flags(tmp_path):
 
 def test_frozen():
     cfg = config.load(environ={})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.ingest.thumbnail_px = 1
 
 
@@ -55,8 +57,54 @@ def test_missing_file():
 def test_delta_log_read_tasks(spark_conf, expected):
     settings = session.session_settings("/tmp/lake", config.load(overrides={"spark": spark_conf}, environ={}))
     assert settings["spark.databricks.delta.snapshotPartitions"] == expected
+    assert settings["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == expected   # VACUUM's listing
 
 
 def test_cluster_conf_reads_delta_logs_with_few_tasks():
     cfg = config.load(str(repo_root() / "conf" / "cluster.yaml"), environ={})
     assert cfg.spark.shuffle_partitions == 200 and session.snapshot_partitions(cfg) == 16
+
+
+def _sections():
+    import typing
+
+    return {name: tp for name, tp in typing.get_type_hints(config.Config).items() if name != "disciplines"}
+
+
+def test_base_yaml_says_what_the_types_default_to():
+    """Each default has one home, the section's type in config.py; conf/base.yaml is its commented copy
+    for readers, and must equal it key for key (a default changed in one place only fails here)."""
+    import yaml
+
+    base = yaml.safe_load((repo_root() / "conf" / "base.yaml").read_text())
+    assert set(base) - {"disciplines_file"} == set(_sections()), "sections differ"
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    for name, cls in _sections().items():
+        typed = {f.name: plain(getattr(cls(), f.name)) for f in dataclasses.fields(cls)}
+        assert base[name] == typed, name
+    loaded = config.load(environ={})
+    for name, cls in _sections().items():
+        assert getattr(loaded, name) == cls(), name
+
+
+def test_every_number_in_conf_has_a_range_and_every_choice_its_values():
+    import typing
+
+    unbounded = []
+    for name, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+            if tp in (int, float) and f"{name}.{f.name}" not in config.LIMITS:
+                unbounded.append(f"{name}.{f.name}")
+    assert unbounded == []
+    with pytest.raises(ConfigError, match="setting clip.device must be one of auto, cpu, cuda, got 'tpu'"):
+        config.load(environ={}, overrides={"clip": {"device": "tpu"}})

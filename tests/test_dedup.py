@@ -1,10 +1,12 @@
 """Duplicates: exact groups by image bytes, near-duplicate clusters by banded perceptual-hash match."""
 
+import dataclasses
 import random
 
 import pytest
 
 from s1mmalign import dedup
+from s1mmalign.config import QualityConf
 
 PAIRS_SCHEMA = "pair_id string, source string, discipline string, image_path string, image_sha256 string, " \
                "image_dhash bigint"
@@ -22,7 +24,8 @@ def flip(h: int, *bits: int) -> int:
 
 def frames(spark, images: dict[str, int], pairs: list[tuple[str, str]]):
     """images: sha -> dhash (unsigned); pairs: (pair_id, sha)."""
-    img_df = spark.createDataFrame([(s, signed(h)) for s, h in images.items()], "image_sha256 string, image_dhash bigint")
+    img_df = spark.createDataFrame([(s, signed(h)) for s, h in images.items()],
+                                   "image_sha256 string, image_dhash bigint")
     pair_df = spark.createDataFrame([(p, "arxiv", "physics", f"images/2401/{p}.tar.gz/fig001.png", s,
                                       signed(images[s])) for p, s in pairs], PAIRS_SCHEMA)
     return pair_df, img_df
@@ -62,7 +65,8 @@ def test_near_clusters_find_every_match_within_k_and_no_other(spark, driver_edge
     images["far"] = flip(base[2], 1, 2, 3)   # 3 bits: over k=2
     pairs = [(f"p_{s}", s) for s in images] + [("p_extra", "n0")]
     pair_df, img_df = frames(spark, images, pairs)
-    params = dedup.NearParams(distance=2, bands=3, max_bucket=5000, max_rounds=10, driver_edges=driver_edges)
+    params = QualityConf(near_duplicate_distance=2, lsh_bands=3, max_bucket=5000, max_cluster_rounds=10,
+                         driver_cluster_edges=driver_edges)
     rows, stats = dedup.find(pair_df, img_df, params)
     near = {(r.group_id, r.pair_id, r.group_pairs, r.group_images, r.distance)
             for r in rows.collect() if r.group_kind == "near"}
@@ -87,8 +91,9 @@ def test_oversized_buckets_are_skipped_and_counted(spark):
     images = {f"s{i}": (rng.getrandbits(42) << 22) | 0x2AAAA for i in range(40)}
     pair_df, img_df = frames(spark, images, [(f"p{i}", s) for i, s in enumerate(images)])
     stats = dedup.DedupStats()
-    dedup.near_matches(img_df, dedup.NearParams(2, 3, max_bucket=10, max_rounds=5), stats)
+    small = QualityConf(near_duplicate_distance=2, lsh_bands=3, max_bucket=10, max_cluster_rounds=5)
+    dedup.near_matches(img_df, small, stats)
     assert stats.skipped_buckets == 1 and stats.candidate_pairs == 0
     stats = dedup.DedupStats()
-    dedup.near_matches(img_df, dedup.NearParams(2, 3, max_bucket=100, max_rounds=5), stats)
+    dedup.near_matches(img_df, dataclasses.replace(small, max_bucket=100), stats)
     assert stats.skipped_buckets == 0 and stats.candidate_pairs == 40 * 39 // 2

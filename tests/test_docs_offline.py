@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from s1mmalign import docs_offline, quality
-
 from helpers import browse
+from s1mmalign import docs_offline, quality
 
 TEMPLATES = Path(__import__("great_expectations").__file__).parent / "render" / "view" / "templates"
 
@@ -36,7 +35,8 @@ def test_every_url_gx_templates_load_is_served_locally():
         for tag in re.findall(r"<(?:script|link)\b[^>]*>", template.read_text()):
             for url in re.findall(r"""(?:src|href)=["'](https?://[^"']+)["']""", tag):
                 seen.add(url)
-                assert docs_offline._local(url, targets), f"{template.name} loads {url}: add it to {docs_offline.ASSETS_FILE}"
+                assert docs_offline._local(url, targets), \
+                    f"{template.name} loads {url}: add it to {docs_offline.ASSETS_FILE}"
     # the logo's URL is built in the template from a variable, then given the context id in a query string
     logo = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png?d=20260101T000000Z&dataContextId=x"
     assert docs_offline._local(logo, targets) == "static/images/logo-long.png"
@@ -57,16 +57,18 @@ def test_the_installed_assets_are_every_listed_file():
         assert (fonts / ref).is_file(), ref
 
 
-PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">
+GE_ASSETS = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com"
+PAGE = f"""<!DOCTYPE html><html><head><meta charset="utf-8">
 <script src="https://code.jquery.com/jquery-3.7.1.min.js"></script>
 <link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>
-<script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" integrity="sha384-abc" crossorigin="anonymous"></script>
+<script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" integrity="sha384-abc" \
+crossorigin="anonymous"></script>
 <script src="https://evil.example/track.js"></script>
 <script src="./static/local.js"></script>
-<style>.logo { background: url('https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png') 0 0; }
-.x { background: url(https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png) }</style>
+<style>.logo {{ background: url('{GE_ASSETS}/full_logo_dark.png') 0 0; }}
+.x {{ background: url({GE_ASSETS}/logo-long.png) }}</style>
 </head><body>
-<img src="https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png?d=1&amp;dataContextId=42">
+<img src="{GE_ASSETS}/logo-long.png?d=1&amp;dataContextId=42">
 <a href="https://greatexpectations.io">Great Expectations</a>
 </body></html>"""
 

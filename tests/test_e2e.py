@@ -6,22 +6,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 
 import pytest
 
-from conftest import BIN, REPO, run_job
-from test_clip import TINY, tiny_checkpoint  # noqa: F401  (fixture)
-from helpers import assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
+from conftest import REPO, run_job
+from helpers import TINY, assert_image_bytes, assert_invariant, kill_9_after, manifest, ok, snapshot, table_rows
 
 pytestmark = pytest.mark.e2e
-
-
-def ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +83,7 @@ def _large_archive_corpus(root, total_bytes: int) -> int:
 
     (root / "arxiv/jsonl").mkdir(parents=True)
     bases = []
-    for k in range(8):
+    for _ in range(8):
         noise = Image.frombytes("RGB", (2000, 1500), os.urandom(2000 * 1500 * 3))
         out = io.BytesIO()
         noise.save(out, "JPEG", quality=95)
@@ -144,22 +138,6 @@ def test_one_archive_larger_than_the_driver_heap(spark, tmp_path):
     groups = [pq.ParquetFile(f).metadata.row_group(i).total_byte_size
               for f in (lake / "images").rglob("*.parquet") for i in range(pq.ParquetFile(f).num_row_groups)]
     assert groups and max(groups) < 48 << 20, max(groups)
-
-
-def kill_9_after(job: str, args: list[str], marker: str) -> None:
-    """Start jobs/<job>.py through spark-submit and kill -9 its whole process group once it logs `marker`."""
-    cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / f"{job}.py"), *args]
-    # spark-submit passes the Python driver's stderr (our log) through its stdout: read both.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
 
 
 def test_kill_9_twice_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path):
@@ -252,16 +230,19 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, c
     DeltaTable.forPath(spark, str(lake / "pairs")).update(f"pair_id = '{pid}'", {"image_path": "'../../etc/passwd'"})
     kill_9_after("validate", ["--lake", str(lake)], "stage frames")     # duplicates written, results not yet
     assert table_rows(spark, lake, "quality_results", "suite") == []
-    planted = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path), "--out", str(tmp_path / "docs"))
+    planted = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path),
+                      "--out", str(tmp_path / "docs"))
     assert planted.returncode == 1
-    assert "1 critical expectation(s) failed: path_integrity.pairs:image_path_no_dotdot (1 unexpected of" in verdict(planted)
+    assert ("1 critical expectation(s) failed: path_integrity.pairs:image_path_no_dotdot (1 unexpected of"
+            in verdict(planted))
     assert "Traceback" not in planted.stderr
     assert (tmp_path / "docs" / "index.html").is_file()
     runs = {r.validate_run_id for r in table_rows(spark, lake, "quality_results", "validate_run_id")}
     assert len(runs) == 1
     assert {r.validate_run_id for r in table_rows(spark, lake, "duplicates", "validate_run_id")} <= runs
     proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(lake), "-S", "-e",
-                           "SELECT count(DISTINCT validate_run_id), sum(IF(success, 0, 1)) FROM s1mmalign.quality_results;"
+                           "SELECT count(DISTINCT validate_run_id), sum(IF(success, 0, 1)) "
+                           "FROM s1mmalign.quality_results;"
                            "SELECT count(*) FROM s1mmalign.duplicates"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     ok(proc)
@@ -310,7 +291,8 @@ def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(sp
     summary = json.loads((out / "summary.json").read_text())
     pairs = len(table_rows(spark, lake, "pairs", "pair_id"))
     assert summary["views"]["overview"][0]["pairs"] == pairs
-    assert f"report: {out / 'report.html'} ({pairs} pairs, 0 CLIP model(s), 3 plots; 7 views in the catalog)" in proc.stdout
+    said = f"report: {out / 'report.html'} ({pairs} pairs, 0 CLIP model(s), 3 plots; 7 views in the catalog)"
+    assert said in proc.stdout
     assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates",
                                            "quality_latest", "quality_trend"}
     assert sorted(summary["plots"]) == ["lengths.png", "pairs.png", "quarantine.png"]

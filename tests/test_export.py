@@ -21,7 +21,6 @@ import pytest
 
 from conftest import BIN, REPO
 from helpers import free_port  # noqa: F401
-
 from s1mmalign import dedup, delta_io, export, ingest, sample, session
 from s1mmalign.storage import S3Store
 
@@ -145,7 +144,8 @@ def test_webdataset_shards_read_by_webdataset_equal_the_lake(spark, cfg, lake, t
         assert s["sha256"] == file_sha(str(out / s["name"])) and s["bytes"] == (out / s["name"]).stat().st_size
     sql = {r[0]: r[1] for r in delta_io.read(spark, lake, "pairs").groupBy("discipline").count().collect()}
     assert m["by_discipline"] == sql and m["samples"] == sum(sql.values())
-    assert m["versions"] == {t: delta_io.version(spark, lake, t) for t in ("pairs", "images", "duplicates", "clip_scores")}
+    tables = ("pairs", "images", "duplicates", "clip_scores")
+    assert m["versions"] == {t: delta_io.version(spark, lake, t) for t in tables}
     # filled to the size target: each shard but the last within one sample of it, pairs in pair_id order
     sizes = [s["bytes"] for s in m["shards"]]
     assert len(sizes) >= 4 and all(SHARD * 0.5 < b < SHARD * 1.6 for b in sizes[:-1]), sizes
@@ -256,7 +256,8 @@ def test_where_dedup_and_score_threshold_equal_the_same_filter_in_sql(spark, cfg
     lake, groups = lake
     pairs = delta_io.read(spark, lake, "pairs")
     dup = {(r.group_kind, r.pair_id): r.group_id for r in delta_io.read(spark, lake, "duplicates").collect()}
-    by_path = {r.image_path: r.pair_id for r in pairs.where("source = 'biorxiv'").select("image_path", "pair_id").collect()}
+    by_path = {r.image_path: r.pair_id
+               for r in pairs.where("source = 'biorxiv'").select("image_path", "pair_id").collect()}
     # planted groups are found: 3 pairs share bytes, 2 images are near, the third group is both
     exact_of = {k[1]: g for k, g in dup.items() if k[0] == "exact"}
     near_of = {k[1]: g for k, g in dup.items() if k[0] == "near"}
@@ -330,8 +331,8 @@ def test_missing_tables_foreign_out_and_the_jobs_exit_codes(spark, cfg, lake, tm
         (["--where", "discipline ="], "export: error: --where"),
         (["--min-score", "0.3"], "export: error: --min-score needs --model"),
         (["--shard-size", "lots"], "export: error: --shard-size 'lots'"),
-        (["--from-manifest", str(tmp_path / "none.json"), "--text", "caption"], "export: error: --from-manifest "
-                                                                                "takes the spec from the manifest: drop --text"),
+        (["--from-manifest", str(tmp_path / "none.json"), "--text", "caption"],
+         "export: error: --from-manifest takes the spec from the manifest: drop --text"),
         (["--from-manifest", str(tmp_path / "none.json")], "export: error: --from-manifest"),
     ):
         proc = _job(lake, tmp_path / "o3", *args)
@@ -402,7 +403,7 @@ def test_kill_9_mid_export_then_rerun_gives_the_shards_of_one_clean_run(spark, c
 
 
 def test_export_from_a_lake_on_s3_to_s3_equals_the_local_export(spark, cfg, lake, moto, tmp_path):
-    from test_s3_lake import s3_cfg
+    from helpers import s3_cfg
 
     lake, _ = lake
     s3 = s3_cfg(cfg, moto, tmp_path)

@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 
 from s1mmalign import images, sample
+from s1mmalign.config import IngestConf
 
-POLICY = images.ImagePolicy()
+POLICY = IngestConf()
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
@@ -67,9 +68,9 @@ def test_unaccepted_format():
 def test_decompression_bomb_and_byte_cap():
     out = io.BytesIO()
     Image.new("L", (3000, 3000), 0).save(out, "PNG")
-    small = images.ImagePolicy(max_pixels=1_000_000)
+    small = IngestConf(max_image_pixels=1_000_000)
     assert images.analyze(out.getvalue(), small).status == "image_too_large"   # over the limit
-    tiny = images.ImagePolicy(max_pixels=2_000_000)
+    tiny = IngestConf(max_image_pixels=2_000_000)
     assert images.analyze(out.getvalue(), tiny).status == "image_too_large"    # 4.5x: Pillow's own error
-    capped = images.ImagePolicy(max_bytes=100)
+    capped = IngestConf(max_image_bytes=100)
     assert images.analyze(sample.render(1, 1, "PNG"), capped).status == "image_too_large"

@@ -4,10 +4,10 @@ arXiv id skips, VACUUM within the retention (time travel still works), leftover 
 from __future__ import annotations
 
 import dataclasses
+
 import pytest
 
 from helpers import snapshot
-
 from s1mmalign import config, delta_io, ingest, maintain, sample
 from s1mmalign.config import ConfigError
 

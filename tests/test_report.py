@@ -10,15 +10,13 @@ import io
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from s1mmalign import analytics, delta_io, report, schemas
-
 from helpers import browse
+from s1mmalign import analytics, delta_io, report, schemas
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0)
 M1, M2 = "tiny-clip@sha256:aaaaaaaaaaaaaaaa", "other-clip@sha256:bbbbbbbbbbbbbbbb"
@@ -36,7 +34,8 @@ PAIRS = {
             "Bar chart comparing detector figures of merit."),
     "p07": ("arxiv", "biology", R2, "2402.00001", "FIG. 3  Gene   expression\nover time",
             "Line plot of gene expression levels over time for two cell lines."),
-    "p08": ("arxiv", "biology", R2, "2402.00002", "Cell counts after treatment with the drug.", "Box plots of cell counts."),
+    "p08": ("arxiv", "biology", R2, "2402.00002", "Cell counts after treatment with the drug.",
+            "Box plots of cell counts."),
     "p09": ("biorxiv", "biology", R2, "10.1101/001", "Figs. S4 Western blot of lysates.",
             "Western blot image with six lanes of protein lysates."),
     "p10": ("biorxiv", "biology", R2, "10.1101/002",
@@ -142,7 +141,7 @@ def grouping_sets(df: pd.DataFrame, sets: list[tuple[str, ...]], stars: tuple[st
         for name, g in groups:
             name = name if isinstance(name, tuple) else (name,)
             row = {k: "*" for k in stars}
-            row.update(dict(zip(keys, name)))
+            row.update(dict(zip(keys, name, strict=True)))
             row.update(fn(g))
             rows.append(row)
     return rows
@@ -173,8 +172,8 @@ def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
         text = [s if isinstance(s, str) else None for s in t[f]]      # pandas reads a null string as NaN
         t[f + "_blank"] = [s is None or s.strip() == "" for s in text]
         t[f + "_chars"] = [0 if s is None else len(s) for s in text]
-        t[f + "_words"] = [0 if b else len(s.split()) for s, b in zip(text, t[f + "_blank"])]
-        t[f + "_label"] = [(not b) and label.match(s) is not None for s, b in zip(text, t[f + "_blank"])]
+        t[f + "_words"] = [0 if b else len(s.split()) for s, b in zip(text, t[f + "_blank"], strict=True)]
+        t[f + "_label"] = [(not b) and label.match(s) is not None for s, b in zip(text, t[f + "_blank"], strict=True)]
     out: dict[str, list[dict]] = {}
     out["overview"] = [dict(pairs=len(t), papers=t.paper_id.nunique(), images=t.image_sha256.nunique(),
                             sources=t.source.nunique(), disciplines=t.discipline.nunique(),
@@ -230,10 +229,13 @@ def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
         r.update(score_lo=r["bin"] * w, score_hi=(r["bin"] + 1) * w)
     lowest = []
     by_id = pairs.set_index("pair_id")
-    for (model, disc), g in ok.assign(best=np.maximum(ok.score_caption, ok.score_recaption)).groupby(["model", "discipline"]):
+    def cut(s):
+        return s[:rcfg.preview_chars] if isinstance(s, str) else None
+
+    best = ok.assign(best=np.maximum(ok.score_caption, ok.score_recaption))
+    for (model, disc), g in best.groupby(["model", "discipline"]):
         for rank, r in enumerate(g.sort_values(["best", "pair_id"]).head(rcfg.review_pairs).itertuples(), start=1):
             p = by_id.loc[r.pair_id]
-            cut = (lambda s: s[:rcfg.preview_chars] if isinstance(s, str) else None)
             lowest.append(dict(model=model, discipline=disc, rank=rank, pair_id=r.pair_id, source=p.source,
                                paper_id=p.paper_id, image_path=p.image_path, score_caption=r.score_caption,
                                score_recaption=r.score_recaption, best_score=r.best, caption=cut(p.caption),
@@ -421,8 +423,10 @@ def test_page_opens_in_headless_chromium_and_shows_the_numbers(known, written, t
     tid = "clip_stats_tiny-clip-sha256-aaaaaaaaaaaaaaaa"
     assert cells(dom, tid, "discipline") == ["all" if r["discipline"] == "*" else r["discipline"] for r in stats]
     assert cells(dom, tid, "uplift_pct") == [f"{r['uplift_pct']:+.2f}%" for r in stats]
-    assert f"{100 * 0.05 / 0.3:+.2f}%" in cells(dom, tid, "uplift_pct") and "-75.00%" in cells(dom, tid, "variance_change_pct")
-    assert cells(dom, "quarantine_reasons", "lines") == [str(r["lines"]) for r in summary["views"]["quarantine_reasons"]]
+    assert f"{100 * 0.05 / 0.3:+.2f}%" in cells(dom, tid, "uplift_pct")
+    assert "-75.00%" in cells(dom, tid, "variance_change_pct")
+    reasons = summary["views"]["quarantine_reasons"]
+    assert cells(dom, "quarantine_reasons", "lines") == [str(r["lines"]) for r in reasons]
     # validation: the failed expectations (critical first), their observed and unexpected values; the trend
     assert cells(dom, "quality_failed", "expectation") == ["score_caption_range", "unknown_discipline_share"]
     assert cells(dom, "quality_failed", "observed") == [
@@ -450,7 +454,8 @@ def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
     files = report.write(str(tmp_path / "out"), summary)
     assert files["plots"] == ["lengths.png", "pairs.png", "quarantine.png"]
     page = (tmp_path / "out" / "report.html").read_text()
-    assert '<p class="note" id="note-clip_stats">No CLIP scores in this lake: no clip_scores table yet: run jobs/score_clip.py.</p>' in page
+    assert ('<p class="note" id="note-clip_stats">No CLIP scores in this lake: no clip_scores table yet: '
+            'run jobs/score_clip.py.</p>') in page
     assert "No duplicate analysis" in page and "clip_" not in " ".join(files["plots"])
     assert "No validation results: no quality_results table yet: run jobs/validate.py." in page
 

@@ -4,7 +4,6 @@ row, to the same run on local disk; S3 faults (503 SlowDown, connection resets) 
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import http.server
 import os
@@ -17,9 +16,7 @@ import threading
 import pytest
 
 from conftest import BIN, TEST_SECRET
-from helpers import free_port, wait_port
-from test_clip import TINY, tiny_checkpoint  # noqa: F401  (fixture)
-
+from helpers import TINY, free_port, kill_9_after, ok, s3_cfg, wait_port
 from s1mmalign import analytics, ingest, report, score, session, validate
 from s1mmalign.storage import S3Store, Store
 
@@ -30,15 +27,6 @@ VOLATILE = {"ingest_run_id", "ingested_at", "validate_run_id", "computed_at", "v
 TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index", "duplicates", "quality_results",
           "clip_scores")
 
-
-def s3_cfg(cfg, endpoint: str, tmp_path):
-    """cfg for moto; its own catalog database: the shared session's catalog must not keep tables that
-    point into a moto server that later tests no longer have (loading them would retry for minutes)."""
-    return dataclasses.replace(
-        cfg, s3=dataclasses.replace(cfg.s3, endpoint_url=endpoint, path_style_access=True),
-        catalog=dataclasses.replace(cfg.catalog, database=f"s1mmalign_s3_{os.urandom(3).hex()}"),
-        clip=dataclasses.replace(cfg.clip, batch_size=16, decode_threads=2, text_workers=0,
-                                 cache_dir=str(tmp_path / "ckpt-cache")))
 
 
 def bucket(endpoint: str, name: str) -> S3Store:
@@ -70,11 +58,11 @@ def run_all(spark, cfg, source: str, lake: str, checkpoint: str, out: str) -> di
     scored = score.run(spark, cfg, lake, spec)
     written = report.write(out, analytics.collect(spark, cfg, lake), cfg.s3)
     return {"pairs": summary.pairs, "quarantined": summary.quarantined, "docs": outcome.docs_index,
-            "scored": scored["scored"], "report": written["report"]}
+            "scored": scored.scored, "report": written["report"]}
 
 
 def test_every_job_on_s3_equals_the_same_run_on_disk(spark, cfg, moto, faults_corpus, tmp_path,
-                                                     tiny_checkpoint):  # noqa: F811
+                                                     tiny_checkpoint):
     s3 = s3_cfg(cfg, moto, tmp_path)
     session.apply_s3a(spark, s3)
     store = bucket(moto, "lake1")
@@ -167,8 +155,8 @@ def fault_proxy(target: str, seed: int = 7, slow_down: float = 0.08, reset: floa
                 with lock:
                     counts["reset"] += 1
                 return self._reset()
-            headers = {k: v for k, v in self.headers.items()
-                       if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length", "expect")}
+            hop = ("connection", "keep-alive", "transfer-encoding", "content-length", "expect")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
             if body is not None:
                 headers["Content-Length"] = str(len(body))
             upstream = http.client.HTTPConnection(host, port, timeout=60)   # plain http.client: no added headers
@@ -250,7 +238,6 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
 
     from conftest import REPO, run_job
     from helpers import snapshot
-    from test_e2e import kill_9_after, ok
 
     store = bucket(moto, "race")
     store.upload_tree(str(faults_corpus), "src")
@@ -325,7 +312,6 @@ def test_standalone_cluster_with_the_lake_on_s3(spark, cfg, moto, faults_corpus,
 
     from conftest import REPO
     from helpers import assert_image_bytes, assert_invariant, manifest
-    from test_e2e import ok
 
     bucket(moto, "clus")
     conf = job_conf(tmp_path, moto, base="cluster.yaml")

@@ -9,7 +9,7 @@ def test_spark_and_arrow_schemas_agree():
         tdef = schemas.table(name)
         spark, arrow = tdef.spark(), tdef.arrow()
         assert spark.fieldNames() == arrow.names == tdef.names
-        for sf, af in zip(spark.fields, arrow):
+        for sf, af in zip(spark.fields, arrow, strict=True):
             assert sf.nullable == af.nullable, (name, sf.name)
 
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from test_chunks import chunked
-
+from helpers import chunked
 from s1mmalign.sources import discover
 from s1mmalign.storage import S3Store, SourceError, TooLarge
 

@@ -18,9 +18,8 @@ import pytest
 from delta.tables import DeltaTable
 from PIL import Image
 
-from s1mmalign import delta_io, ingest, quality, sample, schemas, validate
-
 from helpers import browse
+from s1mmalign import delta_io, ingest, quality, sample, schemas, validate
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +226,18 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     assert results.count() == 2 * expected_count(with_clip=False)
 
 
-def test_missing_tables_are_a_clear_error(spark, cfg, tmp_path):
-    from s1mmalign.cli import LakeError
+def test_missing_tables_are_a_clear_error(tmp_path, lake_copy):
+    """The job's one check of validate.NEEDED, before Spark starts: the missing table and who writes it."""
+    from s1mmalign.errors import JobError, LakeError
 
-    with pytest.raises(LakeError, match="run jobs/ingest.py first"):
-        validate.run(spark, cfg, str(tmp_path / "empty-lake"))
+    missing = r"no pairs, images, quarantine, ingest_log table\(s\): run jobs/ingest.py first"
+    with pytest.raises(LakeError, match=missing):
+        delta_io.require_tables(str(tmp_path / "empty-lake"), validate.NEEDED)
+    shutil.rmtree(lake_copy / "quarantine")
+    with pytest.raises(LakeError, match=r"has no quarantine table\(s\)") as caught:
+        delta_io.require_tables(str(lake_copy), validate.NEEDED)
+    assert isinstance(caught.value, JobError)                   # cli.main: one line, exit 2
+    delta_io.require_tables(str(lake_copy), ("pairs", "images", "ingest_log"))
 
 
 def _text(dom: str) -> str:

@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from s1mmalign import delta_io, resources, schemas
 from s1mmalign.config import Config
+from s1mmalign.errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 _HEADER = re.compile(r"^--\s*(view|requires|key):\s*(.*?)\s*$", re.MULTILINE)
 
 
-class ViewError(ValueError):
+class ViewError(JobError, ValueError):
     """A view file that cannot be used (bad header, unknown placeholder, unsafe setting)."""
 
 
@@ -149,7 +150,8 @@ def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
                 spark.sql(f"CACHE TABLE {db}.{view.name}")
                 cached.append(view.name)
             if view.name != BASE_VIEW:
-                rows = [{k: _plain(v) for k, v in r.asDict().items()} for r in spark.table(f"{db}.{view.name}").collect()]
+                rows = [{k: _plain(v) for k, v in r.asDict().items()}
+                        for r in spark.table(f"{db}.{view.name}").collect()]
                 summary["views"][view.name] = sorted(rows, key=lambda r: _sort_key(r, view.key))   # stable diffs
             summary["seconds"][view.name] = round(time.monotonic() - start, 3)
             log.info("view %s: %s (%.1fs)", view.name, f"{len(summary['views'][view.name])} rows"

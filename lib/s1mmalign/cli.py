@@ -7,25 +7,11 @@ import logging
 import os
 import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable
 from urllib.parse import urlparse
 
-from s1mmalign.analytics import ViewError
-from s1mmalign.clip import ClipError
-from s1mmalign.config import ConfigError
-from s1mmalign.export import ExportError
-from s1mmalign.lease import LeaseLost
-from s1mmalign.quality import SuiteError
-from s1mmalign.session import LakeBusy
-from s1mmalign.storage import SourceError, hadoop_uri, remote
-
-
-class UsageError(Exception):
-    """A bad flag value or a path that does not exist."""
-
-
-class LakeError(UsageError):
-    """A lake that lacks what a job needs (e.g. no tables yet)."""
+from s1mmalign.errors import JobError, UsageError
+from s1mmalign.storage import hadoop_uri, remote
 
 
 def lake_uri(lake: str, *, existing: bool = True) -> str:
@@ -52,17 +38,6 @@ def discover_source(source: str, cfg):
     if "://" not in source and not os.path.isdir(source):
         raise UsageError(f"--source {source} is not a folder")
     return sources.discover(Store.from_uri(source, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.archive_suffix)
-
-
-def require_tables(lake: str, tables: Sequence[str], spark=None, s3=None) -> None:
-    """LakeError unless every one of `tables` exists (checked without Spark when spark is None; s3: the
-    S3 settings for an object-store lake)."""
-    from s1mmalign import delta_io, schemas
-
-    missing = [t for t in tables if not delta_io.exists(spark, lake, t, s3)]
-    if missing:
-        jobs = " and ".join(sorted({schemas.producer(t) for t in missing}))
-        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run {jobs} first")
 
 
 def require_out_folder(out: str | None) -> str | None:
@@ -115,7 +90,8 @@ class _Parser(argparse.ArgumentParser):
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An argument parser with the flags every job takes (--lake, --conf, --log-level)."""
     p = _Parser(prog=prog, description=description)
-    p.add_argument("--lake", required=True, help="lake root: a folder or s3://bucket/prefix that holds the Delta tables")
+    p.add_argument("--lake", required=True,
+                   help="lake root: a folder or s3://bucket/prefix that holds the Delta tables")
     p.add_argument("--conf", default=None, help="an environment config file, e.g. conf/local.yaml")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -129,11 +105,10 @@ def setup_logging(level: str) -> None:
 
 
 def main(prog: str, body: Callable[[], int]) -> None:
-    """Run a job body; known failures become one line on stderr and a non-zero exit."""
+    """Run a job body; a JobError (errors.py) is one line on stderr and exit 2, anything else one line and exit 1."""
     try:
         code = body()
-    except (ConfigError, SourceError, UsageError, SuiteError, ClipError, ViewError, LakeBusy,
-            LeaseLost, ExportError) as exc:
+    except JobError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -17,36 +17,43 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from s1mmalign.config import ClipConf, Config
+from s1mmalign.errors import JobError
+
 log = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)    # CLIP's image normalisation, for configs without one
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 RANDOM_WEIGHTS = "RANDOM-WEIGHTS-NOT-REAL-SCORES"
 STRATEGIES = ("truncate", "chunk_mean")
 DECODERS = ("auto", "pil", "torch")
 
 
-class ClipError(ValueError):
+class ClipError(JobError, ValueError):
     """A model or checkpoint that cannot be used, said in one line."""
 
 
 @dataclass(frozen=True)
-class ScorerSpec:
-    model: str = "ViT-B-32"
-    checkpoint: str | None = None        # local path or s3://bucket/key
+class ScorerSpec(ClipConf):
+    """The clip conf section (its defaults live there, config.ClipConf) with what one run adds to it."""
+
     random_weights: bool = False         # testing only: the model id then says so
     model_config: str | None = None      # an open_clip JSON config for a model that is not built in
-    text_strategy: str = "truncate"
-    batch_size: int = 256
-    decode_threads: int = 4
-    text_workers: int = -1               # tokenizer processes: -1 auto (on CUDA half the cores, max 8), 0 in-process
-    device: str = "auto"                 # auto | cpu | cuda
-    image_decode: str = "auto"           # pil | torch (JPEG decode + resize/crop on the model's device) | auto
-    cache_dir: str = "~/.cache/s1mmalign/checkpoints"
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = None   # where an s3:// checkpoint is read from (the s3 conf section)
     s3_region: str = "us-east-1"
+
+    @classmethod
+    def of(cls, cfg: Config, **flags) -> ScorerSpec:
+        """cfg's clip section and S3 settings, with the job's flags (those given: not None) over them."""
+        values = {f.name: getattr(cfg.clip, f.name) for f in fields(ClipConf)}
+        values.update(s3_endpoint_url=cfg.s3.endpoint_url, s3_region=cfg.s3.region)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,8 @@ def local_checkpoint(spec: ScorerSpec) -> Path:
     client = boto3.client("s3", endpoint_url=spec.s3_endpoint_url, region_name=spec.s3_region)
     try:
         etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-        dest = Path(spec.cache_dir).expanduser() / f"{hashlib.sha256(f'{bucket}/{key}@{etag}'.encode()).hexdigest()[:24]}" \
-            / Path(key).name
+        digest = hashlib.sha256(f"{bucket}/{key}@{etag}".encode()).hexdigest()[:24]
+        dest = Path(spec.cache_dir).expanduser() / digest / Path(key).name
         if not dest.is_file():
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + f".part{os.getpid()}")
@@ -220,15 +227,17 @@ class Scorer:
                 open_clip.load_checkpoint(model, str(path), weights_only=True)
             except Exception as exc:  # noqa: BLE001  pickled code, wrong keys or shapes, not a checkpoint
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                raise ClipError(f"checkpoint {spec.checkpoint} is not a plain {spec.model} state dict: {first}") from None
+                raise ClipError(f"checkpoint {spec.checkpoint} is not a plain {spec.model} state dict: "
+                                f"{first}") from None
         self.model = model.to(self.device, self.dtype).eval()
         self.preprocess = preprocess
         self.decode_on_device = spec.image_decode == "torch" or (spec.image_decode == "auto" and cuda)
         pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
         size = pcfg.get("size", model.visual.image_size)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean = torch.tensor(pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)), device=self.device).view(3, 1, 1)
+        mean, std = pcfg.get("mean", OPENAI_MEAN), pcfg.get("std", OPENAI_STD)
+        self.mean = torch.tensor(mean, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(3, 1, 1)
         self.tokenizer = open_clip.get_tokenizer(spec.model)
         self.windows = TextWindows(self.tokenizer, spec.text_strategy)
         self.model_id = _model_id(spec, path)
@@ -272,9 +281,9 @@ class Scorer:
         if jpegs:
             raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
             try:
-                decoded = dict(zip(jpegs, decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)))
+                decoded = dict(zip(jpegs, decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device), strict=True))
             except RuntimeError:   # one bad JPEG fails the batched call: decode one by one
-                for i, r in zip(jpegs, raw):
+                for i, r in zip(jpegs, raw, strict=True):
                     try:
                         decoded[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device)
                     except RuntimeError:
@@ -286,7 +295,7 @@ class Scorer:
             crops = [TF.center_crop(TF.resize(img.to(torch.float32), [size], interpolation=InterpolationMode.BICUBIC,
                                               antialias=True), [size, size]) for img in decoded.values()]
             batch = torch.stack(crops).clamp_(0, 255).mul_(1 / 255.0).sub_(self.mean).div_(self.std)
-            for i, x in zip(decoded, batch):
+            for i, x in zip(decoded, batch, strict=True):
                 out[i] = x
         for i, d in enumerate(datas):
             if out[i] is None and i not in decoded:
@@ -314,7 +323,7 @@ class Scorer:
             images = list(self.pool.map(self._image, [p.image for p in pairs]))
         per_text = [w for c in chunks for w in c.result()] if chunks else [self.windows(t) for t in texts]
         windows, owner = [], []       # owner: (pair index, 0 caption | 1 recaption) per window
-        for slot, ws in zip(slots, per_text):
+        for slot, ws in zip(slots, per_text, strict=True):
             windows.extend(ws)
             owner.extend([slot] * len(ws))
         flat = np.zeros((len(windows), self.windows.context), dtype=np.int64)

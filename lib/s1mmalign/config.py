@@ -12,9 +12,10 @@ from typing import Any, Mapping
 import yaml
 
 from s1mmalign import resources
+from s1mmalign.errors import JobError
 
 
-class ConfigError(ValueError):
+class ConfigError(JobError, ValueError):
     """A configuration file or value that cannot be used."""
 
 
@@ -63,7 +64,9 @@ class S3Conf:
 @dataclass(frozen=True)
 class MaintainConf:
     vacuum_retention_hours: int = 168     # never below Delta's safety check (its default 7 days)
-    zorder: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # table -> columns
+    # table -> columns, within each discipline partition: a query by arXiv id skips most files
+    zorder: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"pairs": ("arxiv_id",), "clip_scores": ("arxiv_id",)})
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,14 @@ class QualityConf:
     max_cluster_rounds: int = 40
     driver_cluster_edges: int = 1_000_000
     partial_unexpected: int = 20
-    layouts: Mapping[str, str] = field(default_factory=dict)
-    thresholds: Mapping[str, float] = field(default_factory=dict)
+    # image_path's layout per source (regex; "default" for the others)
+    layouts: Mapping[str, str] = field(default_factory=lambda: {
+        "arxiv": r"^images/[0-9]{4}/[^/]+\.tar\.gz/[^/]+$", "default": r"^images/[^/]+/[^/]+$"})
+    # the suites' $PARAMETERs
+    thresholds: Mapping[str, float] = field(default_factory=lambda: {
+        "unknown_share_max": 0.05, "exact_duplicate_share_max": 0.02, "near_duplicate_share_max": 0.05,
+        "recaption_present_min": 0.99, "quarantined_share_max": 0.1, "caption_chars_max": 20000,
+        "recaption_chars_max": 20000, "unknown_category_share_max": 0.01})
     taxonomy_file: str = "arxiv_taxonomy.yaml"
 
 
@@ -103,7 +112,8 @@ class ClipConf:
     image_decode: str = "auto"            # auto (torch on CUDA, else pil) | pil | torch
     torch_threads: int = 0                # 0: torch's default
     cache_dir: str = "~/.cache/s1mmalign/checkpoints"
-    spark_extra: Mapping[str, str] = field(default_factory=dict)   # e.g. GPU scheduling, for score_clip only
+    # e.g. GPU scheduling, for score_clip only (not part of a scorer's identity: left out of its hash)
+    spark_extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,8 @@ class ExportConf:
     batch_rows: int = 64                  # rows per Arrow batch into a shard task (bounded in bytes too:)
     batch_bytes: int = 67108864           # bytes per Arrow batch into a shard task
     row_group_bytes: int = 67108864       # Parquet shards: a row group holds about this many bytes
-    broadcast_pairs: int = 2000000        # up to this many pairs, their image keys are broadcast (no shuffle of images by sha)
+    broadcast_pairs: int = 2000000        # up to this many pairs, their image keys are broadcast (no shuffle of
+                                          # images by sha)
 
 
 @dataclass(frozen=True)
@@ -286,7 +297,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     disc_name = merged.pop("disciplines_file", "disciplines.yaml")
     disc_path = Path(conf_file).parent / disc_name if conf_file else None
     disciplines = _read_yaml(disc_path if disc_path and disc_path.is_file() else None, "conf", disc_name)
-    unknown = set(merged) - {"spark", "catalog", "ingest", "s3", "quality", "clip", "report", "lease", "maintain", "export"}
+    unknown = set(merged) - {f.name for f in fields(Config) if f.name != "disciplines"}
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
     lease = _section(LeaseConf, merged.get("lease"), "lease")

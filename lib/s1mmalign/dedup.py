@@ -15,18 +15,11 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from s1mmalign.config import QualityConf
+
 log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ["pair_id", "source", "discipline", "image_path", "image_sha256", "image_dhash"]
-
-
-@dataclass(frozen=True)
-class NearParams:
-    distance: int
-    bands: int
-    max_bucket: int
-    max_rounds: int
-    driver_edges: int = 1_000_000
 
 
 @dataclass
@@ -66,12 +59,13 @@ def _bands(bands: int) -> list[tuple[int, int]]:
     return out
 
 
-def near_matches(hashes: DataFrame, params: NearParams, stats: DedupStats) -> DataFrame:
-    """Pairs of distinct hashes (h1 < h2) at Hamming distance <= params.distance, by banded buckets."""
+def near_matches(hashes: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
+    """Pairs of distinct hashes (h1 < h2) at Hamming distance <= params.near_duplicate_distance, found in
+    banded buckets (params.lsh_bands; buckets over params.max_bucket are skipped and counted)."""
     h = hashes.select(F.col("image_dhash").alias("h")).distinct()
     keys = F.array(*[F.struct(F.lit(b).alias("band"),
                               (F.shiftrightunsigned(F.col("h"), shift).bitwiseAND(F.lit(mask))).alias("key"))
-                     for b, (shift, mask) in enumerate(_bands(params.bands))])
+                     for b, (shift, mask) in enumerate(_bands(params.lsh_bands))])
     banded = h.select("h", F.explode(keys).alias("bk")).select("h", "bk.band", "bk.key")
     sizes = banded.groupBy("band", "key").agg(F.count("*").alias("n")).where("n > 1").localCheckpoint()
     live = banded.join(sizes.where(F.col("n") <= params.max_bucket).select("band", "key"), ["band", "key"])
@@ -82,12 +76,12 @@ def near_matches(hashes: DataFrame, params: NearParams, stats: DedupStats) -> Da
                   .withColumn("d", F.bit_count(F.col("h1").bitwiseXOR(F.col("h2")))).localCheckpoint())
     big, cand, matched = (
         sizes.agg(F.sum((F.col("n") > params.max_bucket).cast("int"))).first()[0] or 0,
-        *candidates.agg(F.count("*"), F.sum((F.col("d") <= params.distance).cast("int"))).first())
+        *candidates.agg(F.count("*"), F.sum((F.col("d") <= params.near_duplicate_distance).cast("int"))).first())
     stats.skipped_buckets, stats.candidate_pairs, stats.matches = big, cand, matched or 0
     if big:
         log.warning("near duplicates: %d band buckets over %d hashes skipped (quality.max_bucket)",
                     big, params.max_bucket)
-    return candidates.where(F.col("d") <= params.distance).select("h1", "h2")
+    return candidates.where(F.col("d") <= params.near_duplicate_distance).select("h1", "h2")
 
 
 def _union_find(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -108,14 +102,14 @@ def _union_find(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(x, root(x)) for x in parent]
 
 
-def components(spark, edges: DataFrame, params: NearParams, stats: DedupStats) -> DataFrame:
+def components(spark, edges: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
     """(h, label): every vertex of the edge list with the smallest vertex of its connected component.
 
-    Up to params.driver_edges edges (true near duplicates are few) are joined on the driver by
+    Up to params.driver_cluster_edges edges (true near duplicates are few) are joined on the driver by
     union-find; more are joined in Spark by label propagation, one round per step of the diameter.
     """
     schema = "h bigint, label bigint"
-    if stats.matches <= params.driver_edges:
+    if stats.matches <= params.driver_cluster_edges:
         found = _union_find([(r.h1, r.h2) for r in edges.collect()])
         stats.rounds = 0
         return spark.createDataFrame(found, schema)
@@ -123,7 +117,7 @@ def components(spark, edges: DataFrame, params: NearParams, stats: DedupStats) -
     both = both.localCheckpoint()
     labels = (both.groupBy("h1").agg(F.min("h2").alias("m"))
               .select(F.col("h1").alias("h"), F.least("h1", "m").alias("label")).localCheckpoint())
-    for round_ in range(1, params.max_rounds + 1):
+    for round_ in range(1, params.max_cluster_rounds + 1):
         spread = (both.join(labels, both.h1 == labels.h).groupBy(F.col("h2").alias("h"))
                   .agg(F.min("label").alias("seen")))
         new = (labels.join(spread, "h", "left")
@@ -134,11 +128,11 @@ def components(spark, edges: DataFrame, params: NearParams, stats: DedupStats) -
         if not changed:
             return labels
     log.warning("near duplicates: clusters still growing after %d rounds (quality.max_cluster_rounds)",
-                params.max_rounds)
+                params.max_cluster_rounds)
     return labels
 
 
-def near_clusters(pairs: DataFrame, images: DataFrame, params: NearParams, stats: DedupStats) -> DataFrame:
+def near_clusters(pairs: DataFrame, images: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
     """One row per pair whose image has a near duplicate among the other images.
 
     Columns as exact_groups; group_id is the cluster's lowest image_sha256 and distance is the Hamming
@@ -163,7 +157,7 @@ def near_clusters(pairs: DataFrame, images: DataFrame, params: NearParams, stats
                                                      "group_images", "distance")
 
 
-def find(pairs: DataFrame, images: DataFrame, params: NearParams) -> tuple[DataFrame, DedupStats]:
+def find(pairs: DataFrame, images: DataFrame, params: QualityConf) -> tuple[DataFrame, DedupStats]:
     """Rows of the duplicates table (without run id and time): exact groups, then near clusters."""
     stats = DedupStats()
     exact = exact_groups(pairs).withColumn("group_kind", F.lit("exact"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 from s1mmalign import lease, schemas
+from s1mmalign.errors import LakeError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ def _commits(log_dir: Path) -> list[tuple[int, Path]]:
     return sorted((int(p.stem), p) for p in log_dir.glob("[0-9]" * 20 + ".json"))
 
 
+def require_tables(lake: str, tables: Sequence[str], spark=None, s3=None) -> None:
+    """LakeError unless every one of `tables` exists (checked without Spark when spark is None; s3: the
+    S3 settings for an object-store lake). The jobs call it once, before Spark starts."""
+    missing = [t for t in tables if not exists(spark, lake, t, s3)]
+    if missing:
+        jobs = " and ".join(sorted({schemas.producer(t) for t in missing}))
+        raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run {jobs} first")
+
+
+def properties(spark, path: str) -> dict[str, str]:
+    """A Delta table's properties at its latest version (SHOW TBLPROPERTIES: read from the log's
+    metadata, no Spark job, unlike DESCRIBE DETAIL)."""
+    return {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+
+
 def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
     """Create the lake tables `job` writes that are missing (schema from schemas/); register them."""
     from delta.tables import DeltaTable
@@ -75,7 +92,7 @@ def ensure_tables(spark, lake: str, database: str, job: str = "ingest") -> None:
             builder.execute()
         _add_missing_columns(spark, path, tdef)
         if tdef.properties:   # a table made by an earlier version lacks them: set them once
-            have = DeltaTable.forPath(spark, path).detail().first().properties or {}
+            have = properties(spark, path)
             missing = {k: v for k, v in tdef.properties if have.get(k) != v}
             if missing:
                 pairs = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())

@@ -27,6 +27,7 @@ shards whose record and bytes agree are kept, only the rest are written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
 from s1mmalign import delta_io
+from s1mmalign.errors import JobError
 from s1mmalign.storage import Store, remote
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ _SHARD = re.compile(r"^shard-\d{6}\.(tar|parquet)$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
 
-class ExportError(Exception):
+class ExportError(JobError):
     """An export that cannot run as asked (bad predicate, missing model or table, foreign --out)."""
 
 
@@ -195,7 +197,8 @@ def candidates(spark, lake: str, spec: Spec, versions: dict[str, int]):
             df = df.join(dup.where(F.col("group_kind") == kind)
                          .select("pair_id", F.col("group_id").alias(f"{kind}_group")), "pair_id", "left")
     else:
-        df = df.withColumn("exact_group", F.lit(None).cast("string")).withColumn("near_group", F.lit(None).cast("string"))
+        df = (df.withColumn("exact_group", F.lit(None).cast("string"))
+              .withColumn("near_group", F.lit(None).cast("string")))
     return df
 
 
@@ -284,10 +287,8 @@ def _locations(spark, images):
 def check_storage_order(spark, lake: str) -> None:
     """ExportError unless the images table's files can be read as plain Parquet: no deletion vectors (rows
     a file holds but Delta hides), no column mapping (other names in the files). Ours are made without."""
-    from delta.tables import DeltaTable
-
-    props = {k.lower(): str(v).lower() for k, v in
-             (DeltaTable.forPath(spark, delta_io.table_path(lake, "images")).detail().first()["properties"] or {}).items()}
+    have = delta_io.properties(spark, delta_io.table_path(lake, "images"))
+    props = {k.lower(): str(v).lower() for k, v in have.items()}
     if props.get("delta.enabledeletionvectors") == "true" or props.get("delta.columnmapping.mode", "none") != "none":
         raise ExportError("--order storage reads the images table's files directly, which needs a table without "
                           "deletion vectors and column mapping; this one has them: use --order pair_id")
@@ -401,7 +402,8 @@ class Writer:
 
         schema = parquet_schema(self.spec)
         binary = ["image"]
-        writer = pq.ParquetWriter(sink, schema, compression={n: ("none" if n in binary else "zstd") for n in schema.names},
+        writer = pq.ParquetWriter(sink, schema,
+                                  compression={n: ("none" if n in binary else "zstd") for n in schema.names},
                                   use_dictionary=[n for n in schema.names if n not in binary],
                                   write_statistics=[n for n in schema.names if n not in binary])
         buffer, held, samples = [], 0, 0
@@ -547,7 +549,7 @@ def shard_task(writer: Writer):
             for batch in batches:
                 kinds = batch.column("_part").to_pylist()
                 if 0 in kinds:
-                    for r, kind in zip(batch.drop_columns(["image"]).to_pylist(), kinds):
+                    for r, kind in zip(batch.drop_columns(["image"]).to_pylist(), kinds, strict=True):
                         if kind == 0:
                             fields_of[r["pair_id"]] = r
                             shard = r["shard"]
@@ -623,14 +625,20 @@ def _open_parquet(uri: str, s3):
     if parsed.scheme in ("", "file"):
         return open(unquote(parsed.path), "rb")
     if parsed.scheme in ("s3", "s3a", "s3n"):
-        from pyarrow import fs
-
-        endpoint = s3.endpoint_url
-        s3fs = fs.S3FileSystem(region=s3.region, endpoint_override=endpoint,
-                               scheme="http" if endpoint and endpoint.startswith("http://") else "https",
-                               force_virtual_addressing=bool(endpoint) and not s3.path_style_access)
-        return s3fs.open_input_file(f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
+        return _s3_filesystem(s3.endpoint_url, s3.region, s3.path_style_access).open_input_file(
+            f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
     raise ExportError(f"images file {uri}: no reader for its scheme {parsed.scheme}")
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_filesystem(endpoint: str | None, region: str, path_style: bool):
+    """One pyarrow S3FileSystem per Python worker and endpoint (it holds the connection pool and the
+    credentials it resolved from the AWS chain), reused by every file the worker's shards read."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(region=region, endpoint_override=endpoint,
+                           scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+                           force_virtual_addressing=bool(endpoint) and not path_style)
 
 
 # -------------------------------------------------------------------------------------------- the run

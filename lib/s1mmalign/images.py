@@ -9,18 +9,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile
 
+from s1mmalign.config import IngestConf
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-@dataclass(frozen=True)
-class ImagePolicy:
-    """Limits and thumbnail settings (from conf ingest.*)."""
-
-    formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
-    max_bytes: int = 32 << 20
-    max_pixels: int = 89_478_485
-    thumbnail_px: int = 256
-    thumbnail_quality: int = 85
 
 
 @dataclass(frozen=True)
@@ -60,18 +51,19 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def analyze(data: bytes, policy: ImagePolicy) -> ImageFacts:
-    """Decode-check an image and compute its facts; a bad image gives a status, never an exception."""
+def analyze(data: bytes, policy: IngestConf) -> ImageFacts:
+    """Decode-check an image and compute its facts (limits and thumbnail from the ingest conf section);
+    a bad image gives a status, never an exception."""
     size = len(data)
     if size == 0:
         return ImageFacts("image_corrupt", "zero bytes", size=0)
-    if size > policy.max_bytes:
-        return ImageFacts("image_too_large", f"{size} bytes > {policy.max_bytes}", size=size)
+    if size > policy.max_image_bytes:
+        return ImageFacts("image_too_large", f"{size} bytes > {policy.max_image_bytes}", size=size)
     sha = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = policy.max_pixels
+            Image.MAX_IMAGE_PIXELS = policy.max_image_pixels
             with Image.open(io.BytesIO(data)) as im:
                 # MPO (what phones and stereo cameras write) is a JPEG with more frames after the first:
                 # the first frame is the image, so it is a JPEG here.
@@ -79,8 +71,8 @@ def analyze(data: bytes, policy: ImagePolicy) -> ImageFacts:
                 if fmt not in policy.formats:
                     return ImageFacts("image_corrupt", f"format {fmt} not accepted", sha, fmt, size=size)
                 width, height = im.size
-                if width * height > policy.max_pixels:
-                    return ImageFacts("image_too_large", f"{width}x{height} pixels > {policy.max_pixels}",
+                if width * height > policy.max_image_pixels:
+                    return ImageFacts("image_too_large", f"{width}x{height} pixels > {policy.max_image_pixels}",
                                       sha, fmt, width, height, size)
                 if fmt == "JPEG":
                     im.draft("RGB", (policy.thumbnail_px, policy.thumbnail_px))

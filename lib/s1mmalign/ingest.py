@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -30,8 +29,8 @@ from pyspark.sql import functions as F
 
 from s1mmalign import delta_io, schemas, tasks
 from s1mmalign.config import Config
-from s1mmalign.images import ImagePolicy
 from s1mmalign.sources import Archive, SourcePlan, discover
+from s1mmalign.stages import Stage, new_run_id
 from s1mmalign.storage import FileInfo, Store
 
 log = logging.getLogger(__name__)
@@ -55,36 +54,6 @@ class RunSummary:
     archive_tasks: dict[str, int] = field(default_factory=dict)   # archive -> tasks that analysed its members
 
 
-class Stage:
-    """Times a stage and logs one line for it."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def done(self, count: int, what: str, extra: str = "") -> None:
-        secs = time.perf_counter() - self.t0
-        rate = count / secs if secs > 0 else 0.0
-        log.info("stage %-8s %d %s in %.1fs (%.0f/s)%s", self.name, count, what, secs, rate,
-                 f"; {extra}" if extra else "")
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is not None and not hasattr(exc, "stage"):
-            try:
-                exc.stage = self.name     # for the one line a job prints (e.g. which stage ran out of memory)
-            except AttributeError:
-                pass
-        return False
-
-
-def image_policy(cfg: Config) -> ImagePolicy:
-    i = cfg.ingest
-    return ImagePolicy(i.formats, i.max_image_bytes, i.max_image_pixels, i.thumbnail_px, i.thumbnail_quality)
-
-
 def _in_list(column: str, values) -> str:
     quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values))
     return f"{column} IN ({quoted})" if values else "false"
@@ -105,7 +74,7 @@ def _descriptors(spark: SparkSession, rows: list[dict], schema, weight: str | No
     else:
         bins = [[] for _ in range(max(1, min(len(rows), 2 * spark.sparkContext.defaultParallelism)))]
         loads = [0] * len(bins)
-        for row, tup in sorted(zip(rows, tuples), key=lambda rt: -rt[0][weight]):
+        for row, tup in sorted(zip(rows, tuples, strict=True), key=lambda rt: -rt[0][weight]):
             i = loads.index(min(loads))
             bins[i].append(tup)
             loads[i] += row[weight] + 1
@@ -122,11 +91,11 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     discovered: the (store, plan) of sources.discover when the caller has just listed them.
     """
     t_start = time.perf_counter()
-    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_id = run_id or new_run_id("ingest")
     summary = RunSummary(run_id)
     delta_io.ensure_tables(spark, lake, cfg.catalog.database)
 
-    with Stage("plan") as st:
+    with Stage("plan", log) as st:
         store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
                                              cfg.ingest.archive_suffix)
         todo_jsonl, todo_archives = changed(spark, lake, plan)
@@ -248,7 +217,7 @@ class IngestRun:
         facts_schema = schemas.table("image_facts")
         streamed_dir = f"{self.staging}/streamed"
         self.members_dirs = [streamed_dir]
-        with Stage("archives") as st:
+        with Stage("archives", log) as st:
             if not self.todo_archives:
                 delta_io.write_staging(self.spark.createDataFrame([], facts_schema.spark()), streamed_dir,
                                        "image_facts")
@@ -302,7 +271,7 @@ class IngestRun:
         slice_schema = T.StructType([T.StructField(c, T.StringType()) for c in ("source", "archive", "slice")])
         path = f"{self.staging}/analysed/{n}"
         delta_io.write_staging(_descriptors(self.spark, slices, slice_schema).mapInArrow(
-            tasks.analyze_slices(image_policy(self.cfg), self.scratch), schemas.table("image_facts").spark()),
+            tasks.analyze_slices(self.cfg.ingest, self.scratch), schemas.table("image_facts").spark()),
             path, "image_facts")
         self.members_dirs.append(path)
 
@@ -322,7 +291,7 @@ class IngestRun:
                    "size": min(start + size, f.size) - start}
                   for src, f in self.todo_jsonl for i, start in enumerate(range(0, max(f.size, 1), size))]
         path = f"{self.staging}/parsed"
-        with Stage("jsonl") as st:
+        with Stage("jsonl", log) as st:
             desc = T.StructType([T.StructField("source", T.StringType()), T.StructField("source_file", T.StringType()),
                                  T.StructField("chunk", T.LongType()), T.StructField("start", T.LongType()),
                                  T.StructField("end", T.LongType())])
@@ -357,7 +326,7 @@ class IngestRun:
     # --- resolve --------------------------------------------------------------------------------------
 
     def resolve(self, parts) -> Outputs:
-        with Stage("resolve") as st:
+        with Stage("resolve", log) as st:
             parsed = self.spark.read.parquet(f"{self.staging}/parsed")
             members = _last_of_each_name(self.members())
 
@@ -402,7 +371,7 @@ class IngestRun:
                 ingest_cfg = self.cfg.ingest
                 n_tasks = ingest_cfg.image_tasks or 2 * self.spark.sparkContext.defaultParallelism
                 delta_io.write_staging(need_tree.select("source", "image_path").distinct().repartition(n_tasks)
-                                       .mapInArrow(tasks.read_tree(self.store, image_policy(self.cfg), self.scratch,
+                                       .mapInArrow(tasks.read_tree(self.store, self.cfg.ingest, self.scratch,
                                                                    self.SLICES, ingest_cfg.archive_slice_bytes),
                                                    facts_schema),
                                        f"{self.staging}/tree", "image_facts")
@@ -460,7 +429,7 @@ class IngestRun:
     # --- write ----------------------------------------------------------------------------------------
 
     def write(self, out: Outputs, parts, chunks) -> tuple[int, int]:
-        with Stage("write") as st:
+        with Stage("write", log) as st:
             pairs = out.pairs.select(*schemas.table("pairs").names)
             quarantine = out.quarantine.select(*schemas.table("quarantine").names)
             new_images = self._new_images(out.blobs, pairs)

@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from s1mmalign.errors import JobError
 from s1mmalign.storage import Conflict, Store
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class LeaseHeld(Exception):
     """Another job holds the lake's lease."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(JobError):
     """This job no longer holds the lease it took (expired unrenewed, or taken over)."""
 
 

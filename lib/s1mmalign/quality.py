@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from s1mmalign import docs_offline, resources, schemas
 from s1mmalign.config import QualityConf
+from s1mmalign.errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _SPARK_TYPE = {"string": "StringType", "int": "IntegerType", "bigint": "LongType
 SCHEMA_TABLES = ("pairs", "images", "quarantine", "ingest_log", "clip_scores")
 
 
-class SuiteError(ValueError):
+class SuiteError(JobError, ValueError):
     """A suite file that cannot be used."""
 
 
@@ -161,7 +162,15 @@ class Runner:
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
         self.docs_dir = docs_dir
-        self.source = self.context.data_sources.add_or_update_spark(name="lake")
+        self._source = None
+
+    @property
+    def source(self):
+        """The project's Spark data source, made on first use: Great Expectations starts a Spark session
+        for it when none runs, so a Runner that only builds docs or sets switches starts none."""
+        if self._source is None:
+            self._source = self.context.data_sources.add_or_update_spark(name="lake")
+        return self._source
 
     def _definition(self, suite: Suite):
         gx = self.gx

@@ -66,7 +66,7 @@ def plot_histograms(rows: list[dict], *, x_lo: str, x_hi: str, count: str, title
     nrows, ncols = _grid(len(discs))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.4 * nrows), sharex=True, sharey=True,
                              squeeze=False)
-    for ax, disc in zip(axes.flat, discs):
+    for ax, disc in zip(axes.flat, discs, strict=False):   # the grid may have a spare panel
         for field, colour in (("caption", CAPTION), ("recaption", RECAPTION)):
             bins = sorted(by_disc[disc][field], key=lambda r: r[x_lo])
             total = sum(r[count] for r in bins)
@@ -104,7 +104,7 @@ def plot_stacked_bars(rows: list[dict], *, category: str, stack: str, value: str
     for s in stacks:
         vals = [sum(r[value] for r in rows if r[category] == c and r[stack] == s) for c in cats]
         ax.barh(cats, vals, left=left, label=s)
-        left = [a + b for a, b in zip(left, vals)]
+        left = [a + b for a, b in zip(left, vals, strict=True)]
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title)
@@ -176,7 +176,8 @@ def _table(table_id: str, rows: list[dict], columns: list[tuple[str, str, str]])
 
 def _img(name: str, png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f'<figure><img class="plot" data-name="{name}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+    return (f'<figure><img class="plot" data-name="{name}" alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{data}"></figure>')
 
 
 def _note(view: str, summary: dict, what: str) -> str:
@@ -185,16 +186,23 @@ def _note(view: str, summary: dict, what: str) -> str:
 
 
 LENGTH_COLUMNS = [("present", "non-blank", ""), ("empty_share", "empty", "share"),
-                  ("empty_or_short_share", "empty or short", "share"), ("label_share", "starts with a figure label", "share"),
-                  ("chars_mean", "chars mean", ""), ("chars_p5", "p5", ""), ("chars_p50", "p50", ""), ("chars_p95", "p95", ""),
-                  ("words_mean", "words mean", ""), ("words_p5", "p5", ""), ("words_p50", "p50", ""), ("words_p95", "p95", "")]
-CLIP_COLUMNS = [("discipline", "discipline", ""), ("pairs_scored", "pairs scored", ""), ("pairs_unscored", "unscored", ""),
-                ("caption_mean", "caption mean", "score"), ("caption_std", "std", "score"), ("caption_var", "variance", "score"),
+                  ("empty_or_short_share", "empty or short", "share"),
+                  ("label_share", "starts with a figure label", "share"),
+                  ("chars_mean", "chars mean", ""), ("chars_p5", "p5", ""), ("chars_p50", "p50", ""),
+                  ("chars_p95", "p95", ""),
+                  ("words_mean", "words mean", ""), ("words_p5", "p5", ""), ("words_p50", "p50", ""),
+                  ("words_p95", "p95", "")]
+CLIP_COLUMNS = [("discipline", "discipline", ""), ("pairs_scored", "pairs scored", ""),
+                ("pairs_unscored", "unscored", ""),
+                ("caption_mean", "caption mean", "score"), ("caption_std", "std", "score"),
+                ("caption_var", "variance", "score"),
                 ("recaption_mean", "recaption mean", "score"), ("recaption_std", "std", "score"),
                 ("recaption_var", "variance", "score"), ("uplift_pct", "uplift of the mean", "pct"),
-                ("variance_change_pct", "variance change", "pct"), ("recaption_higher_share", "recaption higher", "share")]
+                ("variance_change_pct", "variance change", "pct"),
+                ("recaption_higher_share", "recaption higher", "share")]
 STYLE = """
-body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:2em auto;max-width:1250px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:2em auto;max-width:1250px;color:#222;
+padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1.2em}th,td{border:1px solid #ddd;padding:.25em .5em}
 th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -251,7 +259,8 @@ def _quality(latest: list[dict], trend: list[dict], summary: dict) -> list[str]:
     out = [f'<p id="quality-summary">The latest validate run of each suite ({html.escape(", ".join(runs))}): '
            f'<b>{len(rows)}</b> expectations, <b>{len(failed)}</b> failed ({critical} critical, '
            f'{len(failed) - critical} warning). Every run in full, with Great Expectations\' own pages: '
-           f'Data Docs (by default <code>{html.escape(summary["lake"].rstrip("/"))}/_quality/data_docs/index.html</code>, '
+           f'Data Docs (by default <code>{html.escape(summary["lake"].rstrip("/"))}'
+           f'/_quality/data_docs/index.html</code>, '
            "readable offline).</p>"]
     if failed:
         out.append("<h3>Failed expectations</h3>" + _table("quality_failed", failed, QUALITY_COLUMNS))
@@ -266,32 +275,39 @@ def _quality(latest: list[dict], trend: list[dict], summary: dict) -> list[str]:
     return out
 
 
-def render_html(summary: dict, plots: dict[str, bytes]) -> str:
-    """The page: every number comes from `summary`, every picture from `plots`."""
-    v = summary["views"]
-    parts = [f"<h1>S1-MMAlign lake: caption quality</h1><p><small>lake {html.escape(summary['lake'])} · "
-             f"generated {html.escape(summary['generated_at'])} · views in the catalog as "
-             f"{html.escape(summary['database'])}.&lt;view&gt;</small></p>"]
+def _header(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    return [f"<h1>S1-MMAlign lake: caption quality</h1><p><small>lake {html.escape(summary['lake'])} · "
+            f"generated {html.escape(summary['generated_at'])} · views in the catalog as "
+            f"{html.escape(summary['database'])}.&lt;view&gt;</small></p>"]
 
-    ov = (v.get("overview") or [None])[0]
-    if ov:
-        kpis = [("pairs", "pairs", ""), ("papers", "papers", ""), ("images", "distinct images", ""),
-                ("sources", "sources", ""), ("disciplines", "disciplines", ""),
-                ("quarantined_lines", "quarantined lines", ""), ("quarantined_share", "of input lines quarantined", "share")]
-        parts.append('<div class="kpi" id="overview">' + "".join(
-            f'<div data-key="{k}"><b>{fmt(ov[k], kind)}</b>{label}</div>' for k, label, kind in kpis) + "</div>")
-    else:
-        parts.append('<p class="note" id="note-overview">No pairs in this lake yet: run jobs/ingest.py.</p>')
 
-    parts.append("<h2>Pairs per discipline and source</h2>")
+def _overview(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    ov = (summary["views"].get("overview") or [None])[0]
+    if not ov:
+        return ['<p class="note" id="note-overview">No pairs in this lake yet: run jobs/ingest.py.</p>']
+    kpis = [("pairs", "pairs", ""), ("papers", "papers", ""), ("images", "distinct images", ""),
+            ("sources", "sources", ""), ("disciplines", "disciplines", ""),
+            ("quarantined_lines", "quarantined lines", ""),
+            ("quarantined_share", "of input lines quarantined", "share")]
+    return ['<div class="kpi" id="overview">' + "".join(
+        f'<div data-key="{k}"><b>{fmt(ov[k], kind)}</b>{label}</div>' for k, label, kind in kpis) + "</div>"]
+
+
+def _pair_counts(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    parts = ["<h2>Pairs per discipline and source</h2>"]
     if "pairs.png" in plots:
         parts.append(_img("pairs.png", plots["pairs.png"], "pairs per discipline and source"))
-    counts = [r for r in v.get("pair_counts", []) if r["source"] == "*" or r["discipline"] == "*"]
+    counts = [r for r in summary["views"].get("pair_counts", []) if r["source"] == "*" or r["discipline"] == "*"]
     parts.append(_table("pair_counts", counts, [("discipline", "discipline", ""), ("source", "source", ""),
-                                                ("pairs", "pairs", ""), ("papers", "papers", ""), ("images", "images", "")]))
+                                                ("pairs", "pairs", ""), ("papers", "papers", ""),
+                                                ("images", "images", "")]))
+    return parts
 
-    parts.append("<h2>Caption and recaption length</h2><p>Lengths of non-blank texts; "
-                 f"short = under {summary['parameters']['short_chars']} characters, blank included.</p>")
+
+def _lengths(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    v = summary["views"]
+    parts = ["<h2>Caption and recaption length</h2><p>Lengths of non-blank texts; "
+             f"short = under {summary['parameters']['short_chars']} characters, blank included.</p>"]
     if "lengths.png" in plots:
         parts.append(_img("lengths.png", plots["lengths.png"], "word-count distributions"))
     lengths = v.get("caption_lengths", [])
@@ -306,62 +322,87 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
         [("discipline", "discipline", ""), ("source", "source", ""), ("pairs_with_both", "pairs", ""),
          ("chars_ratio", "chars ratio", ""), ("words_ratio", "words ratio", ""),
          ("chars_ratio_p50", "median per-pair chars ratio", "")]))
+    return parts
 
-    parts.append("<h2>CLIP alignment</h2>")
-    if v.get("clip_stats"):
-        for model in sorted({r["model"] for r in v["clip_stats"]}):
-            parts.append(f"<h3>{html.escape(model)}</h3>")
-            name = clip_plot_name(model)
-            if name in plots:
-                parts.append(_img(name, plots[name], f"CLIP score distributions, {model}"))
-            parts.append(_table(f"clip_stats_{_slug(model)}", [r for r in v["clip_stats"] if r["model"] == model],
-                                CLIP_COLUMNS))
-            low = [r for r in v.get("clip_lowest", []) if r["model"] == model]
-            parts.append(f"<details><summary>Lowest-aligned pairs for review ({len(low)})</summary>" + _table(
-                f"clip_lowest_{_slug(model)}", low,
-                [("discipline", "discipline", ""), ("rank", "#", ""), ("best_score", "best score", "score"),
-                 ("score_caption", "caption", "score"), ("score_recaption", "recaption", "score"),
-                 ("source", "source", ""), ("image_path", "image", ""), ("caption", "raw caption", ""),
-                 ("recaption", "recaption", "")]) + "</details>")
-    else:
-        parts.append(_note("clip_stats", summary, "No CLIP scores in this lake"))
 
-    parts.append("<h2>Duplicates</h2>")
-    if v.get("duplicate_rates"):
-        parts.append(_table("duplicate_rates", v["duplicate_rates"],
-                            [("source", "source", ""), ("ingest_run_id", "ingest run", ""), ("pairs", "pairs", ""),
-                             ("exact_duplicate_pairs", "exact duplicates", ""), ("exact_duplicate_share", "share", "share"),
-                             ("near_duplicate_pairs", "near duplicates", ""), ("near_duplicate_share", "share", "share"),
-                             ("validate_run_id", "validate run", "")]))
-    else:
-        parts.append(_note("duplicate_rates", summary, "No duplicate analysis"))
+def _clip_alignment(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    v = summary["views"]
+    parts = ["<h2>CLIP alignment</h2>"]
+    if not v.get("clip_stats"):
+        return parts + [_note("clip_stats", summary, "No CLIP scores in this lake")]
+    for model in sorted({r["model"] for r in v["clip_stats"]}):
+        parts.append(f"<h3>{html.escape(model)}</h3>")
+        name = clip_plot_name(model)
+        if name in plots:
+            parts.append(_img(name, plots[name], f"CLIP score distributions, {model}"))
+        parts.append(_table(f"clip_stats_{_slug(model)}", [r for r in v["clip_stats"] if r["model"] == model],
+                            CLIP_COLUMNS))
+        low = [r for r in v.get("clip_lowest", []) if r["model"] == model]
+        parts.append(f"<details><summary>Lowest-aligned pairs for review ({len(low)})</summary>" + _table(
+            f"clip_lowest_{_slug(model)}", low,
+            [("discipline", "discipline", ""), ("rank", "#", ""), ("best_score", "best score", "score"),
+             ("score_caption", "caption", "score"), ("score_recaption", "recaption", "score"),
+             ("source", "source", ""), ("image_path", "image", ""), ("caption", "raw caption", ""),
+             ("recaption", "recaption", "")]) + "</details>")
+    return parts
 
-    parts.append("<h2>Quarantine</h2>")
-    reasons = v.get("quarantine_reasons", [])
-    if reasons:
-        if "quarantine.png" in plots:
-            parts.append(_img("quarantine.png", plots["quarantine.png"], "quarantined lines per reason"))
-        parts.append(_table("quarantine_reasons", reasons,
-                            [("source", "source", ""), ("ingest_run_id", "ingest run", ""), ("reason", "reason", ""),
-                             ("lines", "lines", ""), ("input_lines", "input lines", ""), ("share", "share", "share")]))
-    else:
-        parts.append('<p class="note" id="note-quarantine_reasons">No quarantined lines.</p>')
 
-    parts.append("<h2>Validation (Great Expectations)</h2>")
-    latest = v.get("quality_latest", [])
-    if latest:
-        parts += _quality(latest, v.get("quality_trend", []), summary)
-    else:
-        parts.append(_note("quality_latest", summary, "No validation results"))
+def _duplicates(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    rates = summary["views"].get("duplicate_rates")
+    if not rates:
+        return ["<h2>Duplicates</h2>", _note("duplicate_rates", summary, "No duplicate analysis")]
+    return ["<h2>Duplicates</h2>", _table("duplicate_rates", rates,
+                                          [("source", "source", ""), ("ingest_run_id", "ingest run", ""),
+                                           ("pairs", "pairs", ""),
+                                           ("exact_duplicate_pairs", "exact duplicates", ""),
+                                           ("exact_duplicate_share", "share", "share"),
+                                           ("near_duplicate_pairs", "near duplicates", ""),
+                                           ("near_duplicate_share", "share", "share"),
+                                           ("validate_run_id", "validate run", "")])]
 
+
+def _quarantine(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    parts = ["<h2>Quarantine</h2>"]
+    reasons = summary["views"].get("quarantine_reasons", [])
+    if not reasons:
+        return parts + ['<p class="note" id="note-quarantine_reasons">No quarantined lines.</p>']
+    if "quarantine.png" in plots:
+        parts.append(_img("quarantine.png", plots["quarantine.png"], "quarantined lines per reason"))
+    parts.append(_table("quarantine_reasons", reasons,
+                        [("source", "source", ""), ("ingest_run_id", "ingest run", ""), ("reason", "reason", ""),
+                         ("lines", "lines", ""), ("input_lines", "input lines", ""), ("share", "share", "share")]))
+    return parts
+
+
+def _validation(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    latest = summary["views"].get("quality_latest", [])
+    if not latest:
+        return ["<h2>Validation (Great Expectations)</h2>",
+                _note("quality_latest", summary, "No validation results")]
+    return ["<h2>Validation (Great Expectations)</h2>",
+            *_quality(latest, summary["views"].get("quality_trend", []), summary)]
+
+
+def _views(summary: dict, plots: dict[str, bytes]) -> list[str]:
     described = summary.get("descriptions", {})
-    if described:
-        parts.append("<h2>The views behind this page</h2><p>In the catalog; query them with spark-sql, e.g. "
-                     f"<code>SELECT * FROM {html.escape(summary['database'])}.clip_stats</code>. "
-                     "'*' in a key column means all of them.</p><dl>" + "".join(
-                         f"<dt><code>{html.escape(summary['database'])}.{html.escape(n)}</code></dt>"
-                         f"<dd>{html.escape(d)}</dd>" for n, d in described.items()) + "</dl>")
+    if not described:
+        return []
+    db = html.escape(summary["database"])
+    return ["<h2>The views behind this page</h2><p>In the catalog; query them with spark-sql, e.g. "
+            f"<code>SELECT * FROM {db}.clip_stats</code>. "
+            "'*' in a key column means all of them.</p><dl>" + "".join(
+                f"<dt><code>{db}.{html.escape(n)}</code></dt><dd>{html.escape(d)}</dd>"
+                for n, d in described.items()) + "</dl>"]
 
+
+# The page's sections, in order: each (summary, plots) -> its HTML fragments.
+SECTIONS = (_header, _overview, _pair_counts, _lengths, _clip_alignment, _duplicates, _quarantine, _validation,
+            _views)
+
+
+def render_html(summary: dict, plots: dict[str, bytes]) -> str:
+    """The page: every number comes from `summary`, every picture from `plots`."""
+    parts = [fragment for section in SECTIONS for fragment in section(summary, plots)]
     # Marks the page once every picture has decoded: what a headless browser test (or a person) can check.
     script = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
               "document.body.dataset.imagesDecoded=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length;"

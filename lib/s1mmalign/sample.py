@@ -105,7 +105,7 @@ def render(key: int, seed: int, fmt: str) -> bytes:
             y = min(0.98, max(0.02, y + rng.gauss(0, 0.08)))
             ys.append(y)
         xs = [left + 5 + i * (right - left - 10) / (n - 1) for i in range(n)]
-        pts = [(x, bottom - v * (bottom - top)) for x, v in zip(xs, ys)]
+        pts = [(x, bottom - v * (bottom - top)) for x, v in zip(xs, ys, strict=True)]
         if kind == "line":
             d.line(pts, fill=color, width=2)
         elif kind == "scatter":

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import cli, clip, delta_io, schemas
+from s1mmalign import clip, delta_io, schemas
 from s1mmalign.config import Config
+from s1mmalign.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +27,8 @@ NEEDED = ("pairs", "images")
 def spec_from(cfg: Config, model: str | None = None, checkpoint: str | None = None,
               random_weights: bool = False, model_config: str | None = None) -> clip.ScorerSpec:
     """The scorer's spec: conf (clip section) overridden by the job's flags."""
-    c = cfg.clip
-    return clip.ScorerSpec(model=model or c.model, checkpoint=checkpoint or c.checkpoint,
-                           random_weights=random_weights, model_config=model_config,
-                           text_strategy=c.text_strategy, batch_size=c.batch_size,
-                           decode_threads=c.decode_threads, text_workers=c.text_workers, device=c.device,
-                           image_decode=c.image_decode,
-                           cache_dir=c.cache_dir,
-                           s3_endpoint_url=cfg.s3.endpoint_url, s3_region=cfg.s3.region)
+    return clip.ScorerSpec.of(cfg, model=model, checkpoint=checkpoint, random_weights=random_weights,
+                              model_config=model_config)
 
 
 def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
@@ -41,7 +37,6 @@ def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
 
     def run(batches):
         import pyarrow as pa
-
         import torch
 
         scorer = clip.scorer_for(spec)
@@ -67,7 +62,7 @@ def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
                 {"pair_id": r["pair_id"], "discipline": r["discipline"], "model": model_id, "arxiv_id": r["arxiv_id"],
                  "score_caption": s.score_caption, "score_recaption": s.score_recaption,
                  "status": s.status, "scored_at": now}
-                for r, s in zip(chunk, scores)], schema=out_schema)
+                for r, s in zip(chunk, scores, strict=True)], schema=out_schema)
     return run
 
 
@@ -85,31 +80,41 @@ def with_thumbnails(spark: SparkSession, lake: str, todo: DataFrame) -> DataFram
     return todo.join(thumbs, "image_sha256", "left").drop("image_sha256")
 
 
-def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec, model_id: str | None = None) -> dict:
-    """Score every pair not yet scored by spec's model; returns counts.
+@dataclass
+class ScoreSummary:
+    """What one score_clip run did."""
+
+    model: str                 # the model id the scores carry (name + checkpoint digest)
+    scored: int = 0            # pairs scored (rows inserted into clip_scores)
+    statuses: dict[str, int] = field(default_factory=dict)   # this model's rows by status, after the run
+    seconds: float = 0.0
+
+
+def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec,
+        model_id: str | None = None) -> ScoreSummary:
+    """Score every pair not yet scored by spec's model (stages plan and score). The caller checks that the
+    NEEDED tables exist (delta_io.require_tables).
 
     model_id: clip.model_id(spec) when the caller has it already (it hashes the whole checkpoint).
     """
     started = time.monotonic()
-    cli.require_tables(lake, NEEDED, spark)
-    mid = model_id or clip.model_id(spec)   # reads (for s3://, downloads) the checkpoint on the driver
+    summary = ScoreSummary(model_id or clip.model_id(spec))   # reads (for s3://, downloads) the checkpoint
     delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="score_clip")
-    todo = unscored(spark, lake, mid).localCheckpoint()     # small: ids and captions, no image bytes
-    n = todo.count()
-    log.info("stage plan: model %s, %d pairs to score", mid, n)
-    if n == 0:
-        return {"model": mid, "scored": 0, "seconds": time.monotonic() - started}
-    # one task per default-parallelism slot: each Python worker loads the model once
-    parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_size - 1) // spec.batch_size))
-    scored = with_thumbnails(spark, lake, todo.repartition(parts)).mapInArrow(score_task(spec, mid, cfg.clip.torch_threads),
-                                                schemas.table("clip_scores").spark())
-    t0 = time.monotonic()
-    metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored)
-    inserted = int(metrics.get("numTargetRowsInserted", 0))
-    secs = time.monotonic() - t0
-    stats = (delta_io.read(spark, lake, "clip_scores").where(F.col("model") == mid)
-             .groupBy("status").count().collect())
-    log.info("stage score: %d pairs scored in %.1fs (%.1f pairs/s); statuses for this model: %s",
-             inserted, secs, inserted / secs if secs else 0.0,
-             ", ".join(f"{r['status']}={r['count']}" for r in sorted(stats, key=lambda r: r["status"])))
-    return {"model": mid, "scored": inserted, "seconds": time.monotonic() - started}
+    with Stage("plan", log) as st:
+        todo = unscored(spark, lake, summary.model).localCheckpoint()     # small: ids and captions, no bytes
+        n = todo.count()
+        st.done(n, "pairs to score", f"model {summary.model}")
+    if n:
+        with Stage("score", log) as st:
+            # one task per default-parallelism slot: each Python worker loads the model once
+            parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_size - 1) // spec.batch_size))
+            scored = with_thumbnails(spark, lake, todo.repartition(parts)).mapInArrow(
+                score_task(spec, summary.model, cfg.clip.torch_threads), schemas.table("clip_scores").spark())
+            metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored)
+            summary.scored = int(metrics.get("numTargetRowsInserted", 0))
+            summary.statuses = {r["status"]: r["count"] for r in delta_io.read(spark, lake, "clip_scores")
+                                .where(F.col("model") == summary.model).groupBy("status").count().collect()}
+            st.done(summary.scored, "pairs scored", "statuses for this model: "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(summary.statuses.items())))
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from s1mmalign.storage import FileInfo, SourceError, Store
 
@@ -72,7 +73,7 @@ def group_archives(source: str, files: list[FileInfo], archive_suffix: str) -> t
             missing_after = "(start)"
             kept = []
         else:
-            for (prev, _), (suffix, info) in zip(parts, parts[1:]):
+            for (prev, _), (suffix, info) in pairwise(parts):
                 if len(suffix) != len(prev) or _suffix_index(suffix) != _suffix_index(prev) + 1:
                     missing_after = prev
                     break

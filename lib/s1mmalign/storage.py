@@ -15,8 +15,10 @@ from datetime import datetime, timezone
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+from s1mmalign.errors import JobError
 
-class SourceError(Exception):
+
+class SourceError(JobError):
     """A source root that cannot be read at all (wrong path, no bucket, no access)."""
 
 

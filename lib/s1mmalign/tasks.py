@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 
 from s1mmalign import archives, images, records, schemas
+from s1mmalign.config import IngestConf
 from s1mmalign.storage import Store, TooLarge
 
 BATCH_ROWS = 64
@@ -335,7 +336,7 @@ def split_archives(store: Store, max_bytes: int, scratch: Store, slice_dir: str,
     return run
 
 
-def analyze_slices(policy: images.ImagePolicy, scratch: Store) -> Callable:
+def analyze_slices(policy: IngestConf, scratch: Store) -> Callable:
     """The per-image work over slice files of the scratch store (one per input row: source, archive,
     slice): a member row each.
 
@@ -355,7 +356,7 @@ def analyze_slices(policy: images.ImagePolicy, scratch: Store) -> Callable:
                 n = 0
                 for i in range(reader.num_record_batches):
                     batch = reader.get_batch(i)
-                    for name, content, ordinal in zip(*(batch.column(c).to_pylist() for c in range(3))):
+                    for name, content, ordinal in zip(*(batch.column(c).to_pylist() for c in range(3)), strict=True):
                         row = _facts_row(d["source"], name, d["archive"], images.analyze(content, policy),
                                          (d["slice"], n), ordinal)
                         row["task"] = task
@@ -389,7 +390,7 @@ def _part_rows(d: dict, parts: list[archives.PartStats], result: archives.Stream
                "image_bytes": part.bytes_read, "members": part.members}
 
 
-def read_tree(store: Store, policy: images.ImagePolicy, scratch: Store, slice_dir: str,
+def read_tree(store: Store, policy: IngestConf, scratch: Store, slice_dir: str,
               slice_bytes: int) -> Callable:
     """Read images from the unpacked tree, one per input row (source, image_path); the bytes of good
     ones go to this task's slice files, as archive members' do."""
@@ -403,7 +404,7 @@ def read_tree(store: Store, policy: images.ImagePolicy, scratch: Store, slice_di
         slices = _SliceWriter(scratch, slice_dir, key, slice_bytes)
         for d in _descriptors(batches):
             try:
-                data = store.read(f"{d['source']}/{d['image_path']}", policy.max_bytes)
+                data = store.read(f"{d['source']}/{d['image_path']}", policy.max_image_bytes)
                 unread = None if data is not None else images.ImageFacts(
                     "image_missing", "in no archive and not in the unpacked tree")
             except TooLarge as exc:       # its size, known before any byte was read
@@ -438,7 +439,7 @@ def fetch_content(scratch: Store) -> Callable:
         for batch in batches:
             for part in _byte_bounded(batch, "image_bytes", BATCH_BYTES):
                 pieces = []
-                runs = zip(part.column("slice").to_pylist(), part.column("slice_row").to_pylist())
+                runs = zip(part.column("slice").to_pylist(), part.column("slice_row").to_pylist(), strict=True)
                 for path, run_rows in groupby(runs, key=itemgetter(0)):    # one take per slice file run
                     if reader is None or reader.path != path:
                         if reader is not None:

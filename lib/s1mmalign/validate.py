@@ -18,7 +18,6 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,13 +26,14 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import cli, dedup, delta_io, quality, resources, schemas, storage
+from s1mmalign import dedup, delta_io, quality, resources, schemas, storage
 from s1mmalign.config import Config
+from s1mmalign.stages import Stage, new_run_id
 from s1mmalign.storage import Store, remote
 
 log = logging.getLogger(__name__)
 
-INGEST_TABLES = ("pairs", "images", "quarantine", "ingest_log")
+NEEDED = ("pairs", "images", "quarantine", "ingest_log")   # what run() reads; the job checks them first
 UNSAFE_PATH = r"^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)"
 ARXIV_FOLDER = r"^images/([0-9]{4})/([^/]+)\.tar\.gz/"
 
@@ -183,45 +183,66 @@ def _quality_folders(cfg: Config, lake: str, out: str | None):
 
 def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
         run_id: str | None = None) -> Outcome:
-    """Validate the lake's tables; write duplicates and quality_results; build Data Docs."""
+    """Validate the lake's tables (NEEDED: the caller checks they exist, delta_io.require_tables): the
+    stages dedup, frames, suites and results, each one log line; returns the Outcome."""
     started = time.monotonic()
-    outcome = Outcome(run_id or time.strftime("v%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:8])
-    cli.require_tables(lake, INGEST_TABLES, spark)
+    outcome = Outcome(run_id or new_run_id("validate"))
     delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="validate")
     now = datetime.now(timezone.utc)
-    raw = {t: delta_io.read(spark, lake, t) for t in INGEST_TABLES}
+    raw = {t: delta_io.read(spark, lake, t) for t in NEEDED}
     if delta_io.exists(spark, lake, "clip_scores"):
         raw["clip_scores"] = delta_io.read(spark, lake, "clip_scores")
 
-    t0 = time.monotonic()
-    q = cfg.quality
-    rows, stats = dedup.find(raw["pairs"], raw["images"],
-                             dedup.NearParams(q.near_duplicate_distance, q.lsh_bands, q.max_bucket,
-                                              q.max_cluster_rounds, q.driver_cluster_edges))
-    outcome.stats = stats
-    delta_io.replace_all(spark, lake, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
-                         .withColumn("computed_at", F.lit(now)))
-    log.info("stage dedup: %d exact groups (%d pairs), %d near clusters (%d images, %d pairs), "
-             "%d candidate hash pairs, %d matches, %d buckets skipped in %.1fs",
-             stats.exact_groups, stats.exact_pairs, stats.near_clusters, stats.near_images, stats.near_pairs,
-             stats.candidate_pairs, stats.matches, stats.skipped_buckets, time.monotonic() - t0)
-
-    t0 = time.monotonic()
-    frames = {
-        "pairs": checked_pairs(raw["pairs"], raw["images"], rows, cfg, taxonomy(cfg)).cache(),
-        "images": checked_images(raw["images"], rows).cache(),
-        "input_lines": input_lines(raw["pairs"], raw["quarantine"]),
-        "quarantine": raw["quarantine"].select("reason"),
-    }
-    if "clip_scores" in raw:
-        frames["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
-    counts = {name: frames[name].count() for name in ("pairs", "images")}
-    log.info("stage frames: %d pairs, %d images checked in %.1fs", counts["pairs"], counts["images"],
-             time.monotonic() - t0)
-
-    t0 = time.monotonic()
+    duplicates = _dedup(spark, cfg, lake, raw, outcome, now)
+    frames = _frames(cfg, raw, duplicates)
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
-        runner = quality.Runner(context_dir, docs_dir, q)
+        runner = quality.Runner(context_dir, docs_dir, cfg.quality)
+        _suites(cfg, runner, raw, frames, outcome)
+        with Stage("results", log) as st:
+            _write_results(spark, lake, outcome, now)
+            index, outcome.docs_note = runner.build_docs()
+            if index:
+                outcome.docs_index = f"{docs_target.rstrip('/')}/index.html"
+            st.done(len(outcome.results), "rows to quality_results",
+                    f"Data Docs {outcome.docs_index or outcome.docs_note}")
+    outcome.seconds = time.monotonic() - started
+    log.info("validate %s: %s (%.1fs)", outcome.run_id, outcome.summary_line(), outcome.seconds)
+    return outcome
+
+
+def _dedup(spark: SparkSession, cfg: Config, lake: str, raw: dict, outcome: Outcome, now: datetime) -> DataFrame:
+    """Stage dedup: exact groups and near-duplicate clusters, written to `duplicates` (replaced whole)."""
+    with Stage("dedup", log) as st:
+        rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality)
+        outcome.stats = stats
+        delta_io.replace_all(spark, lake, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
+                             .withColumn("computed_at", F.lit(now)))
+        st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
+                f"{stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} near clusters "
+                f"({stats.near_images} images, {stats.near_pairs} pairs), {stats.candidate_pairs} candidate hash "
+                f"pairs, {stats.matches} matches, {stats.skipped_buckets} buckets skipped")
+    return rows
+
+
+def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFrame]:
+    """Stage frames: the frames the suites run on (pairs and images with their checked columns, cached)."""
+    with Stage("frames", log) as st:
+        frames = {
+            "pairs": checked_pairs(raw["pairs"], raw["images"], duplicates, cfg, taxonomy(cfg)).cache(),
+            "images": checked_images(raw["images"], duplicates).cache(),
+            "input_lines": input_lines(raw["pairs"], raw["quarantine"]),
+            "quarantine": raw["quarantine"].select("reason"),
+        }
+        if "clip_scores" in raw:
+            frames["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
+        counts = {name: frames[name].count() for name in ("pairs", "images")}
+        st.done(counts["pairs"], "pairs checked", f"{counts['images']} images")
+    return frames
+
+
+def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcome: Outcome) -> None:
+    """Stage suites: every suite on its frame (schema suites on the table as stored); results to outcome."""
+    with Stage("suites", log) as st:
         params = parameters(cfg)
         for suite in quality.load_suites():
             schema_suite = suite.name.startswith("schema.")
@@ -238,19 +259,12 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
                      f" ({', '.join(failed)})" if failed else "")
         for frame in frames.values():
             frame.unpersist()
-        log.info("stage suites: %d expectations in %.1fs", len(outcome.results), time.monotonic() - t0)
+        st.done(len(outcome.results), "expectations")
 
-        t0 = time.monotonic()
-        result_rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r))
-                       for r in outcome.results]
-        tdef = schemas.table("quality_results")
-        results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in result_rows], tdef.spark())
-        delta_io.merge_on_key(spark, lake, "quality_results", results_df)
-        index, outcome.docs_note = runner.build_docs()
-    if index:
-        outcome.docs_index = f"{docs_target.rstrip('/')}/index.html"
-    outcome.seconds = time.monotonic() - started
-    log.info("stage results: %d rows to quality_results, Data Docs %s in %.1fs", len(result_rows),
-             outcome.docs_index or outcome.docs_note, time.monotonic() - t0)
-    log.info("validate %s: %s (%.1fs)", outcome.run_id, outcome.summary_line(), outcome.seconds)
-    return outcome
+
+def _write_results(spark: SparkSession, lake: str, outcome: Outcome, now: datetime) -> None:
+    """outcome's results as quality_results rows (merged on their key: a re-run of the same id converges)."""
+    tdef = schemas.table("quality_results")
+    rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r)) for r in outcome.results]
+    results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in rows], tdef.spark())
+    delta_io.merge_on_key(spark, lake, "quality_results", results_df)

@@ -1,0 +1,52 @@
+"""The one stage convention of the pipelines (ingest, validate, score_clip): run ids, and a timer that
+logs one line per stage and tags an error with the stage it broke in."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+
+log = logging.getLogger("s1mmalign")
+
+# One format for every job's run id: an optional job letter, the UTC start to the second, 8 random hex
+# digits. Sorting run ids of one job sorts them by start time (the views' "latest run" relies on it).
+RUN_PREFIX = {"ingest": "", "validate": "v"}
+
+
+def new_run_id(job: str, now: datetime | None = None) -> str:
+    """e.g. 20261129T093432Z-39525e7a (ingest), v20261129T093512Z-0f060d51 (validate)."""
+    now = now or datetime.now(timezone.utc)
+    return f"{RUN_PREFIX[job]}{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+class Stage:
+    """Times a stage and logs one line for it: `stage <name> <count> <what> in <s>s (<rate>/s); <extra>`.
+
+    An exception leaving the block carries the stage's name (`exc.stage`), for the one line a job prints
+    (e.g. which stage ran out of memory, cli.out_of_memory).
+    """
+
+    def __init__(self, name: str, logger: logging.Logger | None = None):
+        self.name = name
+        self.log = logger or log
+        self.seconds = 0.0
+
+    def __enter__(self) -> Stage:
+        self.t0 = time.perf_counter()
+        return self
+
+    def done(self, count: int, what: str, extra: str = "") -> None:
+        self.seconds = secs = time.perf_counter() - self.t0
+        rate = count / secs if secs > 0 else 0.0
+        self.log.info("stage %-8s %d %s in %.1fs (%.0f/s)%s", self.name, count, what, secs, rate,
+                      f"; {extra}" if extra else "")
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and not hasattr(exc, "stage"):
+            try:
+                exc.stage = self.name
+            except AttributeError:
+                pass
+        return False
