@@ -80,9 +80,7 @@ def lake(spark, cfg, tmp_path_factory):
     tcfg = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, database="export_test"))
     ingest.run(spark, tcfg, str(root), lake)
     pairs, images = delta_io.read(spark, lake, "pairs"), delta_io.read(spark, lake, "images")
-    q = cfg.quality
-    rows, _ = dedup.find(pairs, images, dedup.NearParams(q.near_duplicate_distance, q.lsh_bands, q.max_bucket,
-                                                         q.max_cluster_rounds, q.driver_cluster_edges))
+    rows, _ = dedup.find(pairs, images, cfg.quality)
     delta_io.ensure_tables(spark, lake, "export_test", job="validate")
     delta_io.replace_all(spark, lake, "duplicates", rows.withColumn("validate_run_id", F.lit("v-test"))
                          .withColumn("computed_at", F.current_timestamp()))
