@@ -55,10 +55,10 @@ def _commits(log_dir: Path) -> list[tuple[int, Path]]:
     return sorted((int(p.stem), p) for p in log_dir.glob("[0-9]" * 20 + ".json"))
 
 
-def require_tables(lake: str, tables: Sequence[str], spark=None, s3=None) -> None:
-    """LakeError unless every one of `tables` exists (checked without Spark when spark is None; s3: the
-    S3 settings for an object-store lake). The jobs call it once, before Spark starts."""
-    missing = [t for t in tables if not exists(spark, lake, t, s3)]
+def require_tables(lake: str, tables: Sequence[str], s3=None) -> None:
+    """LakeError unless every one of `tables` exists, checked without Spark (s3: the S3 settings for an
+    object-store lake). The jobs call it once, before Spark starts."""
+    missing = [t for t in tables if not exists(None, lake, t, s3)]
     if missing:
         jobs = " and ".join(sorted({schemas.producer(t) for t in missing}))
         raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run {jobs} first")

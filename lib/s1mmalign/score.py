@@ -31,7 +31,7 @@ def spec_from(cfg: Config, model: str | None = None, checkpoint: str | None = No
                               model_config=model_config)
 
 
-def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
+def score_task(spec: clip.ScorerSpec, model_id: str):
     """The mapInArrow function: rows (pair_id, discipline, caption, recaption, thumbnail) -> clip_scores."""
     out_schema = schemas.table("clip_scores").arrow()
 
@@ -41,8 +41,8 @@ def score_task(spec: clip.ScorerSpec, model_id: str, torch_threads: int):
 
         scorer = clip.scorer_for(spec)
         # On CPU every task is already one of the executor's cores: one torch thread each unless told.
-        if torch_threads or scorer.device.type == "cpu":
-            torch.set_num_threads(torch_threads or 1)
+        if spec.torch_threads or scorer.device.type == "cpu":
+            torch.set_num_threads(spec.torch_threads or 1)
         if scorer.model_id != model_id:
             raise clip.ClipError(f"checkpoint changed under the job: {scorer.model_id} != {model_id}")
         pending = []
@@ -109,7 +109,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec,
             # one task per default-parallelism slot: each Python worker loads the model once
             parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_size - 1) // spec.batch_size))
             scored = with_thumbnails(spark, lake, todo.repartition(parts)).mapInArrow(
-                score_task(spec, summary.model, cfg.clip.torch_threads), schemas.table("clip_scores").spark())
+                score_task(spec, summary.model), schemas.table("clip_scores").spark())
             metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored)
             summary.scored = int(metrics.get("numTargetRowsInserted", 0))
             summary.statuses = {r["status"]: r["count"] for r in delta_io.read(spark, lake, "clip_scores")
