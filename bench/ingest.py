@@ -225,14 +225,19 @@ class PeakRSS:
             self.workers = max(self.workers, total)
 
 
-def session(cores: int):
-    """A local[cores] session with Spark's default memory, and the config its runs use."""
+def session(cores: int, event_log: str | None = None):
+    """A local[cores] session with Spark's default memory, and the config its runs use; with event_log,
+    Spark's event log goes to that folder (every stage and task, with times: where a run spends them)."""
     from s1mmalign import config
     from s1mmalign import session as sessions
 
+    extra = {"spark.ui.enabled": "false"}
+    if event_log:
+        Path(event_log).mkdir(parents=True, exist_ok=True)
+        extra |= {"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(Path(event_log).resolve())}
     cfg = config.load(str(REPO / "conf" / "local.yaml"),
                       overrides={"spark": {"master": f"local[{cores}]", "shuffle_partitions": cores,
-                                           "extra": {"spark.ui.enabled": "false"}}})
+                                           "extra": extra}})
     t0 = time.perf_counter()
     spark = sessions.build(str(WORK / "catalog"), cfg)
     spark.range(1).count()
@@ -292,6 +297,7 @@ def main() -> None:
     p.add_argument("--layout", nargs="+", choices=sorted(LAYOUT_DIRS), default=["one-archive", "many-archives"],
                    help="one-archive: every figure in one archive (the real release's shape); many-archives: "
                         "one small archive per copy")
+    p.add_argument("--event-log", metavar="DIR", help="write Spark's event log of the ingest runs to DIR")
     args = p.parse_args()
     if not SCIFIG.is_dir():
         sys.exit(f"bench/ingest: {SCIFIG} is missing (shared/ must be beside the checkout)")
@@ -310,7 +316,7 @@ def main() -> None:
         print(f"[{layout}: {archives} archive(s)] archive tasks' code alone in Pool({args.cores}) (gunzip + untar "
               f"into slices, then the same work per slice + Arrow, no Spark): {n_str} figures in {t_str:.1f}s "
               f"= {n_str / t_str:.1f}/s")
-    spark, cfg, startup = session(args.cores)
+    spark, cfg, startup = session(args.cores, args.event_log)
     for layout in args.layout:
         n_ing, t_ing, rss, spread = ingest_run(spark, cfg, root / LAYOUT_DIRS[layout], layout)
         ratios[layout] = n_ing / t_ing / base_rate

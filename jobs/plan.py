@@ -1,4 +1,4 @@
-"""Say which source files an ingest would read: those new or changed since ingest_log (reads only).
+"""Say which source files an ingest would read: those new or changed since ingest_log (reads only, no Spark).
 
     spark-submit jobs/plan.py --source ROOT_OR_S3_URI --lake LAKE_ROOT_OR_S3_URI [--conf conf/X.yaml]
 
@@ -24,11 +24,8 @@ def body() -> int:
     if not delta_io.exists(None, lake, "ingest_log", cfg.s3):      # a new lake: everything is new
         todo = [f.rel for s in plan.sources for f in s.jsonl] + [a.name for s in plan.sources for a in s.archives]
     else:
-        spark = session.build(lake, cfg, write=False)
-        try:
-            jsonl, archives = ingest.changed(spark, lake, plan)
-        finally:
-            session.stop(spark)
+        session.check_logs(lake)
+        jsonl, archives = ingest.changed(lake, plan, cfg.s3)     # ingest_log read without Spark
         todo = [f.rel for _, f in jsonl] + [a.name for a in archives]
     for rel in todo:
         print(f"plan: read {rel}")

@@ -67,3 +67,53 @@ def test_a_write_that_commits_nothing_never_reports_the_previous_commits_metrics
     caplog.set_level("INFO", logger="s1mmalign.delta_io")
     assert delta_io.append(spark, lake, "images", spark.createDataFrame([], schema)) == {}   # Delta commits nothing
     assert "write images: append (no commit: nothing to write)" in caplog.text
+
+
+def test_files_python_tasks_write_are_committed_as_one_append_spark_reads(spark, tmp_path):
+    """The images path of ingest: tasks.write_images writes Parquet files under the table's folder, and
+    add_files commits them (delta-rs) in one commit that Spark's Delta reads row for row, partition values
+    included (one that needs quoting in a path too), with the table's protocol unchanged and the files'
+    stats usable for data skipping."""
+    import os
+
+    import pyarrow as pa
+
+    from s1mmalign import tasks
+    from s1mmalign.storage import LocalStore
+
+    lake = str(tmp_path / "lake")
+    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    path = delta_io.table_path(lake, "images")
+    protocol = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").select("minReaderVersion", "minWriterVersion").first()
+    writer = tasks._SliceWriter(LocalStore(str(tmp_path)), "slices", "k", 1 << 20)
+    blobs = [os.urandom(500 + i) for i in range(12)]
+    where = [writer.add(f"images/{i}.png", b) for i, b in enumerate(blobs)]
+    writer.close()
+    disciplines = ["physics", "cs", "a b/c"]
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [{"image_sha256": f"{i:064x}", "discipline": disciplines[i % 3], "format": "PNG", "width": i + 1,
+             "height": 1, "image_bytes": len(blobs[i]), "image_dhash": i, "thumbnail": b"t", "thumbnail_width": 1,
+             "thumbnail_height": 1, "first_source": "arxiv", "first_image_path": f"images/{i}.png",
+             "ingest_run_id": "r1", "ingested_at": now, "slice": where[i][0], "slice_row": where[i][1]}
+            for i in range(12)]
+    files = [f for b in tasks.write_images(LocalStore(str(tmp_path)), LocalStore(path), "part-r1")(
+        iter([pa.RecordBatch.from_pylist(rows)])) for f in b.to_pylist()]
+    assert len(files) == 3
+
+    assert delta_io.add_files(lake, "images", files) == 12
+    assert delta_io.add_files(lake, "images", []) == 0                        # nothing: no commit
+    assert delta_io.version(spark, lake, "images") == 1
+
+    got = {r.image_sha256: (r.discipline, bytes(r.content), r.ingested_at.replace(tzinfo=timezone.utc))
+           for r in delta_io.read(spark, lake, "images").collect()}
+    assert got == {f"{i:064x}": (disciplines[i % 3], blobs[i], now) for i in range(12)}
+    assert spark.sql(f"DESCRIBE DETAIL delta.`{path}`").select(
+        "minReaderVersion", "minWriterVersion").first() == protocol
+    one = delta_io.read(spark, lake, "images").where(f"image_sha256 = '{4:064x}'")
+    assert one.count() == 1                                  # stats wrong for it would skip its file
+    assert delta_io.read(spark, lake, "images").where("width = 12").count() == 1
+    assert [r.discipline for r in delta_io.read(spark, lake, "images").where("discipline = 'a b/c'")
+            .select("discipline").collect()] == ["a b/c"] * 4
+    # Spark's Delta goes on writing the table after delta-rs's commit
+    assert delta_io.append(spark, lake, "images", delta_io.read(spark, lake, "images").limit(1))["numOutputRows"] == "1"
+    assert delta_io.read(spark, lake, "images").count() == 13

@@ -8,12 +8,13 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 
 import pytest
 from delta.tables import DeltaTable
 
-from helpers import assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
+from helpers import BIN, REPO, assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
 from s1mmalign import delta_io, ingest, schemas
 
 
@@ -120,6 +121,19 @@ def test_incremental_new_changed_and_touched_files(spark, cfg, corpus_copy, tmp_
     expected[("chemrxiv/jsonl/chemrxiv_2022.jsonl", 1)] = {"expect": "image_missing"}
     expected[("chemrxiv/jsonl/chemrxiv_2022.jsonl", 3)] = {"expect": "malformed_json"}
     assert_invariant(spark, lake, expected)
+
+    # jobs/plan.py reads ingest_log without Spark (here no Java at all): nothing changed since the last
+    # run, then the one file touched since
+    no_java = {**os.environ, "JAVA_HOME": "/nonexistent", "PATH": str(BIN)}
+    plan = [str(BIN / "python"), str(REPO / "jobs" / "plan.py"), "--source", str(corpus_copy), "--lake", str(lake)]
+    idle = subprocess.run(plan, capture_output=True, text=True, env=no_java, cwd=REPO)
+    assert idle.returncode == 99, idle.stderr[-2000:]
+    assert "plan: 0 file(s) to ingest" in idle.stdout
+    with open(corpus_copy / rel, "a") as f:
+        f.write("\n")
+    busy = subprocess.run(plan, capture_output=True, text=True, env=no_java, cwd=REPO)
+    assert busy.returncode == 0, busy.stderr[-2000:]
+    assert busy.stdout.splitlines() == [f"plan: read {rel}", f"plan: 1 file(s) to ingest from {corpus_copy}"]
 
 
 def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(spark, cfg, corpus_copy, tmp_path):

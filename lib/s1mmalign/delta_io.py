@@ -202,6 +202,66 @@ def append(spark, lake: str, name: str, df) -> dict[str, str]:
     return _log_write(spark, lake, name, "append", before)
 
 
+def add_files(lake: str, name: str, files: list[dict], s3=None) -> int:
+    """Commit Parquet files that tasks wrote under table `name`'s folder (rows of the images_files
+    intermediate: path, partition values, size, rows, stats) as one append; returns the rows added.
+
+    The commit goes through delta-rs (the `deltalake` package), the Delta Lake project's other engine: Spark's
+    Delta has no public API that adds files written outside a Spark write, and passing the image bytes through
+    the JVM only to write them again costs most of an ingest's write stage. The files follow the table's
+    schema and partitioning from schemas/; the table's protocol stays Spark's own (no feature is added).
+    s3: the S3 settings, for a lake on S3.
+    """
+    import time
+
+    if not files:
+        log.info("write %s: add files (no commit: nothing to write)", name)
+        return 0
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake.transaction import AddAction
+
+    tdef = schemas.table(name)
+    uri, options = _delta_rs_location(table_path(lake, name), s3)
+    table = DeltaTable(uri, storage_options=options)
+    now = int(time.time() * 1000)
+    # paths as they are on storage: delta-rs percent-encodes them into the log, as the protocol wants
+    actions = [AddAction(f["path"], int(f["bytes"]), {c: f[c] for c in tdef.partition_by}, now, True, f["stats"])
+               for f in files]
+    lease.check(lake)
+    table.create_write_transaction(actions, mode="append", schema=table.schema(), partition_by=list(tdef.partition_by),
+                                   commit_properties=CommitProperties(custom_metadata={"s1mmalign": "add files"}))
+    rows = sum(int(f["rows"]) for f in files)
+    log.info("write %s: add %d files (numOutputRows=%d)", name, len(files), rows)
+    return rows
+
+
+def rows(lake: str, name: str, columns: Sequence[str], s3=None) -> list[dict]:
+    """The current rows of table `name`, only `columns`, read without Spark (delta-rs): for the small
+    metadata tables a run reads before its first Spark job (ingest_log), which then needs no JVM."""
+    from deltalake import DeltaTable
+
+    uri, options = _delta_rs_location(table_path(lake, name), s3)
+    return DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=list(columns)).to_pylist()
+
+
+def _delta_rs_location(path: str, s3) -> tuple[str, dict[str, str]]:
+    """The URI and storage options under which delta-rs reaches a table Spark reaches at `path`: s3a:// is
+    s3:// there; endpoint, region and path style as S3A has them (credentials from the same AWS chain). One
+    writer per lake holds its lease, so delta-rs may commit by copy-if-absent without a lock service."""
+    if not path.startswith(("s3a://", "s3://")):
+        return path, {}
+    uri = "s3://" + path.split("://", 1)[1]
+    options = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true", "AWS_REGION": getattr(s3, "region", None) or "us-east-1"}
+    endpoint = getattr(s3, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if getattr(s3, "path_style_access", False):
+        options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
+    return uri, options
+
+
 def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:
     """Atomically replace the rows matching `where` with df (one commit)."""
     before = version(spark, lake, name)

@@ -7,8 +7,8 @@ Stages (each logs one line with counts and rates):
   jsonl     (beside archives) count lines per chunk, then parse every line -> staging (records, rejects)
   resolve   dedupe; look each record's image up in archives (this run's, then earlier runs' index),
             else read it from the unpacked tree; anything unresolved -> quarantine with a reason
-  write     images (bytes read back from the slices), image_index, pairs (MERGE), quarantine (slice
-            replace), ingest_log (last)
+  write     images (bytes read back from the slices into Parquet files by Python tasks, then committed),
+            image_index, pairs (MERGE), quarantine (slice replace), ingest_log (last)
 
 A crash before the last write leaves ingest_log as it was, so a re-run redoes the same files and
 every write converges to what one clean run writes.
@@ -98,7 +98,7 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     with Stage("plan", log) as st:
         store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
                                              cfg.ingest.archive_suffix)
-        todo_jsonl, todo_archives = changed(spark, lake, plan)
+        todo_jsonl, todo_archives = changed(lake, plan, cfg.s3)
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
                 f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "
                 f"{len(plan.sources)} sources")
@@ -130,10 +130,11 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
 
 # --- plan -----------------------------------------------------------------------------------------
 
-def changed(spark, lake: str, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
-    """JSONL files and archives whose fingerprints differ from ingest_log's (metadata rows only)."""
-    seen = {r.source_file: (None if r.status == "incomplete" else r.fingerprint) for r in
-            delta_io.read(spark, lake, "ingest_log").select("source_file", "fingerprint", "status").collect()}
+def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
+    """JSONL files and archives whose fingerprints differ from ingest_log's (its metadata columns, read
+    without Spark: s3 is the S3 settings of a lake there)."""
+    seen = {r["source_file"]: (None if r["status"] == "incomplete" else r["fingerprint"])
+            for r in delta_io.rows(lake, "ingest_log", ("source_file", "fingerprint", "status"), s3)}
     archives = [a for s in plan.sources for a in s.archives
                 if any(seen.get(p.rel) != p.fingerprint for p in a.parts)]
     touched = {a.source for a in archives}
@@ -437,7 +438,8 @@ class IngestRun:
             # The four tables are independent: commit them concurrently (Spark runs jobs from threads).
             # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
             writes = [
-                lambda: delta_io.append(self.spark, self.lake, "images", new_images),
+                lambda: delta_io.add_files(self.lake, "images", [r.asDict() for r in new_images.collect()],
+                                           self.cfg.s3),
                 lambda: delta_io.merge_on_key(self.spark, self.lake, "pairs", pairs,
                                               update_when="t.row_hash <> s.row_hash",
                                               delete_unmatched_when=_in_list("t.source_file", self.todo_files)),
@@ -464,7 +466,9 @@ class IngestRun:
 
 
     def _new_images(self, blobs: DataFrame, pairs: DataFrame) -> DataFrame:
-        """Images rows for content the lake does not hold yet, without shuffling any image bytes.
+        """The images files (tasks.write_images: one images_files row each) of content the lake does not
+        hold yet, written without shuffling any image bytes or passing them through the JVM; committed
+        by the caller.
 
         The choice of one (source, image_path) per sha256, its discipline (that of the lowest pair_id
         using it, else the fallback) and the anti-join with what is stored all run on key columns; the
@@ -490,7 +494,12 @@ class IngestRun:
                         F.col("source").alias("first_source"), F.col("image_path").alias("first_image_path"),
                         F.lit(self.run_id).alias("ingest_run_id"),
                         F.lit(self.now).cast("timestamp").alias("ingested_at"), "slice", "slice_row")
-                .mapInArrow(tasks.fetch_content(self.scratch), schemas.table("images").spark()))
+                .mapInArrow(tasks.write_images(self.scratch, self.images_folder, f"part-{self.run_id}"),
+                            schemas.table("images_files").spark()))
+
+    @property
+    def images_folder(self) -> Store:
+        return Store.from_uri(delta_io.table_path(self.lake, "images"), self.cfg.s3.endpoint_url, self.cfg.s3.region)
 
     def _log_rows(self, parts, chunks, per_file) -> list[dict]:
         """ingest_log rows: one per JSONL file and per archive part read this run."""

@@ -132,19 +132,24 @@ def take_lease(lake: str, cfg: Config) -> None:
     atexit.register(lease.release_all)
 
 
+def check_logs(lake: str) -> None:
+    """LakeBusy when a table's Delta log under a local lake is damaged (delta_io.damaged_logs)."""
+    from s1mmalign.delta_io import damaged_logs
+
+    damaged = damaged_logs(lake)
+    if damaged:
+        raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
+                       f"restore it from a copy (Delta cannot read the table past it)")
+
+
 def build(lake: str, cfg: Config, write: bool = True):
     """Get or create the session for a job over `lake` (a URI from storage.hadoop_uri); a job that
     writes holds the lake's lease first (take_lease)."""
     from pyspark.sql import SparkSession
 
-    from s1mmalign.delta_io import damaged_logs
-
     if write:
         take_lease(lake, cfg)
-    damaged = damaged_logs(lake)
-    if damaged:
-        raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
-                       f"restore it from a copy (Delta cannot read the table past it)")
+    check_logs(lake)
 
     # Python workers run the driver's interpreter, and so see the same packages (unless set otherwise).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

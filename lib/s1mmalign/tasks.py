@@ -424,18 +424,15 @@ def read_tree(store: Store, policy: IngestConf, scratch: Store, slice_dir: str,
     return run
 
 
-def fetch_content(scratch: Store) -> Callable:
-    """images rows without `content` but with (slice, slice_row) in; the same rows with the original
-    bytes read back from the slice files of the scratch store out (the only time image bytes pass
-    through the JVM).
+def _with_content(scratch: Store, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """images rows without `content` but with (slice, slice_row) in; the same rows with the original bytes
+    read back from the slice files of the scratch store out, in batches of about BATCH_BYTES of images.
 
-    Columnar: each output batch (about BATCH_BYTES of images) takes its bytes from the memory-mapped
-    slices with one Arrow `take` per run of rows from the same slice; no value becomes a Python object.
+    Columnar: each batch takes its bytes from the memory-mapped slices with one Arrow `take` per run of
+    rows from the same slice; no value becomes a Python object.
     """
-    schema = schemas.table("images").arrow()
-
-    def run(batches):
-        reader = None
+    reader = None
+    try:
         for batch in batches:
             for part in _byte_bounded(batch, "image_bytes", BATCH_BYTES):
                 pieces = []
@@ -449,8 +446,95 @@ def fetch_content(scratch: Store) -> Callable:
                 yield pa.RecordBatch.from_arrays(
                     [pa.concat_arrays(pieces) if f.name == "content" else part.column(f.name).cast(f.type)
                      for f in schema], schema=schema)
+    finally:
         if reader is not None:
             reader.close()
+
+
+IMAGE_FILE_BYTES = 256 << 20     # an images table file is closed once it holds about this many bytes
+# Columns of an images file with Parquet statistics and Delta data-skipping stats (min/max): the keys and
+# numbers, not the image bytes, the paths (any length) or the timestamp (Delta keeps it in milliseconds).
+IMAGE_STATS_COLUMNS = ("image_sha256", "discipline", "format", "width", "height", "image_bytes", "image_dhash",
+                       "thumbnail_width", "thumbnail_height", "ingest_run_id")
+
+
+class _ImagesFile:
+    """One Parquet file of the images table being written (a spool file until it is complete)."""
+
+    def __init__(self, table: Store, rel: str, schema: pa.Schema):
+        import pyarrow.parquet as pq
+
+        self.table, self.rel = table, rel
+        self.local = table.spool(rel)
+        keys = [c for c in schema.names if c in IMAGE_STATS_COLUMNS]
+        self.writer = pq.ParquetWriter(self.local, schema, compression="none", use_dictionary=keys,
+                                       write_statistics=keys)
+        self.rows = self.bytes = 0
+        self.low: dict = {}
+        self.high: dict = {}
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        import pyarrow.compute as pc
+
+        self.writer.write_batch(batch, row_group_size=batch.num_rows)   # one row group per bounded batch
+        self.rows += batch.num_rows
+        self.bytes += batch.nbytes
+        for c in IMAGE_STATS_COLUMNS:
+            got = pc.min_max(batch.column(c)).as_py()
+            if got["min"] is not None:
+                self.low[c] = got["min"] if c not in self.low else min(self.low[c], got["min"])
+                self.high[c] = got["max"] if c not in self.high else max(self.high[c], got["max"])
+
+    def close(self, discipline: str) -> dict:
+        """Complete the file (published whole); its images_files row."""
+        self.writer.close()
+        size = os.path.getsize(self.local)
+        self.table.put_file(self.rel, self.local)
+        stats = {"numRecords": self.rows, "minValues": self.low, "maxValues": self.high,
+                 "nullCount": {c: 0 for c in IMAGE_STATS_COLUMNS}}
+        return {"path": self.rel, "discipline": discipline, "bytes": size, "rows": self.rows,
+                "stats": json.dumps(stats, separators=(",", ":"))}
+
+
+def write_images(scratch: Store, folder: Store, name_prefix: str) -> Callable:
+    """images rows without `content` but with (slice, slice_row) in (their discipline chosen); written, with
+    the original bytes read back from the slice files, as Parquet files of the images table (`folder`: its
+    root), one open file per discipline, row groups of about BATCH_BYTES and files of about
+    IMAGE_FILE_BYTES; out: an images_files row per file written (path in the table, discipline, size,
+    rows, Delta stats).
+
+    The image bytes never pass through the JVM. Nothing here touches the Delta log: the driver commits the
+    files of every task at once (delta_io.add_files); the files of a task that fails are never committed
+    (VACUUM removes them), and a retried task writes files of new names.
+    """
+    import uuid
+    from urllib.parse import quote
+
+    import pyarrow.compute as pc
+    from pyspark import TaskContext
+
+    images = schemas.table("images").arrow()
+    out_schema = schemas.table("images_files").arrow()
+
+    def run(batches):
+        ctx = TaskContext.get()
+        task = ctx.taskAttemptId() if ctx is not None else os.getpid()
+        files: dict[str, _ImagesFile] = {}
+        done = []
+        for batch in _with_content(scratch, batches, images):
+            column = batch.column("discipline")
+            for discipline in sorted(set(column.to_pylist())):
+                if discipline not in files:
+                    name = f"{name_prefix}-{task}-{uuid.uuid4().hex}.parquet"
+                    files[discipline] = _ImagesFile(folder, f"discipline={quote(discipline, safe='')}/{name}",
+                                                    images)
+                files[discipline].write(batch.filter(pc.equal(column, discipline)))
+                if files[discipline].bytes >= IMAGE_FILE_BYTES:
+                    done.append(files.pop(discipline).close(discipline))
+        for discipline, f in sorted(files.items()):
+            done.append(f.close(discipline))
+        if done:
+            yield pa.RecordBatch.from_pylist(done, schema=out_schema)
     return run
 
 
