@@ -23,10 +23,14 @@ def test_merge_inserts_new_keys_and_updates_known_ones(spark, tmp_path):
     schema = schemas.table("image_index").spark()
     table = DeltaTable.forPath(spark, delta_io.table_path(lake, "image_index"))
     first = [index_row("a.png"), index_row("b.png"), index_row("c.png", "image_corrupt")]
-    delta_io.merge_on_key(spark, lake, "image_index", spark.createDataFrame(first, schema))
+    metrics = delta_io.merge_on_key(spark, lake, "image_index", spark.createDataFrame(first, schema))
+    # into the empty table: appended (the rows a MERGE inserts), with MERGE's metrics
+    assert table.history(1).first().operation == "WRITE"
+    assert (metrics["numTargetRowsInserted"], metrics["numTargetRowsUpdated"]) == ("3", "0")
     second = [index_row("a.png", width=99), index_row("d.png")]
-    delta_io.merge_on_key(spark, lake, "image_index", spark.createDataFrame(second, schema))
+    metrics = delta_io.merge_on_key(spark, lake, "image_index", spark.createDataFrame(second, schema))
     assert table.history(1).first().operation == "MERGE"
+    assert (metrics["numTargetRowsInserted"], metrics["numTargetRowsUpdated"]) == ("1", "1")
     got = {r.image_path: (r.status, r.width) for r in table.toDF().collect()}
     assert got == {"a.png": ("ok", 99), "b.png": ("ok", 10), "c.png": ("image_corrupt", 10), "d.png": ("ok", 10)}
 
@@ -117,3 +121,24 @@ def test_files_python_tasks_write_are_committed_as_one_append_spark_reads(spark,
     # Spark's Delta goes on writing the table after delta-rs's commit
     assert delta_io.append(spark, lake, "images", delta_io.read(spark, lake, "images").limit(1))["numOutputRows"] == "1"
     assert delta_io.read(spark, lake, "images").count() == 13
+
+
+def test_replace_slice_appends_into_an_empty_table_then_replaces_only_its_slice(spark, tmp_path):
+    lake = str(tmp_path / "lake")
+    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    schema = schemas.table("quarantine").spark()
+    now = datetime.now(timezone.utc)
+
+    def rows(file: str, lines: range, reason: str):
+        return spark.createDataFrame([("arxiv", file, n, "x", None, reason, None, "r", now) for n in lines], schema)
+
+    first = delta_io.replace_slice(spark, lake, "quarantine", rows("a.jsonl", range(1, 4), "malformed_json")
+                                   .unionByName(rows("b.jsonl", range(1, 3), "malformed_json")),
+                                   "source_file IN ('a.jsonl', 'b.jsonl')")
+    assert first["numOutputRows"] == "5"
+    table = DeltaTable.forPath(spark, delta_io.table_path(lake, "quarantine"))
+    assert table.history(1).first().operation == "WRITE"                      # appended: nothing to replace
+    delta_io.replace_slice(spark, lake, "quarantine", rows("a.jsonl", range(7, 8), "image_missing"),
+                           "source_file IN ('a.jsonl')")
+    got = sorted((r.source_file, r.source_line, r.reason) for r in delta_io.read(spark, lake, "quarantine").collect())
+    assert got == [("a.jsonl", 7, "image_missing"), ("b.jsonl", 1, "malformed_json"), ("b.jsonl", 2, "malformed_json")]

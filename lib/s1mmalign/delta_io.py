@@ -134,8 +134,22 @@ def last_metrics(spark, lake: str, name: str) -> dict[str, str]:
 
 
 def _last_commit(spark, lake: str, name: str) -> tuple[int, dict[str, str]]:
+    """(version, operationMetrics) of a table's newest commit: on a local lake from its commit file (no
+    Spark job), else from Delta's history."""
+    import json
+
     from delta.tables import DeltaTable
 
+    if "://" not in lake:
+        commits = _commits(Path(table_path(lake, name), "_delta_log"))
+        if not commits:
+            return -1, {}
+        number, commit = commits[-1]
+        for line in commit.read_text(encoding="utf-8").splitlines():
+            info = json.loads(line).get("commitInfo") if line.strip() else None
+            if info is not None:
+                return number, {k: str(v) for k, v in (info.get("operationMetrics") or {}).items()}
+        return number, {}
     row = DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("version", "operationMetrics").first()
     return (row[0], dict(row[1] or {})) if row else (-1, {})
 
@@ -173,15 +187,23 @@ def write_staging(df, path: str, name: str) -> None:
 
 
 def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | None = None,
-                 delete_unmatched_when: str | None = None) -> dict[str, str]:
-    """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones.
+                 delete_unmatched_when: str | None = None, s3=None) -> dict[str, str]:
+    """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones;
+    returns the commit's metrics (numTargetRowsInserted, ...).
 
     update_when: a condition on t./s. that limits updates (e.g. only rows whose row_hash differs);
     delete_unmatched_when: target rows matching it but absent from source_df are deleted.
+    Into a table that holds no file yet (a lake's first load) the rows are appended instead, the same
+    rows a MERGE would insert, without its join against nothing and its materialized copy of the source
+    (s3: the S3 settings of a lake there; without them such a lake always MERGEs).
     """
     from delta.tables import DeltaTable
 
     tdef = schemas.table(name)
+    if _holds_no_file(lake, name, s3):
+        metrics = append(spark, lake, name, source_df)
+        return {**metrics, "numTargetRowsInserted": metrics.get("numOutputRows", "0"), "numTargetRowsUpdated": "0",
+                "numTargetRowsDeleted": "0"}
     before = version(spark, lake, name)
     target = DeltaTable.forPath(spark, table_path(lake, name)).alias("t")
     on = " AND ".join(f"t.{k} = s.{k}" for k in tdef.key)
@@ -192,6 +214,17 @@ def merge_on_key(spark, lake: str, name: str, source_df, *, update_when: str | N
     lease.check(lake)
     merge.execute()
     return _log_write(spark, lake, name, "merge", before)
+
+
+def _holds_no_file(lake: str, name: str, s3) -> bool:
+    """Whether table `name`'s current version has no data file (read from its log by delta-rs, no Spark
+    job); False when that cannot be known here (an object-store lake without its S3 settings)."""
+    from deltalake import DeltaTable
+
+    if "://" in lake and s3 is None:
+        return False
+    uri, options = _delta_rs_location(table_path(lake, name), s3)
+    return not DeltaTable(uri, storage_options=options).file_uris()
 
 
 def append(spark, lake: str, name: str, df) -> dict[str, str]:
@@ -262,8 +295,11 @@ def _delta_rs_location(path: str, s3) -> tuple[str, dict[str, str]]:
     return uri, options
 
 
-def replace_slice(spark, lake: str, name: str, df, where: str) -> dict[str, str]:
-    """Atomically replace the rows matching `where` with df (one commit)."""
+def replace_slice(spark, lake: str, name: str, df, where: str, s3=None) -> dict[str, str]:
+    """Atomically replace the rows matching `where` with df (one commit); into a table with no file yet,
+    an append (s3: as merge_on_key's)."""
+    if _holds_no_file(lake, name, s3):
+        return append(spark, lake, name, df)
     before = version(spark, lake, name)
     lease.check(lake)
     _writer(df, name).mode("overwrite").option("replaceWhere", where).save(table_path(lake, name))

@@ -442,12 +442,14 @@ class IngestRun:
                                            self.cfg.s3),
                 lambda: delta_io.merge_on_key(self.spark, self.lake, "pairs", pairs,
                                               update_when="t.row_hash <> s.row_hash",
-                                              delete_unmatched_when=_in_list("t.source_file", self.todo_files)),
+                                              delete_unmatched_when=_in_list("t.source_file", self.todo_files),
+                                              s3=self.cfg.s3),
                 lambda: delta_io.replace_slice(self.spark, self.lake, "quarantine", quarantine,
-                                               _in_list("source_file", self.todo_files)),
+                                               _in_list("source_file", self.todo_files), s3=self.cfg.s3),
             ]
             if self.todo_archives:
-                writes.append(lambda: delta_io.merge_on_key(self.spark, self.lake, "image_index", out.image_index))
+                writes.append(lambda: delta_io.merge_on_key(self.spark, self.lake, "image_index", out.image_index,
+                                                            s3=self.cfg.s3))
             with ThreadPoolExecutor(len(writes)) as pool:
                 for future in [pool.submit(w) for w in writes]:
                     future.result()
@@ -458,7 +460,8 @@ class IngestRun:
                               "source_file", "full").fillna(0).collect()}
             log_rows = self._log_rows(parts, chunks, per_file)
             delta_io.merge_on_key(self.spark, self.lake, "ingest_log",
-                                  self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()))
+                                  self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()),
+                                  s3=self.cfg.s3)
             n_pairs = sum(a for a, _ in per_file.values())
             n_quarantine = sum(q for _, q in per_file.values())
             st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")

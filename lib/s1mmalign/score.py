@@ -110,7 +110,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec,
             parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_size - 1) // spec.batch_size))
             scored = with_thumbnails(spark, lake, todo.repartition(parts)).mapInArrow(
                 score_task(spec, summary.model), schemas.table("clip_scores").spark())
-            metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored)
+            metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored, s3=cfg.s3)
             summary.scored = int(metrics.get("numTargetRowsInserted", 0))
             summary.statuses = {r["status"]: r["count"] for r in delta_io.read(spark, lake, "clip_scores")
                                 .where(F.col("model") == summary.model).groupBy("status").count().collect()}
