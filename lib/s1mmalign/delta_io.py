@@ -145,10 +145,11 @@ def _last_commit(spark, lake: str, name: str) -> tuple[int, dict[str, str]]:
         if not commits:
             return -1, {}
         number, commit = commits[-1]
-        for line in commit.read_text(encoding="utf-8").splitlines():
-            info = json.loads(line).get("commitInfo") if line.strip() else None
-            if info is not None:
-                return number, {k: str(v) for k, v in (info.get("operationMetrics") or {}).items()}
+        with open(commit, encoding="utf-8") as lines:       # commitInfo is a commit's first action
+            for line in lines:
+                info = json.loads(line).get("commitInfo") if line.strip() else None
+                if info is not None:
+                    return number, {k: str(v) for k, v in (info.get("operationMetrics") or {}).items()}
         return number, {}
     row = DeltaTable.forPath(spark, table_path(lake, name)).history(1).select("version", "operationMetrics").first()
     return (row[0], dict(row[1] or {})) if row else (-1, {})
