@@ -270,12 +270,32 @@ def add_files(lake: str, name: str, files: list[dict], s3=None) -> int:
 
 
 def rows(lake: str, name: str, columns: Sequence[str], s3=None) -> list[dict]:
-    """The current rows of table `name`, only `columns`, read without Spark (delta-rs): for the small
-    metadata tables a run reads before its first Spark job (ingest_log), which then needs no JVM."""
+    """The current rows of table `name`, only `columns`, read without Spark: for the small metadata tables
+    a run reads before its first Spark job (ingest_log), which then needs no JVM.
+
+    delta-rs gives the snapshot's files; pyarrow reads them through its own file systems (our tables have
+    no deletion vectors or column mapping, so a file's rows are the table's). Not delta-rs's pyarrow
+    dataset: its Python file system handler made a short-lived process (jobs/plan.py) abort at exit
+    ("terminate called without an active exception") now and then."""
+    from urllib.parse import unquote, urlparse
+
+    import pyarrow.parquet as pq
     from deltalake import DeltaTable
 
+    from s1mmalign.storage import arrow_s3
+
     uri, options = _delta_rs_location(table_path(lake, name), s3)
-    return DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=list(columns)).to_pylist()
+    out: list[dict] = []
+    for file in DeltaTable(uri, storage_options=options).file_uris():
+        parsed = urlparse(file)
+        if parsed.scheme == "s3":
+            handle = arrow_s3(getattr(s3, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL"),
+                              getattr(s3, "region", None) or "us-east-1", bool(getattr(s3, "path_style_access", False))
+                              ).open_input_file(f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
+        else:
+            handle = unquote(parsed.path) if parsed.scheme == "file" else file
+        out += pq.ParquetFile(handle).read(columns=list(columns)).to_pylist()
+    return out
 
 
 def _delta_rs_location(path: str, s3) -> tuple[str, dict[str, str]]:

@@ -27,7 +27,6 @@ shards whose record and bytes agree are kept, only the rest are written.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -41,7 +40,7 @@ from datetime import datetime, timezone
 
 from s1mmalign import delta_io
 from s1mmalign.errors import JobError
-from s1mmalign.storage import Store, remote
+from s1mmalign.storage import Store, arrow_s3, remote
 
 log = logging.getLogger(__name__)
 
@@ -625,20 +624,9 @@ def _open_parquet(uri: str, s3):
     if parsed.scheme in ("", "file"):
         return open(unquote(parsed.path), "rb")
     if parsed.scheme in ("s3", "s3a", "s3n"):
-        return _s3_filesystem(s3.endpoint_url, s3.region, s3.path_style_access).open_input_file(
+        return arrow_s3(s3.endpoint_url, s3.region, s3.path_style_access).open_input_file(
             f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
     raise ExportError(f"images file {uri}: no reader for its scheme {parsed.scheme}")
-
-
-@functools.lru_cache(maxsize=4)
-def _s3_filesystem(endpoint: str | None, region: str, path_style: bool):
-    """One pyarrow S3FileSystem per Python worker and endpoint (it holds the connection pool and the
-    credentials it resolved from the AWS chain), reused by every file the worker's shards read."""
-    from pyarrow import fs
-
-    return fs.S3FileSystem(region=region, endpoint_override=endpoint,
-                           scheme="http" if endpoint and endpoint.startswith("http://") else "https",
-                           force_virtual_addressing=bool(endpoint) and not path_style)
 
 
 # -------------------------------------------------------------------------------------------- the run

@@ -4,6 +4,7 @@ root, and the lake's own files besides its Delta tables (lease, staging slices, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -525,3 +526,14 @@ class _Limited:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@functools.lru_cache(maxsize=4)
+def arrow_s3(endpoint: str | None, region: str, path_style: bool):
+    """One pyarrow S3FileSystem per process and endpoint (it holds the connection pool and the credentials
+    it resolved from the AWS chain), reused by every file read through it."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(region=region, endpoint_override=endpoint,
+                           scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+                           force_virtual_addressing=bool(endpoint) and not path_style)
