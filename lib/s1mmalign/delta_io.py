@@ -289,9 +289,7 @@ def rows(lake: str, name: str, columns: Sequence[str], s3=None) -> list[dict]:
     for file in DeltaTable(uri, storage_options=options).file_uris():
         parsed = urlparse(file)
         if parsed.scheme == "s3":
-            handle = arrow_s3(getattr(s3, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL"),
-                              getattr(s3, "region", None) or "us-east-1", bool(getattr(s3, "path_style_access", False))
-                              ).open_input_file(f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
+            handle = arrow_s3(*_s3_access(s3)).open_input_file(f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
         else:
             handle = unquote(parsed.path) if parsed.scheme == "file" else file
         out += pq.ParquetFile(handle).read(columns=list(columns)).to_pylist()
@@ -305,15 +303,24 @@ def _delta_rs_location(path: str, s3) -> tuple[str, dict[str, str]]:
     if not path.startswith(("s3a://", "s3://")):
         return path, {}
     uri = "s3://" + path.split("://", 1)[1]
-    options = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true", "AWS_REGION": getattr(s3, "region", None) or "us-east-1"}
-    endpoint = getattr(s3, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint, region, path_style = _s3_access(s3)
+    options = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true", "AWS_REGION": region}
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint
         if endpoint.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
-    if getattr(s3, "path_style_access", False):
+    if path_style:
         options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
     return uri, options
+
+
+def _s3_access(s3) -> tuple[str | None, str, bool]:
+    """(endpoint, region, path style) of the S3 settings (none given: AWS_ENDPOINT_URL, S3Conf's region),
+    as delta-rs and pyarrow reach a lake on S3."""
+    from s1mmalign.config import S3Conf
+
+    s3 = s3 or S3Conf()
+    return s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), s3.region or S3Conf.region, s3.path_style_access
 
 
 def replace_slice(spark, lake: str, name: str, df, where: str, s3=None) -> dict[str, str]:
