@@ -131,10 +131,13 @@ def test_a_damaged_delta_log_is_one_line(tmp_path, faults_corpus):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("ingest:\n  jsonl_chunk_bytes: -5\n", "setting ingest.jsonl_chunk_bytes must be >= 1, got -5"),
+    ("ingest:\n  jsonl_chunk_bytes: -5\n", "setting ingest.jsonl_chunk_bytes must be between 1 and 17179869184, got -5"),
     ("ingest:\n  max_line_bytes: lots\n", "setting ingest.max_line_bytes must be an int, got 'lots'"),
     ("ingest:\n  formats: PNG\n", "setting ingest.formats must be a list"),
     ("ingest: [\n  x: 1\n", "is not valid YAML"),
+    ("ingest:\n  staging_dir: ''\n", "setting ingest.staging_dir must be a folder under the lake, got ''"),
+    ("ingest:\n  staging_dir: ..\n", "setting ingest.staging_dir must be a folder under the lake, got '..'"),
+    ("spark:\n  shuffle_partitions: 100000000000000000000\n", "spark.shuffle_partitions must be between 1 and"),
 ])
 def test_a_bad_setting_is_one_line_before_spark_starts(tmp_path, faults_corpus, text, message):
     from conftest import run_job

@@ -108,3 +108,90 @@ def test_every_number_in_conf_has_a_range_and_every_choice_its_values():
     assert unbounded == []
     with pytest.raises(ConfigError, match="setting clip.device must be one of auto, cpu, cuda, got 'tpu'"):
         config.load(environ={}, overrides={"clip": {"device": "tpu"}})
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("ingest.staging_dir", "", "empty"),
+    ("ingest.staging_dir", "  ", "empty"),
+    ("ingest.staging_dir", "..", "plain folder name"),
+    ("ingest.staging_dir", "_staging/../..", "plain folder name"),
+    ("ingest.staging_dir", ".", "plain folder name"),
+    ("ingest.staging_dir", "a//b", "plain folder name"),
+    ("ingest.staging_dir", "/tmp/x", "relative"),
+    ("ingest.staging_dir", "s3://bucket/x", "relative"),
+    ("ingest.staging_dir", "a\\..\\..", "relative"),
+    ("ingest.staging_dir", "C:x", "relative"),
+    ("ingest.staging_dir", "pairs", "a table"),
+    ("ingest.staging_dir", "images/x", "a table"),
+    ("ingest.staging_dir", "_delta_log", "lake metadata"),
+    ("catalog.metastore_dir", "..", "plain folder name"),
+    ("catalog.metastore_dir", "quarantine", "a table"),
+    ("quality.context_dir", "", "empty"),
+    ("quality.context_dir", "ingest_log/gx", "a table"),
+    ("quality.docs_dir", "../docs", "plain folder name"),
+    ("quality.docs_dir", "_lease.json", "lake metadata"),
+])
+def test_a_lake_folder_setting_outside_its_own_folder_is_refused(key, value, why):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=f"setting {key} must be a folder under the lake, got .*{why}"):
+        config.load(environ={}, overrides={section: {name: value}})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ingest": {"staging_dir": "_quality"}}, "quality.context_dir .* must not be inside or equal to ingest.staging_dir"),
+    ({"catalog": {"metastore_dir": "_quality/gx"}}, "must not be inside or equal to"),
+    ({"quality": {"docs_dir": "_staging/docs"}}, "quality.docs_dir .* must not be inside or equal to ingest.staging_dir"),
+])
+def test_lake_folders_do_not_hold_one_another(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(environ={}, overrides=overrides)
+
+
+def test_lake_folders_may_be_nested_names_of_their_own():
+    cfg = config.load(environ={}, overrides={"ingest": {"staging_dir": "_work/staging"},
+                                             "quality": {"docs_dir": "_work/docs"}})
+    assert cfg.ingest.staging_dir == "_work/staging" and cfg.quality.docs_dir == "_work/docs"
+    # a sibling whose name starts with another's is not inside it
+    config.load(environ={}, overrides={"ingest": {"staging_dir": "_quality-staging"}})
+
+
+def test_every_number_has_an_upper_bound_and_both_ends_hold():
+    """Each numeric setting is refused just past either end of its range and taken at both ends."""
+    for key, (low, high) in config.LIMITS.items():
+        assert low is not None and high is not None, key
+        section, name = key.split(".")
+        integral = isinstance(low, int) and isinstance(high, int)
+        step = 1 if integral else (high - low) * 1e-3
+        for value in (low - step, high + step):
+            with pytest.raises(ConfigError, match=f"setting {key} must be between"):
+                config.load(environ={}, overrides={section: {name: value}, **_consistent(key, value)})
+        for value in (low, high):
+            try:
+                config.load(environ={}, overrides={section: {name: value}, **_consistent(key, value)})
+            except ConfigError as exc:
+                pytest.fail(f"{key}={value}: {exc}")
+
+
+def _consistent(key: str, value) -> dict:
+    """Other settings a value at its range's end needs (a lease's heartbeat stays below its ttl)."""
+    if key == "lease.ttl_seconds":
+        return {"lease": {"ttl_seconds": value, "heartbeat_seconds": 1}}
+    if key == "lease.heartbeat_seconds":
+        return {"lease": {"heartbeat_seconds": value, "ttl_seconds": 7 * 86_400}}
+    return {}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**20])
+def test_no_huge_or_not_a_number_setting_passes(value):
+    with pytest.raises(ConfigError, match="must be between|must be an int"):
+        config.load(environ={}, overrides={"report": {"score_bin_width": value}} if isinstance(value, float)
+                    else {"spark": {"shuffle_partitions": value}})
+
+
+def test_a_binary_conf_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe garbage")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        config.load(str(bad), environ={})
+    with pytest.raises(ConfigError, match="is a folder"):
+        config.load(str(tmp_path), environ={})

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from helpers import snapshot
-from s1mmalign import config, delta_io, ingest, maintain, sample
+from s1mmalign import config, delta_io, ingest, maintain, sample, stages
 from s1mmalign.config import ConfigError
 
 TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index")
@@ -48,9 +48,15 @@ def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, 
     files_before, _ = maintain._files(spark, str(lake), "pairs")
     some_id = sorted(r.arxiv_id for r in delta_io.read(spark, str(lake), "pairs").select("arxiv_id").collect()
                      if r.arxiv_id)[len(before["pairs"]) // 2]
-    leftover = lake / "_staging" / "20260101T000000-crashed" / "slices"
+    leftover = lake / "_staging" / "20260101T000000Z-0badc0de" / "slices"
     leftover.mkdir(parents=True)
     (leftover / "x.arrow").write_bytes(b"left by a crashed run")
+    (leftover.parent / stages.STAGING_MARKER).write_bytes(b"20260101T000000Z-0badc0de")
+    # what ingest did not make stays: a folder named as a run but without the marker, a file of someone's
+    foreign = lake / "_staging" / "20260101T000000Z-00000000"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("not ingest's")
+    (lake / "_staging" / "notes.txt").write_text("not ingest's either")
 
     # small target files, so that each discipline partition keeps several Z-ordered files
     spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(24 << 10))
@@ -64,7 +70,8 @@ def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, 
     assert pairs.zorder == ("arxiv_id",) and pairs.files_before == files_before
     assert pairs.files_after < pairs.files_before and pairs.version > version_before
     assert reports["ingest_log"].files_after <= reports["ingest_log"].files_before
-    assert not (lake / "_staging").exists()
+    assert not leftover.parent.exists()
+    assert (foreign / "keep.txt").read_text() == "not ingest's" and (lake / "_staging" / "notes.txt").exists()
     # the retention (7 days) keeps what the versions before maintenance read: time travel still works
     old = spark.read.format("delta").option("versionAsOf", version_before).load(path)
     assert sorted(tuple(r) for r in old.select("pair_id", "caption").collect()) == \
@@ -78,7 +85,7 @@ def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, 
 def test_bad_maintenance_settings_are_config_errors(cfg, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("maintain:\n  vacuum_retention_hours: 1\n")
-    with pytest.raises(ConfigError, match="maintain.vacuum_retention_hours must be >= 168"):
+    with pytest.raises(ConfigError, match="maintain.vacuum_retention_hours must be between 168 and"):
         config.load(str(bad), environ={})
     with pytest.raises(ConfigError, match="table pairs has no column.s. paper"):
         maintain.zorder_columns(dataclasses.replace(cfg, maintain=dataclasses.replace(

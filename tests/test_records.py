@@ -88,6 +88,9 @@ def test_bom_crlf_blank():
     (line({**GOOD, "image_path": "C:\\figs\\x.png"}), "unsafe_path"),
     (line({**GOOD, "image_path": "images\\..\\x.png"}), "unsafe_path"),
     (line({"image_path": "images/0705/0606282.tar.gz/f.png", "caption": "c"}), "missing_field"),
+    (line({**GOOD, "metadata": {**GOOD["metadata"], "score": "<n>"}}).replace(b'"<n>"', b"NaN"), "invalid_value"),
+    (line({**GOOD, "width": "<n>"}).replace(b'"<n>"', b"-Infinity"), "invalid_value"),
+    (line({**GOOD, "metadata": {**GOOD["metadata"], "s": ["<n>"]}}).replace(b'"<n>"', b"Infinity"), "invalid_value"),
 ])
 def test_rejects(raw, reason):
     row = records.parse_line(raw, 9, ARXIV)

@@ -91,3 +91,61 @@ def test_write_images_takes_each_rows_bytes_from_its_slice_into_files_per_discip
         assert stats["maxValues"]["image_sha256"] == max(got.column("image_sha256").to_pylist())
         assert "content" not in stats["minValues"] and "first_image_path" not in stats["maxValues"]
     assert sorted(seen) == sorted(order)
+
+
+def test_a_hard_link_gets_the_bytes_of_the_member_it_names_wherever_they_are(tmp_path):
+    """_SliceWriter.read: the last member of a name, from the pending batch, a flushed batch of the open
+    slice (completed first) or a completed slice file; None for a name never stored."""
+    writer = tasks._SliceWriter(LocalStore(str(tmp_path)), "slices", "k", 25_000)
+    blobs = [os.urandom(6000 + i) for i in range(9)]
+    for i, blob in enumerate(blobs[:8]):
+        writer.add(f"images/{i}.png", blob, i)
+    writer.add("images/3.png", blobs[8], 8)              # a repeated name: the last one is the link's target
+    assert writer.read("images/7.png") == blobs[7]        # pending in the open slice
+    assert writer.read("images/0.png") == blobs[0]        # in a completed slice file
+    assert writer.read("images/3.png") == blobs[8]
+    assert writer.read("images/none.png") is None
+    writer.add("images/link.png", writer.read("images/7.png"), 9)
+    writer.close()
+    rows = []
+    for path, _, _ in writer.done:
+        with pa.memory_map(str(tmp_path / path)) as source:
+            rows += pa.ipc.open_file(source).read_all().to_pylist()
+    assert [r["image_path"] for r in rows] == [f"images/{i}.png" for i in range(8)] + ["images/3.png",
+                                                                                       "images/link.png"]
+    assert rows[-1]["content"] == blobs[7] and rows[-2]["content"] == blobs[8]
+
+
+def test_split_archives_stores_hard_links_and_reports_one_to_no_earlier_member(tmp_path):
+    import gzip
+    import io
+    import json
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in [("images/a.png", b"A" * 100), ("images/b.png", b"B" * 50)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in [("images/a2.png", "images/a.png"), ("images/c.png", "images/later.png")]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, target
+            tar.addfile(info)
+    (tmp_path / "src").mkdir()
+    data = gzip.compress(raw.getvalue())
+    (tmp_path / "src" / "x.tar.gz").write_bytes(data)
+    desc = pa.RecordBatch.from_pylist([{"source": "s", "archive": "s/x.tar.gz", "missing_after": None,
+                                        "parts": json.dumps([{"rel": "x.tar.gz", "size": len(data)}])}])
+    scratch = LocalStore(str(tmp_path / "scratch"))
+    out = pa.Table.from_batches(list(tasks.split_archives(LocalStore(str(tmp_path / "src")), 1 << 20, scratch,
+                                                          "slices", 1 << 20)(iter([desc])))).to_pylist()
+    missing = [r for r in out if r["kind"] == "member"]
+    assert [(r["image_path"], r["status"]) for r in missing] == [("images/c.png", "image_missing")]
+    assert "hard link to images/later.png" in missing[0]["detail"]
+    (slice_row,) = [r for r in out if r["kind"] == "slice"]
+    with pa.memory_map(str(tmp_path / "scratch" / slice_row["image_path"])) as source:
+        stored = {r["image_path"]: r["content"] for r in pa.ipc.open_file(source).read_all().to_pylist()}
+    assert stored == {"images/a.png": b"A" * 100, "images/b.png": b"B" * 50, "images/a2.png": b"A" * 100}
+    (part,) = [r for r in out if r["kind"] == "part"]
+    assert part["status"] == "ok" and part["members"] == 4

@@ -1,7 +1,9 @@
 """Streaming members out of gzip tar archives, split parts included, without unpacking to disk.
 
 Memory stays flat: one member's bytes at a time (members over the byte cap are skipped unread).
-Links, directories and members named with '..' or an absolute path are never followed or written.
+Symbolic links, directories and members named with '..' or an absolute path are never followed or
+written; a hard link (GNU tar's way to store a file it stored before) gets the bytes of the earlier member
+it names. A header that claims more than MAX_HEADER_BYTES ends the stream unread (bad_header).
 A gzip stream of several members (pigz, bgzip) is read to its end, each member's CRC checked.
 Members are numbered in stream order: when a name comes twice, the last one wins (tar's own rule).
 """
@@ -126,6 +128,28 @@ class Gunzip:
 GUNZIP_OUT = 4 << 20
 
 
+# A GNU long-name/long-link or PAX header holds a path and a few attributes: a few KB. One that claims more
+# is refused before any of it is read (tarfile would read all it claims into memory, however small the
+# archive: a 1 MB gzip of zeros is hundreds of MB of "header"); the archive ends there with status bad_header.
+MAX_HEADER_BYTES = 1 << 20
+_EXTENDED = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+             tarfile.SOLARIS_XHDTYPE}
+
+
+class HeaderTooLarge(Exception):
+    """An extended header (long name, PAX) larger than MAX_HEADER_BYTES."""
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, refusing an extended header over MAX_HEADER_BYTES before reading it."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXTENDED and self.size > MAX_HEADER_BYTES:
+            raise HeaderTooLarge(f"{'PAX' if self.type not in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else 'GNU long-name'} "
+                                 f"header of {self.size} bytes > {MAX_HEADER_BYTES} (at offset {self.offset})")
+        return super()._proc_member(tarfile_)
+
+
 @dataclass(frozen=True)
 class Member:
     """A regular file in an archive: its name, its position among the archive's regular members, and
@@ -136,11 +160,12 @@ class Member:
     problem: str | None = None        # a quarantine reason when data is None
     detail: str | None = None
     ordinal: int = 0
+    link: str | None = None           # a hard link: the earlier member whose bytes it has (data is None)
 
 
 @dataclass
 class StreamResult:
-    status: str = "ok"                # ok | truncated
+    status: str = "ok"                # ok | truncated | bad_header
     detail: str | None = None
     skipped: int = 0                  # links, folders, unsafe names: not followed
 
@@ -150,16 +175,21 @@ def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> 
     ordinal = 0
     gunzip = Gunzip(stream)
     try:
-        with tarfile.open(fileobj=gunzip, mode="r|", errors="surrogateescape") as tar:
+        with tarfile.open(fileobj=gunzip, mode="r|", errors="surrogateescape", tarinfo=_BoundedInfo) as tar:
             for info in tar:
+                tar.members.clear()     # tarfile keeps every header it read: memory would grow per member
                 name = normalize_path(info.name)
-                if not info.isreg() or path_problem(info.name) or not name or not storable(name):
-                    result.skipped += 1     # links, folders, devices, FIFOs; unsafe or non-UTF-8 names
+                hard_link = info.islnk() and not path_problem(info.linkname) and storable(info.linkname)
+                if not (info.isreg() or hard_link) or path_problem(info.name) or not name or not storable(name):
+                    result.skipped += 1     # symbolic links, folders, devices, FIFOs; unsafe or non-UTF-8 names
                     continue
                 part = stream.current
                 if part is not None:
                     part.members += 1
                 ordinal += 1
+                if hard_link:               # GNU tar stores a file it archived before as a link to it
+                    yield Member(name, None, ordinal=ordinal, link=normalize_path(info.linkname))
+                    continue
                 if info.size > max_bytes:
                     yield Member(name, None, "image_too_large", f"{info.size} bytes > {max_bytes}", ordinal)
                     continue
@@ -168,6 +198,10 @@ def iter_members(stream: ChainedParts, max_bytes: int, result: StreamResult) -> 
                 if len(data) != info.size:
                     raise EOFError(f"member {name} cut short")
                 yield Member(name, data, ordinal=ordinal)
+    except HeaderTooLarge as exc:
+        result.status = "bad_header"
+        result.detail = f"stream stopped: {exc}"
+        return
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, OverflowError) as exc:
         result.status = "truncated"
         result.detail = f"stream broke: {type(exc).__name__}: {str(exc)[:200]}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -153,29 +154,38 @@ class Config:
     export: ExportConf = field(default_factory=ExportConf)
 
 
-# Ranges of numeric settings, (lowest, highest) with None for no bound, and the values some settings take:
-# checked when conf loads, so that a bad value is one line and exit 2 before Spark starts, never a run
-# that reads nothing (a chunk size of -5) or fails hours in.
-LIMITS: dict[str, tuple[float | None, float | None]] = {
-    "spark.shuffle_partitions": (1, None), "spark.delta_snapshot_partitions": (1, None),
-    "spark.arrow_batch_rows": (1, None),
-    "ingest.jsonl_chunk_bytes": (1, None), "ingest.max_line_bytes": (1, None), "ingest.image_tasks": (0, None),
-    "ingest.archive_slice_bytes": (1, None), "ingest.thumbnail_px": (8, 4096), "ingest.thumbnail_quality": (1, 100),
-    "ingest.max_image_bytes": (1, None), "ingest.max_image_pixels": (1, None), "ingest.raw_cap_chars": (0, None),
-    "quality.near_duplicate_distance": (0, 64), "quality.lsh_bands": (1, 64), "quality.max_bucket": (2, None),
-    "quality.max_cluster_rounds": (1, None), "quality.driver_cluster_edges": (0, None),
-    "quality.partial_unexpected": (0, None),
-    "clip.batch_size": (1, None), "clip.decode_threads": (1, None), "clip.text_workers": (-1, None),
-    "clip.torch_threads": (0, None),
-    "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, None),
-    "lease.ttl_seconds": (2, None), "lease.heartbeat_seconds": (1, None),
-    "maintain.vacuum_retention_hours": (168, None),
-    "export.batch_rows": (1, None), "export.batch_bytes": (1024, 2**31 - 1), "export.row_group_bytes": (1, None),
-    "export.broadcast_pairs": (0, None),
-    "report.short_chars": (0, None), "report.review_pairs": (0, None), "report.preview_chars": (0, None),
-    "report.score_bin_width": (1e-6, 1), "report.length_bins_per_decade": (1, 1000),
-    "report.quality_runs": (1, 100000),
+# Ranges of numeric settings, (lowest, highest): checked when conf loads, so that a bad value is one line
+# and exit 2 before Spark starts, never a run that reads nothing (a chunk size of -5), fails hours in, or
+# plans 10^20 tasks and prints nothing for minutes. Every number has both ends (tests/test_config.py):
+# the highest is far above any real use, and below what a column, an Arrow buffer or a scheduler holds.
+GIB = 1 << 30
+LIMITS: dict[str, tuple[float, float]] = {
+    "spark.shuffle_partitions": (1, 100_000), "spark.delta_snapshot_partitions": (1, 10_000),
+    "spark.arrow_batch_rows": (1, 1_000_000),
+    "ingest.jsonl_chunk_bytes": (1, 16 * GIB), "ingest.max_line_bytes": (1, 2 * GIB - 1),
+    "ingest.image_tasks": (0, 100_000), "ingest.archive_slice_bytes": (1, 2 * GIB - 1),
+    "ingest.thumbnail_px": (8, 4096), "ingest.thumbnail_quality": (1, 100),
+    "ingest.max_image_bytes": (1, 2 * GIB - 1), "ingest.max_image_pixels": (1, 10**12),
+    "ingest.raw_cap_chars": (0, 64 << 20),
+    "quality.near_duplicate_distance": (0, 64), "quality.lsh_bands": (1, 64), "quality.max_bucket": (2, 10**8),
+    "quality.max_cluster_rounds": (1, 10_000), "quality.driver_cluster_edges": (0, 10**9),
+    "quality.partial_unexpected": (0, 10_000),
+    "clip.batch_size": (1, 65_536), "clip.decode_threads": (1, 1024), "clip.text_workers": (-1, 256),
+    "clip.torch_threads": (0, 1024),
+    "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, 3_600_000),
+    "lease.ttl_seconds": (2, 7 * 86_400), "lease.heartbeat_seconds": (1, 86_400),
+    "maintain.vacuum_retention_hours": (168, 87_600),
+    "export.batch_rows": (1, 1_000_000), "export.batch_bytes": (1024, 2**31 - 1),
+    "export.row_group_bytes": (1, 2 * GIB - 1), "export.broadcast_pairs": (0, 10**9),
+    "report.short_chars": (0, 1_000_000), "report.review_pairs": (0, 10_000),
+    "report.preview_chars": (0, 1_000_000), "report.score_bin_width": (1e-6, 1),
+    "report.length_bins_per_decade": (1, 1000), "report.quality_runs": (1, 100000),
 }
+# Folders under the lake that jobs create (and, for staging, empty): each must be a plain relative path
+# below the lake root that names no table, and none may hold another. An empty value or '..' would
+# otherwise put the lake root, or its parent, where a job deletes (lake_folder_problem).
+LAKE_FOLDERS = ("ingest.staging_dir", "catalog.metastore_dir", "quality.context_dir", "quality.docs_dir")
+LAKE_FILES = ("_lease.json", "_delta_log")      # the lake root's own files, besides the tables
 CHOICES: dict[str, tuple[str, ...]] = {
     "clip.text_strategy": ("truncate", "chunk_mean"), "clip.device": ("auto", "cpu", "cuda"),
     "clip.image_decode": ("auto", "pil", "torch"), "quality.data_docs": ("offline", "cdn", "off"),
@@ -211,12 +221,40 @@ def _check_value(key: str, value, tp) -> None:
         raise ConfigError(f"setting {key} must be {'a' if tp is not int else 'an'} {_type_name(tp)}, "
                           f"got {value!r}")
     low, high = LIMITS.get(key, (None, None))
-    if (low is not None and value < low) or (high is not None and value > high):
-        bound = (f"between {low} and {high}" if low is not None and high is not None
-                 else f">= {low}" if low is not None else f"<= {high}")
-        raise ConfigError(f"setting {key} must be {bound}, got {value!r}")
+    if low is not None and not low <= value <= high:     # also NaN, which compares false to both
+        raise ConfigError(f"setting {key} must be between {low} and {high}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"setting {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+
+
+def lake_folder_problem(value: str, tables: Sequence[str]) -> str | None:
+    """Why `value` cannot be a folder under the lake root, or None: it must be a relative path of plain
+    names (no '.', '..', empty part, backslash or scheme), whose first name is no table nor the lake's own."""
+    if not isinstance(value, str) or not value.strip():
+        return "it is empty (that is the lake root itself)"
+    if value.startswith("/") or "://" in value or "\\" in value or (len(value) > 1 and value[1] == ":"):
+        return "it must be a path relative to the lake root"
+    parts = value.split("/")
+    if any(p.strip() in ("", ".", "..") or p != p.strip() for p in parts):
+        return "every part must be a plain folder name (no '.', '..', empty part or edge spaces)"
+    if parts[0] in tables or parts[0] in LAKE_FILES:
+        return f"{parts[0]} is the lake's own ({'a table' if parts[0] in tables else 'lake metadata'})"
+    return None
+
+
+def _check_lake_folders(values: Mapping[str, str]) -> None:
+    """ConfigError unless every lake folder setting is a folder of its own under the lake (LAKE_FOLDERS)."""
+    from s1mmalign import schemas
+
+    tables = schemas.lake_tables()
+    for key, value in values.items():
+        problem = lake_folder_problem(value, tables)
+        if problem:
+            raise ConfigError(f"setting {key} must be a folder under the lake, got {value!r}: {problem}")
+    for a, b in itertools.permutations(values, 2):
+        if (values[a] + "/").startswith(values[b] + "/"):
+            raise ConfigError(f"setting {a} ({values[a]!r}) must not be inside or equal to {b} ({values[b]!r}): "
+                              f"each lake folder is one job's own")
 
 
 def _merge(base: dict, over: Mapping) -> dict:
@@ -275,6 +313,11 @@ def _read_yaml(path: Path | None, kind: str, name: str) -> dict:
         data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path or f'{kind}/{name}'}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path or name} is not UTF-8 text (byte {exc.start}): "
+                          f"not a YAML file?") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path or name} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -304,7 +347,7 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
     if lease.heartbeat_seconds >= lease.ttl_seconds:
         raise ConfigError(f"lease.heartbeat_seconds ({lease.heartbeat_seconds}) must be below lease.ttl_seconds "
                           f"({lease.ttl_seconds}): a lease must be renewed before it expires")
-    return Config(
+    made = Config(
         spark=_section(SparkConf, merged.get("spark"), "spark"),
         catalog=_section(CatalogConf, merged.get("catalog"), "catalog"),
         ingest=_section(IngestConf, merged.get("ingest"), "ingest"),
@@ -317,3 +360,5 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         maintain=_section(MaintainConf, merged.get("maintain"), "maintain"),
         export=_section(ExportConf, merged.get("export"), "export"),
     )
+    _check_lake_folders({key: getattr(getattr(made, key.split(".")[0]), key.split(".")[1]) for key in LAKE_FOLDERS})
+    return made

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from s1mmalign import delta_io, schemas, tasks
 from s1mmalign.config import Config
 from s1mmalign.sources import Archive, SourcePlan, discover
-from s1mmalign.stages import Stage, new_run_id
+from s1mmalign.stages import Stage, clear_staging, new_run_id, start_staging
 from s1mmalign.storage import FileInfo, Store
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc), staging,
                     Store.from_uri(staging, cfg.s3.endpoint_url, cfg.s3.region), summary, todo_jsonl, todo_archives)
     _clear_staging(lake, cfg)
+    start_staging(job.scratch, run_id)
     try:
         # Independent stages, run side by side: while one task streams a large archive, the other cores
         # parse the JSONL files.
@@ -144,8 +145,9 @@ def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileI
 
 
 def _clear_staging(lake: str, cfg: Config) -> None:
-    """Remove every run's staging under the lake (this run's, and any a crashed run left)."""
-    Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region).remove_tree(cfg.ingest.staging_dir)
+    """Remove every run's staging under the lake (this run's, and any a crashed run left): only the folders
+    ingest made (stages.clear_staging)."""
+    clear_staging(Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.staging_dir)
 
 
 def _complete_slices(scratch: Store, folder: str, owners: dict[str, tuple[str, str]],

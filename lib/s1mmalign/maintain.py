@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 
 from s1mmalign import delta_io, lease, schemas
 from s1mmalign.config import Config, ConfigError
+from s1mmalign.stages import clear_staging
 from s1mmalign.storage import Store
 
 log = logging.getLogger(__name__)
@@ -85,5 +86,5 @@ def run(spark: SparkSession, cfg: Config, lake: str) -> list[TableReport]:
                              delta_io.version(spark, lake, name), zorder)
         log.info("%s (%.1fs)", report.line(), time.monotonic() - t0)
         reports.append(report)
-    Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region).remove_tree(cfg.ingest.staging_dir)
+    clear_staging(Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.staging_dir)
     return reports

@@ -156,9 +156,15 @@ def _rejected(row: dict, reason: str, detail: str) -> dict:
     return out
 
 
+def _not_json(name: str):
+    """NaN, Infinity and -Infinity: Python's json reads (and its dumps writes) them, JSON has no such value,
+    and metadata_json must stay JSON: the line is quarantined, never stored verbatim or changed."""
+    raise Reject("invalid_value", f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
 def _record(row: dict, text: str, ctx: LineContext) -> dict:
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise Reject("malformed_json", str(exc)) from None
     except (ValueError, RecursionError) as exc:   # valid JSON Python cannot hold: a 5,000-digit integer,

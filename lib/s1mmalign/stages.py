@@ -4,6 +4,7 @@ logs one line per stage and tags an error with the stage it broke in."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -19,6 +20,34 @@ def new_run_id(job: str, now: datetime | None = None) -> str:
     """e.g. 20261129T093432Z-39525e7a (ingest), v20261129T093512Z-0f060d51 (validate)."""
     now = now or datetime.now(timezone.utc)
     return f"{RUN_PREFIX[job]}{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+RUN_ID = re.compile(r"^[a-z]?[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+
+# A run's staging folder (ingest.staging_dir/<run id>) holds this file from its start: only folders that
+# hold it and are named as a run id are ever removed, whatever the staging setting points at.
+STAGING_MARKER = "_s1mmalign_staging"
+
+
+def start_staging(scratch, run_id: str) -> None:
+    """Mark the store `scratch` (a run's staging folder) as staging, before anything is written to it."""
+    scratch.put(STAGING_MARKER, run_id.encode())
+
+
+def clear_staging(lake_store, staging_dir: str) -> list[str]:
+    """Remove the runs' staging folders under staging_dir of the lake's store: each folder named as a run id
+    that holds the staging marker, nothing else (a file or folder someone else put there stays). Returns
+    the folders removed."""
+    removed = []
+    for name in lake_store.list_dir(staging_dir)[0]:
+        folder = f"{staging_dir}/{name}"
+        if RUN_ID.match(name) and lake_store.get(f"{folder}/{STAGING_MARKER}") is not None:
+            lake_store.remove_tree(folder)
+            removed.append(folder)
+    dirs, files = lake_store.list_dir(staging_dir)
+    if removed and not dirs and not files:
+        lake_store.remove_tree(staging_dir)         # the folder itself, now empty
+    return removed
 
 
 class Stage:

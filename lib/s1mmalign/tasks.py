@@ -258,6 +258,27 @@ class _SliceWriter:
         self._pending = 0                               # bytes in _names/_blobs
         self._writer = self._sink = self._path = self._tmp = None
         self._members = self._bytes = 0
+        self._where: dict[str, tuple[str, int]] = {}    # member name -> its slice and row (the last of a name)
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of the member of this name stored last, or None (a hard link's target)."""
+        where = self._where.get(name)
+        if where is None:
+            return None
+        path, row = where
+        if path == self._path and self._writer is not None:      # the open slice
+            first_pending = self._members - len(self._names)
+            if row >= first_pending:
+                return self._blobs[row - first_pending]
+            self.close()        # its batch is in the open file: complete the file to read it back
+        with self.scratch.local_copy(path) as local, pa.memory_map(local) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                if row < batch.num_rows:
+                    return batch.column(1)[row].as_py()
+                row -= batch.num_rows
+        return None
 
     def add(self, name: str, data: bytes, ordinal: int | None = None) -> tuple[str, int]:
         """Store one member; returns the slice file (its name in the scratch store) and row that hold it."""
@@ -267,6 +288,7 @@ class _SliceWriter:
             self._sink = pa.OSFile(self._tmp, "wb")
             self._writer = pa.ipc.new_file(self._sink, SLICE_SCHEMA)
         where = (self._path, self._members)
+        self._where[name] = where
         self._names.append(name)
         self._blobs.append(data)
         self._ordinals.append(ordinal)
@@ -316,7 +338,15 @@ def split_archives(store: Store, max_bytes: int, scratch: Store, slice_dir: str,
             result = archives.StreamResult()
             slices = _SliceWriter(scratch, slice_dir, slice_key(d["source"], d["archive"]), slice_bytes)
             for member in archives.iter_members(stream, max_bytes, result):
-                if member.data is None:
+                if member.link is not None:
+                    data = slices.read(member.link)
+                    if data is None:
+                        yield _facts_row(d["source"], member.name, d["archive"], images.ImageFacts(
+                            "image_missing", f"a hard link to {member.link}, which is no member read before it"),
+                            ordinal=member.ordinal)
+                    else:
+                        slices.add(member.name, data, member.ordinal)
+                elif member.data is None:
                     yield _facts_row(d["source"], member.name, d["archive"],
                                      images.ImageFacts(member.problem, member.detail), ordinal=member.ordinal)
                 else:
@@ -376,7 +406,7 @@ def _part_rows(d: dict, parts: list[archives.PartStats], result: archives.Stream
             status, detail = "unread", f"after the break in {broken_at}"
         elif part.rel == broken_at:
             reached_break = True
-            status = "missing_part" if d["missing_after"] else "truncated"
+            status = "missing_part" if d["missing_after"] else result.status     # truncated | bad_header
             detail = (f"the part after .part{d['missing_after']} is missing; " if d["missing_after"] else "") \
                 + (result.detail or "")
         elif d["missing_after"]:
