@@ -22,11 +22,12 @@ def body() -> int:
     lake = cli.lake_uri(args.lake, existing=False)
     _, plan = found
     if not delta_io.exists(None, lake, "ingest_log", cfg.s3):      # a new lake: everything is new
-        todo = [f.rel for s in plan.sources for f in s.jsonl] + [a.name for s in plan.sources for a in s.archives]
+        todo = [f.rel for s in plan.sources for f in s.jsonl] + [a.name for s in plan.sources for a in s.archives] \
+            + [r.file.rel for s in plan.sources for r in s.refused]
     else:
         session.check_logs(lake)
-        jsonl, archives = ingest.changed(lake, plan, cfg.s3)     # ingest_log read without Spark
-        todo = [f.rel for _, f in jsonl] + [a.name for a in archives]
+        jsonl, archives, refused = ingest.changed(lake, plan, cfg.s3)     # ingest_log read without Spark
+        todo = [f.rel for _, f in jsonl] + [a.name for a in archives] + [r.file.rel for _, r in refused]
     for rel in todo:
         print(f"plan: read {rel}")
     print(f"plan: {len(todo)} file(s) to ingest from {args.source}")

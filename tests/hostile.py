@@ -18,6 +18,8 @@ from PIL import Image
 
 ARXIV_TAR = "arxiv/images_2024.tar.gz"
 BROKEN_TAR = "arxiv/images_2012.tar.gz"
+BOMB_TAR = "arxiv/images_2013.tar.gz"          # a GNU long-name header claiming 256 MB, in a 300 KB archive
+LATIN1 = [b"arxiv/jsonl/caf\xe9.jsonl", b"arxiv/images_caf\xe9.tar.gz"]   # names that are not UTF-8
 BIG_LINE_BYTES = 50 << 20
 
 
@@ -35,14 +37,34 @@ def mpo() -> bytes:
     return out.getvalue()
 
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
+def _tar(members: list[tuple[str, bytes | str]], end: bool = True) -> bytes:
+    """A GNU tar of (name, bytes) members; a str instead of bytes makes a hard link to that name (as GNU tar
+    stores a file it stored before). end=False leaves out the end-of-archive blocks."""
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        if isinstance(data, str):
+            info.type, info.linkname = tarfile.LNKTYPE, data
+            raw.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        else:
             info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            raw.write(info.tobuf(format=tarfile.GNU_FORMAT) + data + bytes(-len(data) % 512))
+    if end:
+        raw.write(bytes(1024))
     return raw.getvalue()
+
+
+def _header_bomb(before: bytes, claimed: int) -> bytes:
+    """A gzip tar: `before`, then a GNU long-name header that claims `claimed` bytes (zeros, which follow)."""
+    import zlib
+
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = tarfile.GNUTYPE_LONGNAME, claimed
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    out = [z.compress(before + header.tobuf(format=tarfile.GNU_FORMAT))]
+    zeros = bytes(1 << 20)
+    out += [z.compress(zeros) for _ in range(claimed >> 20)]
+    return b"".join(out) + z.flush()
 
 
 def _multi_member_gzip(body: bytes, pieces: int) -> bytes:
@@ -76,13 +98,19 @@ def build(root: Path) -> dict:
     members = [(p(1), image("red")), (p(2).replace("fig1", "dup"), dup_first), (p(3), image("blue")),
                (p(4), mpo())] + [(f"images/2401/2401.0009{k}.tar.gz/fig1.png", image((k * 40, 10, 10)))
                                  for k in range(6)]
-    # the last member: in the last gzip member
-    members += [(p(2).replace("fig1", "dup"), dup_last), (p(5), image("orange"))]
+    # a hard link to an earlier member; the last member: in the last gzip member
+    members += [(p(6), p(1)), (p(2).replace("fig1", "dup"), dup_last), (p(5), image("orange"))]
     (root / ARXIV_TAR).write_bytes(_multi_member_gzip(_tar(members), 5))
     broken = gzip.compress(_tar([("images/1201/1201.0001.tar.gz/fig1.png", image("gray")),
                                  ("images/1201/1201.0002.tar.gz/fig1.png", os.urandom(200_000))]))
     (root / BROKEN_TAR).write_bytes(broken[: len(broken) // 2])
-    sha = {("arxiv", name): hashlib.sha256(data).hexdigest() for name, data in members}
+    sha = {("arxiv", name): hashlib.sha256(data).hexdigest() for name, data in members if isinstance(data, bytes)}
+    sha[("arxiv", p(6))] = sha[("arxiv", p(1))]
+    (root / BOMB_TAR).write_bytes(_header_bomb(_tar([(p(7), image("cyan"))], end=False), 256 << 20))
+    sha[("arxiv", p(7))] = hashlib.sha256(image("cyan")).hexdigest()
+    for rel in LATIN1:
+        with open(os.path.join(os.fsencode(root), rel), "wb") as f:
+            f.write(_line({"image_path": p(1), **cap}) + b"\n" if rel.endswith(b".jsonl") else b"\x1f\x8b")
 
     deep = '{"image_path": "%s", "caption": "c", "metadata": {"x": %s}}' % (p(1), "[" * 100_000 + "]" * 100_000)
     arxiv_lines = [
@@ -103,6 +131,10 @@ def build(root: Path) -> dict:
         (_line({"image_path": p(4), **cap}), "pair"),                                        # MPO
         (_line({"image_path": p(5), **cap}), "pair"),                                        # in gzip member 5 of 5
         (_line({"image_path": "images/1201/1201.0002.tar.gz/fig1.png", **cap}), "image_missing"),  # lost in the cut
+        (_line({"image_path": p(6), **cap}), "pair"),                                        # a hard link member
+        (_line({"image_path": p(7), **cap}), "pair"),                                        # before the bomb
+        (_line({"image_path": p(8), **cap}), "image_missing"),                               # (would be) after it
+        (_line({"image_path": p(8), **cap, "metadata": {"v": "<n>"}}).replace(b'"<n>"', b"NaN"), "invalid_value"),
     ]
     _write_lines(arx / "jsonl" / "h.jsonl", arxiv_lines)
     (outside / "elsewhere.jsonl").write_bytes(_line({"image_path": p(1), **cap}) + b"\n")
@@ -134,7 +166,8 @@ def build(root: Path) -> dict:
 
     lines = {"arxiv/jsonl/h.jsonl": _outcomes(arxiv_lines), "treesrc/jsonl/t.jsonl": _outcomes(tree_lines)}
     log = {"arxiv/jsonl/outside.jsonl": "unreadable", "arxiv/jsonl/pipe.jsonl": "unreadable",
-           "arxiv/jsonl/h.jsonl": "ok", "treesrc/jsonl/t.jsonl": "ok", ARXIV_TAR: "ok", BROKEN_TAR: "truncated"}
+           "arxiv/jsonl/h.jsonl": "ok", "treesrc/jsonl/t.jsonl": "ok", ARXIV_TAR: "ok", BROKEN_TAR: "truncated",
+           BOMB_TAR: "bad_header", "arxiv/jsonl/caf%E9.jsonl": "unreadable", "arxiv/images_caf%E9.tar.gz": "unreadable"}
     return {"lines": lines, "log": log, "sha": sha, "outside": outside}
 
 

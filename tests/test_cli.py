@@ -131,7 +131,8 @@ def test_a_damaged_delta_log_is_one_line(tmp_path, faults_corpus):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("ingest:\n  jsonl_chunk_bytes: -5\n", "setting ingest.jsonl_chunk_bytes must be between 1 and 17179869184, got -5"),
+    ("ingest:\n  jsonl_chunk_bytes: -5\n",
+     "setting ingest.jsonl_chunk_bytes must be between 1 and 17179869184, got -5"),
     ("ingest:\n  max_line_bytes: lots\n", "setting ingest.max_line_bytes must be an int, got 'lots'"),
     ("ingest:\n  formats: PNG\n", "setting ingest.formats must be a list"),
     ("ingest: [\n  x: 1\n", "is not valid YAML"),

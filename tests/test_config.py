@@ -138,9 +138,11 @@ def test_a_lake_folder_setting_outside_its_own_folder_is_refused(key, value, why
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"ingest": {"staging_dir": "_quality"}}, "quality.context_dir .* must not be inside or equal to ingest.staging_dir"),
+    ({"ingest": {"staging_dir": "_quality"}},
+     "quality.context_dir .* must not be inside or equal to ingest.staging_dir"),
     ({"catalog": {"metastore_dir": "_quality/gx"}}, "must not be inside or equal to"),
-    ({"quality": {"docs_dir": "_staging/docs"}}, "quality.docs_dir .* must not be inside or equal to ingest.staging_dir"),
+    ({"quality": {"docs_dir": "_staging/docs"}},
+     "quality.docs_dir .* must not be inside or equal to ingest.staging_dir"),
 ])
 def test_lake_folders_do_not_hold_one_another(overrides, message):
     with pytest.raises(ConfigError, match=message):

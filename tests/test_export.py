@@ -199,6 +199,33 @@ def test_a_manifest_from_before_order_existed_reads_as_pair_id_order():
     assert export.Spec.from_dict(export.Spec().as_dict()).order == "storage"
 
 
+@pytest.mark.parametrize("text", ["1" + "0" * 400 + "TB", "10^30TB", "2TiB", "1000", "0", "1.5e3KB", "-5MB"])
+def test_a_shard_size_out_of_range_or_form_is_one_error(text):
+    with pytest.raises(export.ExportError, match="--shard-size"):
+        export.parse_size(text)
+
+
+def test_shard_sizes_at_the_ends_of_the_range():
+    assert export.parse_size("1KiB") == 1024 and export.parse_size("1TiB") == 1 << 40
+    assert export.parse_size("0.5GB") == 500_000_000
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"shard_bytes": 0}, "shard size must be a whole number"),
+    ({"shard_bytes": "512MB"}, "shard size must be a whole number"),
+    ({"shard_bytes": 1e30}, "shard size must be a whole number"),
+    ({"shard_bytes": True}, "shard size must be a whole number"),
+    ({"where": 5}, "--where must be text"),
+    ({"min_score": "high", "model": "m"}, "--min-score must be a number"),
+    ({"min_score": 7, "model": "m"}, "--min-score must be a number between -1 and 1"),
+    ({"dedup": "semantic!"}, "--dedup must be one of"),
+])
+def test_a_manifest_spec_is_checked_as_flags_are(change, message):
+    spec = export.Spec.from_dict({**export.Spec().as_dict(), **change})
+    with pytest.raises(export.ExportError, match=message):
+        spec.check()
+
+
 def _tar_keys(path: str) -> list[str]:
     import tarfile
 
@@ -300,6 +327,19 @@ def _run(spark, cfg, lake, out: Path, *, model=None, **spec) -> Path:
     (dict(where="score_caption > 0.5"), None, "score_caption"),
     (dict(), "ViT-L-14", "has no scores"),
     (dict(where="discipline = 'alchemy'"), None, "the selection is empty .* where kept 0"),
+    # all of Spark SQL is not: no file or table read, no JVM call, the same answer on every run
+    (dict(where="EXISTS (SELECT 1 FROM text.`/etc/passwd`)"), None, "subquery or table reference .Exists."),
+    (dict(where="pair_id IN (SELECT pair_id FROM s1mmalign.pairs)"), None, "subquery or table reference"),
+    (dict(where="(SELECT count(*) FROM parquet.`/tmp`) > 0"), None, "ScalarSubquery"),
+    (dict(where="java_method('java.lang.System', 'exit', 0) = 1"), None, "function java_method is not allowed"),
+    (dict(where="REFLECT('java.util.UUID', 'randomUUID') <> ''"), None, "function REFLECT is not allowed"),
+    (dict(where="rand() < 0.5"), None, "function rand is not allowed"),
+    (dict(where="current_date() > '2020-01-01'"), None, "function current_date is not allowed"),
+    (dict(where="spark_catalog.default.f(caption)"), None, "function spark_catalog.default.f is not allowed"),
+    (dict(where="source = 'arxiv'; DROP TABLE s1mmalign.pairs"), None, "--where"),
+    (dict(where="length(caption) > 10 AND exists(categories, c -> rand() > 0.5)"), None, "function rand"),
+    (dict(shard_bytes=0), None, "shard size must be a whole number of bytes between 1024"),
+    (dict(min_score=float("nan")), "planted", "--min-score must be a number between -1 and 1"),
 ])
 def test_bad_predicate_or_model_is_one_error_before_any_shard(spark, cfg, lake, tmp_path, spec, model, message):
     lake, _ = lake
@@ -389,12 +429,15 @@ def test_kill_9_mid_export_then_rerun_gives_the_shards_of_one_clean_run(spark, c
     assert not (out / "_SUCCESS").exists() and (out / "_manifest.draft.json").exists()
     before = len(shard_files(out))
     assert 0 < before < len(clean["shards"])
+    torn = sorted((out / "_shards").iterdir())[0]            # a record cut short: its shard is written again
+    torn.write_bytes(torn.read_bytes()[:10])
     proc = _job(lake, out, "--shard-size", "40KB", "--log-level", "WARNING")
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith(f"export: {clean['samples']} samples in {len(clean['shards'])} shards"), line
     written = int(line.split("(", 1)[1].split()[0])
-    assert written <= len(clean["shards"]) - before + 2   # a shard published but not yet recorded is redone
+    # a shard published but not yet recorded is redone, and so is the one whose record was torn
+    assert written <= len(clean["shards"]) - before + 3
     m = json.loads((out / "_manifest.json").read_text())
     assert m["shards"] == clean["shards"]
     assert sorted(os.listdir(out)) == sorted(["_SUCCESS", "_manifest.json", *(s["name"] for s in clean["shards"])])

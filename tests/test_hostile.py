@@ -63,6 +63,10 @@ def test_ingest_log_reports_special_files_and_counts_every_line(spark, hostile_r
     assert {f: log[f].status for f in expected["log"]} == expected["log"]
     assert "link out of the source root" in log["arxiv/jsonl/outside.jsonl"].detail
     assert "FIFO" in log["arxiv/jsonl/pipe.jsonl"].detail
+    assert f"GNU long-name header of {256 << 20} bytes" in log[hostile.BOMB_TAR].detail
+    assert log[hostile.BOMB_TAR].read == 1                   # the member before the header was read
+    for name in ("arxiv/jsonl/caf%E9.jsonl", "arxiv/images_caf%E9.tar.gz"):
+        assert "not UTF-8" in log[name].detail and log[name].read == 0
     for source_file, outcomes in expected["lines"].items():
         r = log[source_file]
         assert (r.read, r.accepted, r.quarantined) == (

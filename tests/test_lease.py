@@ -55,7 +55,7 @@ def test_second_writer_refuses_naming_the_holder_and_release_frees_it(store):
 
 def _plant(store, **fields):
     holder = {"host": "other-host", "pid": 1, "job": "ingest.py", "run_id": "dead", "started": time.time() - 600,
-              "expires": time.time() + 600, **fields}
+              "expires": time.time() + 30, **fields}
     store.put(LEASE_FILE, json.dumps(holder).encode(), create=True)
 
 
@@ -69,8 +69,36 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(store, caplog):
     assert "expired 5s ago" in caplog.text or "expired 6s ago" in caplog.text
     store.delete(LEASE_FILE)
     _plant(store)                                            # alive elsewhere, not expired
+    with pytest.raises(LeaseHeld, match=r"other-host.*lease until 2\d{3}-\d\d-\d\dT\d\d:\d\d:\d\dZ"):
+        Lease(store, "L", ttl=60, heartbeat=20).acquire()
+    store.delete(LEASE_FILE)
+    _plant(store, expires=time.time() + 600, ttl=1200.0)     # a holder with a longer ttl: still its lease
     with pytest.raises(LeaseHeld, match="other-host"):
         Lease(store, "L", ttl=60, heartbeat=20).acquire()
+
+
+@pytest.mark.parametrize("garbled", [
+    b'{"host": "h", "pid": "abc", "job": "j", "run_id": "r", "started": 1, "expires": 9e9}',     # a string pid
+    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": 1e300}',       # year 10^292
+    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": Infinity}',
+    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": NaN}',
+    b'{"host": "h", "pid": 99999999999999999999, "job": "j", "run_id": "r", "started": 1, "expires": 9e9}',
+    b'{"host": "h", "pid": true, "job": "j", "run_id": "r", "started": 1, "expires": 9e9}',
+    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1}',                         # no expiry
+    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": 9e9, "x": 1}',  # foreign
+    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": "soon"}',
+    b'[1, 2]', b'{"host": ', b'\xff\xfe\x00garbage', b'',
+    # well formed, but held far further ahead than any ttl: no holder renews that far
+    json.dumps({"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1.0, "expires": time.time() + 86400,
+                "ttl": 120.0}).encode(),
+])
+def test_a_garbled_lease_file_is_taken_over_as_torn(store, caplog, garbled):
+    store.put(LEASE_FILE, garbled, create=True)
+    with caplog.at_level("WARNING", logger="s1mmalign.lease"):
+        with Lease(store, "L", ttl=60, heartbeat=20, run_id="new") as taken:
+            taken.check()
+            assert json.loads(store.get(LEASE_FILE)[0])["run_id"] == "new"
+    assert "took over a torn lease file" in caplog.text
 
 
 def test_a_lease_left_here_by_a_process_that_is_gone_is_taken_at_once(store):

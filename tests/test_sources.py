@@ -116,3 +116,29 @@ def test_discovery_never_lists_image_folders(tmp_path):
 
     discover(Counting(str(tmp_path)))
     assert listed and not any("images" in rel for rel in listed), listed
+
+
+def test_names_that_are_not_utf8_are_refused_under_an_escaped_name(tmp_path):
+    """POSIX names are bytes: a Latin-1 JSONL file, archive part or source folder is listed as refused
+    (escaped losslessly), never handed to a reader, and the rest of the source is read as usual."""
+    make_layout(tmp_path)
+    root = os.fsencode(str(tmp_path))
+    for rel in [b"arxiv/jsonl/caf\xe9.jsonl", b"arxiv/images_caf\xe9.tar.gz", b"arxiv/images_2019%.tar.gz.partaa",
+                b"arxiv/images_2019%.tar.gz.part\xe9b", b"m\xfcll/jsonl/a.jsonl", b"m\xfcll/images_1.tar.gz"]:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"x")
+    _, plan = discover(LocalStore(str(tmp_path)))
+    arxiv = plan.source("arxiv")
+    assert [f.rel for f in arxiv.jsonl] == ["arxiv/jsonl/07_recaption.jsonl"]
+    assert [a.name for a in arxiv.archives] == ["arxiv/images_2007.tar.gz", "arxiv/images_2019%.tar.gz"]
+    assert sorted((r.kind, r.file.rel, r.archive) for r in arxiv.refused) == [
+        ("archive_part", "arxiv/images_caf%E9.tar.gz", "arxiv/images_caf%E9.tar.gz"),
+        ("jsonl", "arxiv/jsonl/caf%E9.jsonl", None)]
+    assert all(r.file.size == 1 and r.file.fingerprint for r in arxiv.refused)
+    muell = plan.source("m%FCll")           # a source folder so named: every file refused, nothing read
+    assert muell.jsonl == () and muell.archives == () and not muell.has_tree
+    assert sorted(r.file.rel for r in muell.refused) == ["m%FCll/images_1.tar.gz", "m%FCll/jsonl/a.jsonl"]
+    from s1mmalign.records import escape_name
+    assert escape_name("50%\udce9") == "50%25%E9"        # lossless: a '%' of the name is escaped too

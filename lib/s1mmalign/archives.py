@@ -145,8 +145,8 @@ class _BoundedInfo(tarfile.TarInfo):
 
     def _proc_member(self, tarfile_):
         if self.type in _EXTENDED and self.size > MAX_HEADER_BYTES:
-            raise HeaderTooLarge(f"{'PAX' if self.type not in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else 'GNU long-name'} "
-                                 f"header of {self.size} bytes > {MAX_HEADER_BYTES} (at offset {self.offset})")
+            kind = "GNU long-name" if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else "PAX"
+            raise HeaderTooLarge(f"{kind} header of {self.size} bytes > {MAX_HEADER_BYTES} (at offset {self.offset})")
         return super()._proc_member(tarfile_)
 
 

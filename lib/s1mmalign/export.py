@@ -62,16 +62,21 @@ class ExportError(JobError):
     """An export that cannot run as asked (bad predicate, missing model or table, foreign --out)."""
 
 
+MIN_SHARD, MAX_SHARD = 1024, 1 << 40           # 1 KiB .. 1 TiB a shard
+
+
 def parse_size(text: str) -> int:
     """'512MB' -> 512_000_000, '1GiB' -> 2**30, '4096' -> 4096 bytes."""
-    m = _SIZE.match(str(text))
+    from decimal import Decimal
+
+    m = _SIZE.match(str(text)[:100])
     if not m:
-        raise ExportError(f"--shard-size {text!r}: use a size such as 512MB, 1GiB or a number of bytes")
+        raise ExportError(f"--shard-size {str(text)[:40]!r}: use a size such as 512MB, 1GiB or a number of bytes")
     power = "KMGT".find(m.group(2).upper()) + 1 if m.group(2) else 0
-    size = int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
-    if size < 1024:
-        raise ExportError(f"--shard-size {text!r}: at least 1 KB")
-    return size
+    size = Decimal(m.group(1)) * (1024 if m.group(3) else 1000) ** power      # exact, any length: no overflow
+    if not MIN_SHARD <= size <= MAX_SHARD:
+        raise ExportError(f"--shard-size {str(text)[:40]!r}: between 1 KiB and 1 TiB")
+    return int(size)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,18 @@ class Spec:
                 raise ExportError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.min_score is not None and not (self.model or model_name):
             raise ExportError("--min-score needs --model (whose scores to compare)")
+        # the same rules whether a value came from a flag or a manifest (a hand-edited one included)
+        for name in ("where", "model"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ExportError(f"--{name} must be text, got {getattr(self, name)!r}")
+        if isinstance(self.shard_bytes, bool) or not isinstance(self.shard_bytes, int) \
+                or not MIN_SHARD <= self.shard_bytes <= MAX_SHARD:
+            raise ExportError(f"shard size must be a whole number of bytes between {MIN_SHARD} and {MAX_SHARD}, "
+                              f"got {self.shard_bytes!r}")
+        if self.min_score is not None and (isinstance(self.min_score, bool) or not isinstance(
+                self.min_score, (int, float)) or not -1.0 <= self.min_score <= 1.0):
+            raise ExportError(f"--min-score must be a number between -1 and 1 (a cosine similarity), "
+                              f"got {self.min_score!r}")
 
     @property
     def suffix(self) -> str:
@@ -201,18 +218,64 @@ def candidates(spark, lake: str, spec: Spec, versions: dict[str, int]):
     return df
 
 
+# What a --where may not use: it is an expression over the selection's columns, evaluated the same way on
+# every run (--from-manifest and resume rely on it), that reads nothing else and runs no code of its own.
+_SUBQUERY_NODES = {"Exists", "InSubquery", "ListQuery", "ScalarSubquery", "LateralSubquery", "UnresolvedRelation",
+                   "UnresolvedTableValuedFunction", "UnresolvedStar"}
+_REFUSED_FUNCTIONS = {
+    "java_method", "reflect", "try_reflect",                                        # calls into the JVM
+    "raise_error", "assert_true",                                                    # fail the job on purpose
+    "rand", "randn", "random", "uuid", "shuffle", "randstr", "uniform",              # another answer each run
+    "current_date", "current_timestamp", "now", "localtimestamp", "curdate", "current_timezone", "current_user",
+    "user", "session_user", "current_catalog", "current_database", "current_schema", "version",
+    "input_file_name", "input_file_block_start", "input_file_block_length", "spark_partition_id",
+    "monotonically_increasing_id",
+}
+
+
+def check_where(spark, where: str) -> None:
+    """ExportError (one line) unless `where` parses as one Spark SQL expression that reads no table (no
+    subquery, no table function) and calls no reflective, time- or run-dependent function; whether its
+    columns exist and it is deterministic is checked against the selection (_predicate)."""
+    try:
+        root = spark._jsparkSession.sessionState().sqlParser().parseExpression(where)
+    except Exception as exc:
+        raise ExportError(f"--where {where!r}: {_first_line(exc) or 'not one SQL expression'}") from None
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        kind = node.getClass().getSimpleName()
+        if kind in _SUBQUERY_NODES or kind.endswith("Subquery"):
+            raise ExportError(f"--where {where!r}: a subquery or table reference ({kind}) is not allowed: the "
+                              f"condition is an expression over the selection's columns")
+        if kind == "UnresolvedFunction":
+            parts = node.nameParts()
+            name = ".".join(parts.apply(i) for i in range(parts.size()))
+            if parts.size() != 1 or name.lower() in _REFUSED_FUNCTIONS or (
+                    name.lower() == "unix_timestamp" and node.arguments().size() == 0):
+                raise ExportError(f"--where {where!r}: function {name} is not allowed (the condition must give the "
+                                  f"same answer on every run and read nothing but the selection's columns)")
+        children = node.children()
+        stack += [children.apply(i) for i in range(children.size())]
+
+
 def _predicate(df, where: str):
     """The user's predicate as a Column, checked against df now (one line, before any work)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType
 
+    check_where(df.sparkSession, where)
     try:
         cond = F.expr(where)
-        kind = df.select(cond.alias("_w")).schema[0].dataType
+        checked = df.select(cond.alias("_w"))
+        kind = checked.schema[0].dataType
+        deterministic = checked._jdf.queryExecution().analyzed().expressions().apply(0).deterministic()
     except Exception as exc:
         raise ExportError(f"--where {where!r}: {_first_line(exc)}") from None
     if not isinstance(kind, BooleanType):
         raise ExportError(f"--where {where!r} is a {kind.simpleString()}, not a condition")
+    if not deterministic:
+        raise ExportError(f"--where {where!r} is not deterministic: an export must select the same pairs on every run")
     return cond
 
 
@@ -638,8 +701,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_json(store: Store, rel: str) -> dict | None:
+    """A small JSON object the export wrote, or None when absent, torn or not an object (a shard record
+    torn by a crash is rewritten with its shard; a torn draft reads as another export's)."""
     got = store.get(rel)
-    return json.loads(got[0]) if got else None
+    try:
+        data = json.loads(got[0]) if got else None
+    except (ValueError, RecursionError):
+        log.warning("export: %s is not JSON (torn by a crash?): ignored", rel)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def check_out(store: Store, spec: Spec, lake: str) -> dict | None:
@@ -683,7 +753,7 @@ def kept_shards(store: Store, draft: dict) -> dict[str, dict]:
         with store.open(name) as fh:
             for block in iter(lambda: fh.read(8 << 20), b""):
                 digest.update(block)
-        if digest.hexdigest() == rec["sha256"]:
+        if digest.hexdigest() == rec.get("sha256"):
             kept[name] = rec
     return kept
 

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from s1mmalign import delta_io, schemas, tasks
 from s1mmalign.config import Config
-from s1mmalign.sources import Archive, SourcePlan, discover
+from s1mmalign.sources import Archive, Refused, SourcePlan, discover
 from s1mmalign.stages import Stage, clear_staging, new_run_id, start_staging
 from s1mmalign.storage import FileInfo, Store
 
@@ -98,19 +98,27 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     with Stage("plan", log) as st:
         store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
                                              cfg.ingest.archive_suffix)
-        todo_jsonl, todo_archives = changed(lake, plan, cfg.s3)
+        todo_jsonl, todo_archives, refused = changed(lake, plan, cfg.s3)
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
                 f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "
-                f"{len(plan.sources)} sources")
+                f"{len(plan.sources)} sources" + (f"; {len(refused)} file(s) refused, their names not UTF-8: "
+                                                  f"{', '.join(r.file.rel for _, r in refused[:5])}" if refused else ""))
     summary.jsonl_files, summary.archives = len(todo_jsonl), len(todo_archives)
     if not todo_jsonl and not todo_archives:
-        log.info("nothing changed since the last run: no file read, no row written")
+        if refused:
+            delta_io.merge_on_key(spark, lake, "ingest_log", spark.createDataFrame(
+                [refused_row(r, run_id, datetime.now(timezone.utc)) for r in refused],
+                schemas.table("ingest_log").spark()), s3=cfg.s3)
+            log.info("no file to read; %d refused file(s) logged in ingest_log", len(refused))
+        else:
+            log.info("nothing changed since the last run: no file read, no row written")
         summary.seconds = time.perf_counter() - t_start
         return summary
 
     staging = delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}")
     job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc), staging,
-                    Store.from_uri(staging, cfg.s3.endpoint_url, cfg.s3.region), summary, todo_jsonl, todo_archives)
+                    Store.from_uri(staging, cfg.s3.endpoint_url, cfg.s3.region), summary, todo_jsonl, todo_archives,
+                    refused)
     _clear_staging(lake, cfg)
     start_staging(job.scratch, run_id)
     try:
@@ -131,9 +139,10 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
 
 # --- plan -----------------------------------------------------------------------------------------
 
-def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileInfo]], list[Archive]]:
-    """JSONL files and archives whose fingerprints differ from ingest_log's (its metadata columns, read
-    without Spark: s3 is the S3 settings of a lake there)."""
+def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileInfo]], list[Archive],
+                                                           list[tuple[str, Refused]]]:
+    """JSONL files, archives and refused files (sources.Refused) whose fingerprints differ from ingest_log's
+    (its metadata columns, read without Spark: s3 is the S3 settings of a lake there)."""
     seen = {r["source_file"]: (None if r["status"] == "incomplete" else r["fingerprint"])
             for r in delta_io.rows(lake, "ingest_log", ("source_file", "fingerprint", "status"), s3)}
     archives = [a for s in plan.sources for a in s.archives
@@ -141,7 +150,18 @@ def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileI
     touched = {a.source for a in archives}
     jsonl = [(s.name, f) for s in plan.sources for f in s.jsonl
              if seen.get(f.rel) != f.fingerprint or s.name in touched]
-    return jsonl, archives
+    refused = [(s.name, r) for s in plan.sources for r in s.refused if seen.get(r.file.rel) != r.file.fingerprint]
+    return jsonl, archives, refused
+
+
+def refused_row(refused: tuple[str, Refused], run_id: str, now: datetime) -> dict:
+    """The ingest_log row of a file not read (sources.Refused): unreadable, with why."""
+    source, r = refused
+    f = r.file
+    return {"source": source, "source_file": f.rel, "kind": r.kind, "archive": r.archive, "size": f.size,
+            "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": None,
+            "read": 0, "accepted": 0, "quarantined": 0, "status": "unreadable", "detail": Refused.DETAIL,
+            "ingest_run_id": run_id, "ingested_at": now}
 
 
 def _clear_staging(lake: str, cfg: Config) -> None:
@@ -197,6 +217,7 @@ class IngestRun:
     summary: RunSummary
     todo_jsonl: list[tuple[str, FileInfo]]      # (source, file) of the JSONL files to read
     todo_archives: list[Archive]
+    refused: list[tuple[str, Refused]]                     # (source, file) not read: logged unreadable
     members_dirs: list[str] = field(default_factory=list)   # staging folders holding this run's members
 
     @property
@@ -535,7 +556,7 @@ class IngestRun:
             rows.append(self._log_row(p.source, part_info[(p.container, p.image_path)], "archive_part",
                                       archive=p.container, checksum=p.image_sha256, read=p.members or 0,
                                       status=p.status, detail=p.detail))
-        return rows
+        return rows + [refused_row(r, self.run_id, self.now) for r in self.refused]
 
     def _log_row(self, source: str, f: FileInfo, kind: str, *, status: str, checksum: str | None,
                  read: int, accepted: int = 0, quarantined: int = 0, archive: str | None = None,

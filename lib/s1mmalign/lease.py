@@ -44,6 +44,9 @@ class LeaseLost(JobError):
     """This job no longer holds the lease it took (expired unrenewed, or taken over)."""
 
 
+CLOCK_SKEW = 60.0          # seconds a holder's clock may run ahead of ours
+
+
 @dataclass
 class Holder:
     host: str
@@ -52,17 +55,39 @@ class Holder:
     run_id: str
     started: float
     expires: float          # epoch seconds
+    ttl: float = 0.0        # the holder's lease ttl (0: a record written before it was kept)
 
     def describe(self) -> str:
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
-        return f"{self.job} pid {self.pid} on {self.host}, run {self.run_id}, since {started}"
+        return f"{self.job} pid {self.pid} on {self.host}, run {self.run_id}, since {stamp(self.started)}"
+
+
+def stamp(epoch: float) -> str:
+    """An epoch time as an ISO date and time (UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+_TYPES = {"host": str, "pid": int, "job": str, "run_id": str, "started": float, "expires": float, "ttl": float}
+_LATEST = 253402300799.0      # 9999-12-31T23:59:59Z: any later time is no real expiry (and gmtime overflows)
 
 
 def _parse(data: bytes) -> Holder | None:
+    """The holder a lease file names, or None for a torn or foreign file (its writer cannot be renewing it):
+    not JSON, other keys, a value of the wrong type, a time that is not a finite date."""
     try:
-        return Holder(**json.loads(data))
-    except (ValueError, TypeError):
-        return None      # a torn or foreign file: treated as stale (its writer cannot be renewing it)
+        record = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not set(_TYPES) - {"ttl"} <= set(record) <= set(_TYPES):
+        return None
+    for key, value in record.items():
+        want = _TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+            return None
+        if want is float and not 0 <= value <= _LATEST:      # also NaN and infinities
+            return None
+    if not 0 < record["pid"] < 2**31:        # what os.kill takes
+        return None
+    return Holder(**record)
 
 
 def _process_gone(holder: Holder) -> bool:
@@ -100,8 +125,8 @@ class Lease:
         """Write our record with a new expiry under `condition`; the expiry counts only once written."""
         expires = time.time() + self.ttl
         self._attempt = expires
-        self.version = self.store.put(LEASE_FILE, json.dumps({**asdict(self.holder), "expires": expires}).encode(),
-                                      **condition)
+        record = {**asdict(self.holder), "expires": expires, "ttl": float(self.ttl)}
+        self.version = self.store.put(LEASE_FILE, json.dumps(record).encode(), **condition)
         self.holder.expires = expires
 
     def _adopt(self, current: tuple[bytes, str] | None, expires: float | None = None) -> bool:
@@ -137,9 +162,13 @@ class Lease:
         data, version = current
         other = _parse(data)
         now = time.time()
+        if other is not None and other.expires > now + (other.ttl or self.ttl) + CLOCK_SKEW:
+            log.warning("lake %s: the lease file says %s holds it until %s, further ahead than its ttl: "
+                        "read as torn", self.lake, other.describe(), stamp(other.expires))
+            other = None        # no holder renews that far ahead: a garbled or hand-made file
         if other is not None and other.expires > now and not _process_gone(other):
             raise LeaseHeld(f"lake {self.lake} is being written by {other.describe()} (lease until "
-                            f"{time.strftime('%H:%M:%SZ', time.gmtime(other.expires))}); one writer per lake: "
+                            f"{stamp(other.expires)}); one writer per lake: "
                             f"wait for it, or for its lease to expire if it died")
         why = ("a torn lease file" if other is None else
                f"the lease of {other.describe()}, " +

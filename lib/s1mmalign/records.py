@@ -72,6 +72,13 @@ def storable(text: str) -> bool:
         return False
 
 
+def escape_name(name: str) -> str:
+    """A file name that may carry bytes that are not UTF-8 (os.listdir's surrogate escapes) as text any column
+    holds, losslessly: each such byte as %XX, a '%' as %25."""
+    return "".join("%25" if c == "%" else f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c
+                   for c in name)
+
+
 def safe_text(value: str | None) -> str | None:
     """Text any column can hold: unpaired surrogates written as backslash escapes."""
     if value is None or storable(value):

@@ -5,10 +5,12 @@ The driver lists only folder tops (`<source>/`, `<source>/jsonl/`): never the im
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 
+from s1mmalign.records import escape_name, storable
 from s1mmalign.storage import FileInfo, SourceError, Store
 
 _PART = re.compile(r"^(?P<archive>.+)\.part(?P<suffix>[a-z]{2,})$")
@@ -30,11 +32,24 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """A file ingest would read but does not: its name (or its source folder's) is not UTF-8, which no
+    column and no Spark path can hold. ingest_log keeps it as unreadable under the escaped name."""
+
+    kind: str                         # jsonl | archive_part
+    file: FileInfo                    # rel: the name percent-escaped (records.escape_name)
+    archive: str | None = None        # for archive parts: the (escaped) archive they belong to
+
+    DETAIL = "its file name is not UTF-8 (shown percent-escaped): not read; rename it in UTF-8 to ingest it"
+
+
+@dataclass(frozen=True)
 class Source:
     name: str                         # the folder name, which is also its path under the root
     jsonl: tuple[FileInfo, ...]
     archives: tuple[Archive, ...]
     has_tree: bool                    # an unpacked images/ folder is there
+    refused: tuple[Refused, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,9 +113,29 @@ def discover(store: Store, archive_suffix: str = ".tar.gz") -> tuple[Store, Sour
         if "jsonl" not in sub_dirs:
             continue
         _, jsonl_files = store.list_dir(f"{name}/jsonl")
-        jsonl = tuple(f for f in jsonl_files if f.rel.endswith(".jsonl"))
-        sources.append(Source(name, jsonl, group_archives(name, top_files, archive_suffix),
-                              "images" in sub_dirs))
+        jsonl = [f for f in jsonl_files if f.rel.endswith(".jsonl")]
+        archives = group_archives(name, top_files, archive_suffix)
+        sources.append(_refuse_unstorable(Source(name, tuple(jsonl), archives, "images" in sub_dirs)))
     if not sources:
         raise SourceError(f"no S1-MMAlign sources under {store.uri} (expected <source>/jsonl/*.jsonl)")
     return store, SourcePlan(tuple(sources))
+
+
+def _refuse_unstorable(src: Source) -> Source:
+    """The source without the files whose names are not UTF-8 (every file, when the source folder's name is
+    not), which it lists as refused instead (POSIX names are bytes; an old mirror's may be Latin-1)."""
+    def bad(f) -> bool:
+        return not storable(f if isinstance(f, str) else f.rel)
+
+    def escaped(f: FileInfo) -> FileInfo:
+        return dataclasses.replace(f, rel=escape_name(f.rel))
+
+    refused = [Refused("jsonl", escaped(f)) for f in src.jsonl if bad(f)]
+    for a in src.archives:
+        if bad(a.name) or any(bad(p) for p in a.parts):
+            refused += [Refused("archive_part", escaped(p), escape_name(a.name)) for p in a.parts]
+    if not refused and storable(src.name):
+        return src
+    return Source(escape_name(src.name), tuple(f for f in src.jsonl if not bad(f)),
+                  tuple(a for a in src.archives if not (bad(a.name) or any(bad(p) for p in a.parts))),
+                  src.has_tree and storable(src.name), tuple(refused))
