@@ -62,6 +62,7 @@ def body() -> int:
                            shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
     spec.check(model_name)
     delta_io.require_tables(lake, ("pairs", "images"), s3=cfg.s3)
+    delta_io.require_intact(lake, ("pairs", "images", "duplicates", "clip_scores"), s3=cfg.s3)
     spark = session.build(lake, cfg, write=False)
     try:
         result = export.run(spark, cfg, lake, out, spec, model_name=model_name, versions=versions)

@@ -23,6 +23,7 @@ def body() -> int:
     out = cli.require_out_folder(args.out)
     quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
     delta_io.require_tables(lake, validate.NEEDED, s3=cfg.s3)
+    delta_io.require_intact(lake, (*validate.NEEDED, "clip_scores"), s3=cfg.s3)
     spark = session.build(lake, cfg)
     try:
         outcome = validate.run(spark, cfg, lake, out=out)

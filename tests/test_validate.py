@@ -19,7 +19,8 @@ from delta.tables import DeltaTable
 from PIL import Image
 
 from helpers import browse
-from s1mmalign import delta_io, ingest, quality, sample, schemas, validate
+from s1mmalign import delta_io, ingest, quality, sample, schemas, sources, validate
+from s1mmalign.storage import Store
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +138,31 @@ def _clip_scores(spark, lake, out_of_range=False, doubled=False):
     scores.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "clip_scores"))
 
 
+def _cut_a_commit(spark, lake):
+    """A pairs commit cut at a line boundary (its last add action gone), as a careless copy or a full disk
+    leaves it: valid JSON lines, so Delta reads the table without the rows of that file."""
+    commit = _last_commit_with_adds(lake, "pairs")
+    lines = commit.read_text().splitlines(keepends=True)
+    last_add = max(i for i, ln in enumerate(lines) if ln.startswith('{"add"'))
+    commit.write_text("".join(lines[:last_add] + lines[last_add + 1:]))
+    commit.with_suffix(".crc").unlink(missing_ok=True)
+
+
+def _last_commit_with_adds(lake, name) -> Path:
+    log_dir = Path(lake) / name / "_delta_log"
+    return max((p for p in log_dir.glob("*.json") if '{"add"' in p.read_text()), key=lambda p: p.name)
+
+
+RECONCILED = "path_integrity.source_files:lines_reconciled"
 PLANTS = {
     "doubled_pair": (_append_copy_of_a_pair,
-                     {"deduplication.pairs:pair_id_unique", "deduplication.pairs:source_image_path_unique"}),
+                     {"deduplication.pairs:pair_id_unique", "deduplication.pairs:source_image_path_unique",
+                      RECONCILED}),
+    "cut_commit": (_cut_a_commit, {RECONCILED}),
     "missing_image_row": (_delete_an_image_row, {"path_integrity.pairs:image_row_exists"}),
     "dotdot_path": (_dotdot_path, {"path_integrity.pairs:image_path_no_dotdot"}),
     "unknown_flood": (_unknown_flood, {"schema_values.pairs:unknown_discipline_share"}),
-    "quarantine_flood": (_quarantine_flood, {"schema_values.input_lines:quarantined_share"}),
+    "quarantine_flood": (_quarantine_flood, {"schema_values.input_lines:quarantined_share", RECONCILED}),
     "score_out_of_range": (lambda s, lake: _clip_scores(s, lake, out_of_range=True),
                            {"schema_values.clip_scores:score_caption_range"}),
     "score_doubled": (lambda s, lake: _clip_scores(s, lake, doubled=True),
@@ -163,6 +182,45 @@ def test_each_planted_violation_fails_exactly_its_expectation(spark, nodocs_cfg,
     assert len(outcome.results) == expected_count(with_clip)
     summary = outcome.summary_line()
     assert all(key in summary for key in expected)
+
+
+def test_rows_lost_from_a_table_are_named_and_the_next_ingest_reads_their_file_again(spark, cfg, nodocs_cfg,
+                                                                                     clean_corpus, lake_copy):
+    """A pairs commit cut at a line boundary loses rows with no error anywhere: validate names the files
+    whose rows disagree with ingest_log (critical) and marks them incomplete; the next ingest reads exactly
+    those files again, and the lake is whole: the same rows as before the cut."""
+    before = {r.pair_id for r in table(spark, lake_copy, "pairs").select("pair_id").collect()}
+    _cut_a_commit(spark, lake_copy)
+    lost = before - {r.pair_id for r in table(spark, lake_copy, "pairs").select("pair_id").collect()}
+    assert lost
+    outcome = validate.run(spark, nodocs_cfg, str(lake_copy))
+    (result,) = [r for r in outcome.critical_failures if r.key == RECONCILED]
+    log_rows = {r.source_file: r for r in table(spark, lake_copy, "ingest_log").collect()}
+    marked = {f for f, r in log_rows.items() if r.status == "incomplete"}
+    assert marked and all(f in result.details for f in marked)
+    assert all("ingest_log counted" in log_rows[f].detail and outcome.run_id in log_rows[f].detail for f in marked)
+    _, listed = sources.discover(Store.from_uri(str(clean_corpus)))
+    todo_jsonl, todo_archives, _ = ingest.changed(str(lake_copy), listed)
+    assert {f.rel for _, f in todo_jsonl} == marked and todo_archives == []
+    ingest.run(spark, cfg, str(clean_corpus), str(lake_copy))
+    assert {r.pair_id for r in table(spark, lake_copy, "pairs").select("pair_id").collect()} == before
+    again = validate.run(spark, nodocs_cfg, str(lake_copy))
+    assert RECONCILED not in failed(again)
+
+
+def test_a_data_file_the_log_names_but_the_store_lacks_is_one_lake_damaged_line(lake_copy):
+    from conftest import run_job
+    from s1mmalign.errors import LakeError
+
+    delta_io.require_intact(str(lake_copy), validate.NEEDED)          # whole: nothing to say
+    victim = sorted((lake_copy / "pairs").rglob("*.parquet"))[0]
+    victim.unlink()
+    with pytest.raises(LakeError, match=r"is damaged: 1 data file\(s\) .* are missing \(pairs/"):
+        delta_io.require_intact(str(lake_copy), validate.NEEDED)
+    proc = run_job("validate", "--lake", str(lake_copy), submit=False)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("validate:")]
+    assert "is damaged" in line and victim.name in line and "Traceback" not in proc.stderr
 
 
 def test_clean_clip_scores_pass(spark, strict_cfg, lake_copy):

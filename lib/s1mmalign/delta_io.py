@@ -64,6 +64,42 @@ def require_tables(lake: str, tables: Sequence[str], s3=None) -> None:
         raise LakeError(f"lake {lake} has no {', '.join(missing)} table(s): run {jobs} first")
 
 
+def missing_files(lake: str, tables: Sequence[str], s3=None) -> list[str]:
+    """The data files the current version of each of `tables` (those that exist) names that the store lacks,
+    as "<table>/<path>", read without Spark (delta-rs for the log, one listing of each table's folder)."""
+    from urllib.parse import unquote, urlparse
+
+    from deltalake import DeltaTable
+
+    from s1mmalign.storage import Store
+
+    missing: list[str] = []
+    for name in tables:
+        if not exists(None, lake, name, s3):
+            continue
+        path = table_path(lake, name)
+        uri, options = _delta_rs_location(path, s3)
+        root = urlparse(uri).path.rstrip("/") if "://" in uri else uri.rstrip("/")
+        present = Store.from_uri(uri, getattr(s3, "endpoint_url", None), getattr(s3, "region", None)).list_tree("")
+        for file in DeltaTable(uri, storage_options=options).file_uris():
+            parsed = urlparse(file)
+            full = unquote(parsed.path) if parsed.scheme in ("s3", "s3a", "file") else file
+            rel = full[len(root):].lstrip("/") if full.startswith(root) else full
+            if rel not in present:
+                missing.append(f"{name}/{rel}")
+    return missing
+
+
+def require_intact(lake: str, tables: Sequence[str], s3=None) -> None:
+    """LakeError ("lake damaged") when a table's log names data files the store lacks: every read of the
+    table would fail on them, and the rows they held are lost until they are restored."""
+    missing = missing_files(lake, tables, s3)
+    if missing:
+        raise LakeError(f"lake {lake} is damaged: {len(missing)} data file(s) its tables' logs name are missing "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); restore them from a copy, "
+                        f"or restore the table to an earlier version (RESTORE TABLE ... TO VERSION AS OF)")
+
+
 def properties(spark, path: str) -> dict[str, str]:
     """A Delta table's properties at its latest version (SHOW TBLPROPERTIES: read from the log's
     metadata, no Spark job, unlike DESCRIBE DETAIL)."""

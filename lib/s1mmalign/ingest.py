@@ -99,10 +99,10 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
         store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
                                              cfg.ingest.archive_suffix)
         todo_jsonl, todo_archives, refused = changed(lake, plan, cfg.s3)
+        names = ", ".join(r.file.rel for _, r in refused[:5])
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
-                f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, "
-                f"{len(plan.sources)} sources" + (f"; {len(refused)} file(s) refused, their names not UTF-8: "
-                                                  f"{', '.join(r.file.rel for _, r in refused[:5])}" if refused else ""))
+                f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, {len(plan.sources)} sources"
+                + (f"; {len(refused)} file(s) refused, their names not UTF-8: {names}" if refused else ""))
     summary.jsonl_files, summary.archives = len(todo_jsonl), len(todo_archives)
     if not todo_jsonl and not todo_archives:
         if refused:

@@ -120,6 +120,10 @@ class Store:
         """Remove the folder `rel` and everything under it (absent is fine)."""
         raise NotImplementedError
 
+    def list_tree(self, rel: str) -> set[str]:
+        """The paths (relative to `rel`, "/" separated) of every file under the folder `rel`, at any depth."""
+        raise NotImplementedError
+
     def upload_tree(self, local: str, rel: str) -> int:
         """Copy every regular file under the local folder into `rel` (replacing files of the same name;
         links and special files are left out); returns how many."""
@@ -279,6 +283,11 @@ class LocalStore(Store):
 
     def remove_tree(self, rel: str) -> None:
         shutil.rmtree(self._full(rel), ignore_errors=True)
+
+    def list_tree(self, rel: str) -> set[str]:
+        top = self._full(rel)
+        return {os.path.relpath(os.path.join(folder, n), top).replace(os.sep, "/")
+                for folder, _, names in os.walk(top) for n in names}
 
     def _full(self, rel: str) -> str:
         return os.path.join(self.root, *rel.split("/")) if rel else self.root
@@ -444,6 +453,12 @@ class S3Store(Store):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    def list_tree(self, rel: str) -> set[str]:
+        prefix = self._key(rel).rstrip("/") + "/" if self._key(rel) else ""
+        return {o["Key"][len(prefix):]
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+                for o in page.get("Contents", ())}
 
     def _key(self, rel: str) -> str:
         return "/".join(p for p in (self.prefix, rel) if p)

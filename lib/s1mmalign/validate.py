@@ -152,6 +152,24 @@ def checked_images(images: DataFrame, duplicates: DataFrame) -> DataFrame:
             .withColumn("near_duplicate", F.coalesce("_near", F.lit(0))).drop("_near"))
 
 
+def source_files(ingest_log: DataFrame, pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
+    """One row per JSONL file that ingest_log names or that rows come from: its logged counts against the
+    rows the lake holds, and `mismatch` (what disagrees, in words; null when all agree). A file read whole
+    (status ok) must hold exactly its counts; a file the log does not name must hold no row."""
+    logged = ingest_log.where("kind = 'jsonl'").select("source_file", "status", "accepted", "quarantined")
+    held = (pairs.groupBy("source_file").agg(F.count("*").alias("in_pairs"))
+            .join(quarantine.groupBy("source_file").agg(F.count("*").alias("in_quarantine")), "source_file", "full"))
+    both = logged.join(held, "source_file", "full").fillna(0, ["in_pairs", "in_quarantine"])
+    differ = (F.col("in_pairs") != F.col("accepted")) | (F.col("in_quarantine") != F.col("quarantined"))
+    said = F.concat(F.col("source_file"), F.lit(": "), F.col("in_pairs").cast("string"), F.lit(" pairs and "),
+                    F.col("in_quarantine").cast("string"), F.lit(" quarantined rows in the lake, "))
+    return both.withColumn("mismatch", F.when(
+        (F.col("status") == "ok") & differ,
+        F.concat(said, F.lit("ingest_log counted "), F.col("accepted").cast("string"), F.lit(" and "),
+                 F.col("quarantined").cast("string"))).when(
+        F.col("status").isNull(), F.concat(said, F.lit("a file ingest_log does not name"))))
+
+
 def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
     """Every input line's outcome: quarantined 0 for a pair, 1 for a quarantined line."""
     return (pairs.select(F.lit(0).alias("quarantined"))
@@ -195,6 +213,7 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
 
     duplicates = _dedup(spark, cfg, lake, raw, outcome, now)
     frames = _frames(cfg, raw, duplicates)
+    _reread_unreconciled(spark, cfg, lake, raw["ingest_log"], frames["source_files"], outcome.run_id)
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
         runner = quality.Runner(context_dir, docs_dir, cfg.quality)
         _suites(cfg, runner, raw, frames, outcome)
@@ -232,12 +251,31 @@ def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFram
             "images": checked_images(raw["images"], duplicates).cache(),
             "input_lines": input_lines(raw["pairs"], raw["quarantine"]),
             "quarantine": raw["quarantine"].select("reason"),
+            "source_files": source_files(raw["ingest_log"], raw["pairs"], raw["quarantine"]).cache(),
         }
         if "clip_scores" in raw:
             frames["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
         counts = {name: frames[name].count() for name in ("pairs", "images")}
         st.done(counts["pairs"], "pairs checked", f"{counts['images']} images")
     return frames
+
+
+def _reread_unreconciled(spark: SparkSession, cfg: Config, lake: str, ingest_log: DataFrame, files: DataFrame,
+                         run_id: str) -> list[str]:
+    """Mark the files whose rows disagree with ingest_log's counts (source_files) incomplete in ingest_log, so
+    that the next ingest reads them again; returns them. The expectation lines_reconciled reports them."""
+    bad = {r.source_file: r.mismatch for r in files.where("mismatch IS NOT NULL AND status = 'ok'")
+           .select("source_file", "mismatch").collect()}
+    if not bad:
+        return []
+    log.warning("%d file(s) whose rows disagree with ingest_log, marked incomplete (the next ingest reads them "
+                "again): %s", len(bad), "; ".join(list(bad.values())[:5]))
+    detail = F.create_map(*[F.lit(x) for kv in bad.items() for x in kv])[F.col("source_file")]
+    marked = (ingest_log.where(F.col("source_file").isin(list(bad)))
+              .withColumn("status", F.lit("incomplete"))
+              .withColumn("detail", F.concat(F.lit(f"validate {run_id}: "), detail, F.lit(": read again"))))
+    delta_io.merge_on_key(spark, lake, "ingest_log", marked, s3=cfg.s3)
+    return sorted(bad)
 
 
 def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcome: Outcome) -> None:
