@@ -132,6 +132,12 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 
 def kill_9_after(job: str, args: list[str], marker: str) -> None:
     """Start jobs/<job>.py through spark-submit and kill -9 its whole process group once it logs `marker`."""
+    signal_after(job, args, marker, signal.SIGKILL)
+
+
+def signal_after(job: str, args: list[str], marker: str, signum: int) -> str:
+    """Start jobs/<job>.py through spark-submit, send `signum` to its whole process group (as Ctrl-C in a
+    terminal, or a scheduler stopping it, does) once it logs `marker`; returns what it printed after."""
     cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / f"{job}.py"), *args]
     # spark-submit passes the Python driver's stderr (our log) through its stdout: read both.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
@@ -140,10 +146,13 @@ def kill_9_after(job: str, args: list[str], marker: str) -> None:
     for line in proc.stdout:
         seen.append(line)
         if marker in line:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signum)
             break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    after = proc.stdout.read()
+    proc.wait(timeout=120)
+    expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
+    assert proc.returncode == expected, "".join(seen[-20:]) + after
+    return after
 
 
 def s3_cfg(cfg, endpoint: str, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -13,7 +14,17 @@ import tarfile
 import pytest
 
 from conftest import REPO, run_job
-from helpers import TINY, assert_image_bytes, assert_invariant, kill_9_after, manifest, ok, snapshot, table_rows
+from helpers import (
+    TINY,
+    assert_image_bytes,
+    assert_invariant,
+    kill_9_after,
+    manifest,
+    ok,
+    signal_after,
+    snapshot,
+    table_rows,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -140,9 +151,16 @@ def test_one_archive_larger_than_the_driver_heap(spark, tmp_path):
     assert groups and max(groups) < 48 << 20, max(groups)
 
 
-def test_kill_9_twice_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path):
+def test_stopped_and_killed_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path):
     lake = tmp_path / "lake"
     args = ["--source", str(faults_corpus), "--lake", str(lake)]
+    # Ctrl-C and a scheduler's SIGTERM mid-run: one line of the job's own each, exit 130 and 143, no traceback.
+    for signum, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+        said = signal_after("ingest", args, "stage jsonl", signum)
+        assert "Traceback" not in said and "ERROR" not in said, said[-3000:]
+        assert [ln for ln in said.splitlines() if ln.startswith("ingest:")] == [
+            f"ingest: stopped by {name}: nothing after its last complete commit is kept; run it again to finish "
+            f"(a re-run converges to one clean run's tables)"], said[-3000:]
     # Killed while staging archives: nothing written yet.
     kill_9_after("ingest", args, "stage archives")
     # Killed again between commits: pairs is in (the other three commit beside it), ingest_log is not.

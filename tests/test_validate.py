@@ -145,7 +145,8 @@ def _cut_a_commit(spark, lake):
     lines = commit.read_text().splitlines(keepends=True)
     last_add = max(i for i, ln in enumerate(lines) if ln.startswith('{"add"'))
     commit.write_text("".join(lines[:last_add] + lines[last_add + 1:]))
-    commit.with_suffix(".crc").unlink(missing_ok=True)
+    commit.with_suffix(".crc").unlink(missing_ok=True)                        # Delta's checksum of the version
+    (commit.parent / f".{commit.name}.crc").unlink(missing_ok=True)           # Hadoop's of the file
 
 
 def _last_commit_with_adds(lake, name) -> Path:

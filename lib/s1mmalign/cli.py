@@ -10,6 +10,7 @@ import sys
 from typing import Callable
 from urllib.parse import urlparse
 
+from s1mmalign import stages
 from s1mmalign.errors import JobError, UsageError
 from s1mmalign.storage import hadoop_uri, remote
 
@@ -105,17 +106,29 @@ def setup_logging(level: str) -> None:
 
 
 def main(prog: str, body: Callable[[], int]) -> None:
-    """Run a job body; a JobError (errors.py) is one line on stderr and exit 2, anything else one line and exit 1."""
+    """Run a job body; a JobError (errors.py) is one line on stderr and exit 2, anything else one line and exit 1;
+    SIGINT and SIGTERM one line (stages.watch_signals) and exit 130 and 143."""
+    stages.watch_signals(prog)
     try:
         code = body()
-    except JobError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        code = 130
-    except Exception as exc:  # anything else: still one line, with the type, and the log has detail
-        logging.getLogger(prog).debug("failure", exc_info=True)
-        print(f"{prog}: {out_of_memory(exc) or f'failed: {one_line(exc)}'}", file=sys.stderr)
-        code = 1
+    except BaseException as exc:     # noqa: BLE001 (each kind gets its one line below)
+        code = _exit_code(prog, exc)
     sys.exit(code)
+
+
+def _exit_code(prog: str, exc: BaseException) -> int:
+    if stages.STOPPED:               # stopped by a signal (its line printed then), whatever broke after it
+        return 128 + stages.STOPPED[0]
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, JobError):
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    if not isinstance(exc, Exception):
+        raise exc
+    logging.getLogger(prog).debug("failure", exc_info=True)  # anything else: still one line, with the type
+    print(f"{prog}: {out_of_memory(exc) or f'failed: {one_line(exc)}'}", file=sys.stderr)
+    return 1

@@ -15,3 +15,12 @@ class UsageError(JobError):
 
 class LakeError(UsageError):
     """A lake that lacks what a job needs (e.g. no tables yet)."""
+
+
+class Stopped(BaseException):
+    """The job was asked to stop (SIGINT, SIGTERM): raised in the main thread by stages' signal handler; not an
+    Exception, so that no `except Exception` of a library swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum

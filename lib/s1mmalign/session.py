@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from s1mmalign import stages
 from s1mmalign.config import Config
 from s1mmalign.errors import JobError
 from s1mmalign.resources import repo_root
@@ -159,8 +160,11 @@ def build(lake: str, cfg: Config, write: bool = True):
     for key, value in session_settings(lake, cfg).items():
         builder = builder.config(key, value)
     if remote(lake):
-        return builder.getOrCreate()
+        spark = builder.getOrCreate()
+        stages.watch_signals()       # Spark's context took SIGINT for itself: one line again, the job's
+        return spark
     spark = builder.enableHiveSupport().getOrCreate()
+    stages.watch_signals()
     # Derby (the embedded metastore) boots on first catalog use: keep its log beside the catalog.
     meta = Path(lake, cfg.catalog.metastore_dir).resolve()
     meta.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,16 @@ logs one line per stage and tags an error with the stage it broke in."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
+import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
+
+from s1mmalign.errors import Stopped
 
 log = logging.getLogger("s1mmalign")
 
@@ -20,6 +26,37 @@ def new_run_id(job: str, now: datetime | None = None) -> str:
     """e.g. 20261129T093432Z-39525e7a (ingest), v20261129T093512Z-0f060d51 (validate)."""
     now = now or datetime.now(timezone.utc)
     return f"{RUN_PREFIX[job]}{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+_watching: dict[str, str] = {}          # "prog": the job whose signals are watched (set by cli.main)
+STOPPED: list[int] = []                 # the signal that stopped the job, once one did
+
+
+def watch_signals(prog: str | None = None) -> None:
+    """Make SIGINT and SIGTERM stop the job with one line of its own (then Stopped in the main thread; the
+    job's exit code is 128 + the signal's number): cli.main calls it first, and session.build again after
+    Spark's context took SIGINT for itself. Whatever else breaks while the job stops (Py4J calls to a JVM
+    that got the same signal, threads, logging) is not printed: one line is the whole story."""
+    if prog:
+        _watching["prog"] = prog
+    if "prog" not in _watching or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+
+
+def _stop(signum: int, frame) -> None:
+    if STOPPED:
+        return                  # a second signal while stopping: stopping already
+    STOPPED.append(signum)
+    name = signal.Signals(signum).name
+    print(f"{_watching['prog']}: stopped by {name}: nothing after its last complete commit is kept; run it "
+          f"again to finish (a re-run converges to one clean run's tables)", file=sys.stderr, flush=True)
+    logging.disable(logging.CRITICAL)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    sys.stderr = open(os.devnull, "w")      # noqa: SIM115 (for the rest of the process)
+    raise Stopped(signum)
 
 
 RUN_ID = re.compile(r"^[a-z]?[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")

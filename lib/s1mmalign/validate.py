@@ -213,10 +213,12 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
 
     duplicates = _dedup(spark, cfg, lake, raw, outcome, now)
     frames = _frames(cfg, raw, duplicates)
-    _reread_unreconciled(spark, cfg, lake, raw["ingest_log"], frames["source_files"], outcome.run_id)
+    unreconciled = {r.source_file: r.mismatch for r in frames["source_files"].where(
+        "mismatch IS NOT NULL AND status = 'ok'").select("source_file", "mismatch").collect()}
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
         runner = quality.Runner(context_dir, docs_dir, cfg.quality)
         _suites(cfg, runner, raw, frames, outcome)
+        _reread(spark, cfg, lake, raw["ingest_log"], unreconciled, outcome.run_id)
         with Stage("results", log) as st:
             _write_results(spark, lake, outcome, now)
             index, outcome.docs_note = runner.build_docs()
@@ -260,14 +262,13 @@ def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFram
     return frames
 
 
-def _reread_unreconciled(spark: SparkSession, cfg: Config, lake: str, ingest_log: DataFrame, files: DataFrame,
-                         run_id: str) -> list[str]:
-    """Mark the files whose rows disagree with ingest_log's counts (source_files) incomplete in ingest_log, so
-    that the next ingest reads them again; returns them. The expectation lines_reconciled reports them."""
-    bad = {r.source_file: r.mismatch for r in files.where("mismatch IS NOT NULL AND status = 'ok'")
-           .select("source_file", "mismatch").collect()}
+def _reread(spark: SparkSession, cfg: Config, lake: str, ingest_log: DataFrame, bad: dict[str, str],
+            run_id: str) -> None:
+    """Mark the files whose rows disagree with ingest_log's counts (bad: file -> what disagrees, from the
+    source_files frame) incomplete in ingest_log, so that the next ingest reads them again. The expectation
+    lines_reconciled reports them (run before: it sees the log as ingest left it)."""
     if not bad:
-        return []
+        return
     log.warning("%d file(s) whose rows disagree with ingest_log, marked incomplete (the next ingest reads them "
                 "again): %s", len(bad), "; ".join(list(bad.values())[:5]))
     detail = F.create_map(*[F.lit(x) for kv in bad.items() for x in kv])[F.col("source_file")]
@@ -275,7 +276,6 @@ def _reread_unreconciled(spark: SparkSession, cfg: Config, lake: str, ingest_log
               .withColumn("status", F.lit("incomplete"))
               .withColumn("detail", F.concat(F.lit(f"validate {run_id}: "), detail, F.lit(": read again"))))
     delta_io.merge_on_key(spark, lake, "ingest_log", marked, s3=cfg.s3)
-    return sorted(bad)
 
 
 def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcome: Outcome) -> None:
