@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,6 +85,8 @@ def _check_one_outcome(payloads: list[bytes]) -> None:
         assert r["reason"] is None or r["reason"] in REASONS, r["reason"]
         if r["reason"] is None:
             assert r["pair_id"] and r["image_path"] and (r["caption"] or r["recaption"] or "").strip()
+            if r["metadata_json"] is not None:          # strict JSON: no NaN or Infinity ever stored
+                json.loads(r["metadata_json"], parse_constant=lambda c: pytest.fail(f"{c} in metadata_json"))
         else:
             assert r["detail"]
 
@@ -139,17 +142,20 @@ def _archive(members, fmt: int, gzip_members: int) -> bytes:
     return b"".join(gzip.compress(body[i:i + step]) for i in range(0, len(body), step))
 
 
-def _expected(members, max_bytes: int) -> list[tuple[str, bytes | None]]:
+def _expected(members, max_bytes: int) -> list[tuple[str, bytes | None, str | None]]:
+    """(name, bytes or None, hard link target or None) of each member a reader gets: regular files (bytes
+    over max_bytes not read) and hard links (to "a.png", whose bytes the slicer takes from that member)."""
     out = []
     for name, kind, data in members:
         norm = records.normalize_path(name)
-        if kind not in (tarfile.REGTYPE, tarfile.CONTTYPE) or records.path_problem(name) or not norm:
+        hard = kind == tarfile.LNKTYPE
+        if (kind not in (tarfile.REGTYPE, tarfile.CONTTYPE) and not hard) or records.path_problem(name) or not norm:
             continue
         try:
             norm.encode("utf-8")
         except UnicodeEncodeError:
             continue
-        out.append((norm, data if len(data) <= max_bytes else None))
+        out.append((norm, None, "a.png") if hard else (norm, data if len(data) <= max_bytes else None, None))
     return out
 
 
@@ -163,10 +169,10 @@ def test_arbitrary_members_each_one_outcome(members, fmt, gzip_members):
         return     # tarfile itself cannot write this archive (e.g. a name that does not fit the format)
     stream = archives.ChainedParts([archives.PartStats("a.tar.gz", len(blob))], lambda _: io.BytesIO(blob))
     result = archives.StreamResult()
-    got = [(m.name, m.data, m.ordinal) for m in archives.iter_members(stream, 200, result)]
+    got = [(m.name, m.data, m.link, m.ordinal) for m in archives.iter_members(stream, 200, result)]
     assert result.status == "ok", result.detail
-    assert [(n, d) for n, d, _ in got] == _expected(members, 200)
-    assert [o for _, _, o in got] == list(range(1, len(got) + 1))
+    assert [(n, d, link) for n, d, link, _ in got] == _expected(members, 200)
+    assert [o for *_, o in got] == list(range(1, len(got) + 1))
 
 
 @SETTINGS
@@ -179,3 +185,57 @@ def test_arbitrary_bytes_as_an_archive_never_raise(junk, cut):
         names = [m.name for m in archives.iter_members(stream, 200, result)]
         assert result.status in ("ok", "truncated")
         assert set(names) <= {"a.png"}
+
+
+LAKE_FOLDER = st.one_of(st.text(st.sampled_from("ab_./\\ :%"), max_size=12),
+                        st.sampled_from(["pairs", "pairs/x", "_staging", "..", "x/..", "images_x", "_lease.json"]))
+
+
+@SETTINGS
+@given(LAKE_FOLDER)
+def test_a_lake_folder_setting_is_accepted_only_strictly_under_the_lake_and_outside_every_table(value):
+    """Whatever the value: refused (one ConfigError), or a folder strictly below the lake root, in no table's
+    folder and not the lake's own files, wherever the lake is."""
+    tables = schemas.lake_tables()
+    try:
+        config.load(environ={}, overrides={"ingest": {"staging_dir": value}})
+    except config.ConfigError as exc:
+        assert "ingest.staging_dir" in str(exc)
+        return
+    lake = "/data/lake"
+    resolved = os.path.normpath(os.path.join(lake, value))
+    assert resolved.startswith(lake + "/"), value
+    first = os.path.relpath(resolved, lake).split("/")[0]
+    assert first not in tables and first not in config.LAKE_FILES and resolved == os.path.join(lake, value)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.characters(codec="utf-8"), st.integers(0xDC80, 0xDCFF).map(chr),
+                          st.sampled_from("%/")), max_size=30).map("".join))
+def test_escaped_names_are_storable_and_lossless(name):
+    """Any name os.listdir can give (surrogate escapes stand for the bytes that are not UTF-8)."""
+    import re
+
+    escaped = records.escape_name(name)
+    assert records.storable(escaped)
+    unescaped = re.sub("%([0-9A-F]{2})", lambda m: "%" if m[1] == "25" else chr(0xDC00 + int(m[1], 16)), escaped)
+    assert unescaped == name
+    if records.storable(name) and "%" not in name:
+        assert escaped == name                  # a plain name is its own spelling
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=200), JSON.map(lambda v: json.dumps(v).encode()),
+                 st.fixed_dictionaries({k: JSON for k in ("host", "pid", "job", "run_id", "started", "expires")})
+                 .map(lambda d: json.dumps(d).encode())))
+def test_any_lease_file_reads_as_a_holder_with_a_real_expiry_or_as_torn(data):
+    import math
+    import time
+
+    from s1mmalign import lease
+
+    holder = lease._parse(data)
+    if holder is not None:
+        assert isinstance(holder.pid, int) and 0 < holder.pid < 2**31 and math.isfinite(holder.expires)
+        time.gmtime(holder.expires)               # printable as a date
+        holder.describe()
