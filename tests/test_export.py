@@ -349,6 +349,14 @@ def test_bad_predicate_or_model_is_one_error_before_any_shard(spark, cfg, lake, 
     assert not list((tmp_path / "o").glob("shard-*")) and not (tmp_path / "o" / "_manifest.draft.json").exists()
 
 
+def test_a_where_too_long_or_too_large_is_refused_before_its_walk_ends(spark):
+    with pytest.raises(export.ExportError, match="--where of 100001 characters: at most 100000"):
+        export.check_where(spark, "a" * 100_001)
+    with pytest.raises(export.ExportError, match="over 20000 terms"):
+        export.check_where(spark, " OR ".join(f"c{i}" for i in range(10_001)))
+    export.check_where(spark, "source IN (" + ", ".join(f"'s{i}'" for i in range(2000)) + ")")   # a long IN list
+
+
 def test_missing_tables_foreign_out_and_the_jobs_exit_codes(spark, cfg, lake, tmp_path):
     lake, _ = lake
     bare = tmp_path / "bare"

@@ -233,17 +233,25 @@ _REFUSED_FUNCTIONS = {
 }
 
 
+MAX_WHERE_CHARS, MAX_WHERE_NODES = 100_000, 20_000
+
+
 def check_where(spark, where: str) -> None:
     """ExportError (one line) unless `where` parses as one Spark SQL expression that reads no table (no
     subquery, no table function) and calls no reflective, time- or run-dependent function; whether its
     columns exist and it is deterministic is checked against the selection (_predicate)."""
+    if len(where) > MAX_WHERE_CHARS:
+        raise ExportError(f"--where of {len(where)} characters: at most {MAX_WHERE_CHARS}")
     try:
         root = spark._jsparkSession.sessionState().sqlParser().parseExpression(where)
     except Exception as exc:
-        raise ExportError(f"--where {where!r}: {_first_line(exc) or 'not one SQL expression'}") from None
-    stack = [root]
+        raise ExportError(f"--where {where[:200]!r}: {_first_line(exc) or 'not one SQL expression'}") from None
+    stack, seen = [root], 0
     while stack:
         node = stack.pop()
+        seen += 1
+        if seen > MAX_WHERE_NODES:
+            raise ExportError(f"--where {where[:200]!r}: over {MAX_WHERE_NODES} terms; say it shorter")
         kind = node.getClass().getSimpleName()
         if kind in _SUBQUERY_NODES or kind.endswith("Subquery"):
             raise ExportError(f"--where {where!r}: a subquery or table reference ({kind}) is not allowed: the "

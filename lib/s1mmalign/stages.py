@@ -53,9 +53,7 @@ def _stop(signum: int, frame) -> None:
     print(f"{_watching['prog']}: stopped by {name}: nothing after its last complete commit is kept; run it "
           f"again to finish (a re-run converges to one clean run's tables)", file=sys.stderr, flush=True)
     logging.disable(logging.CRITICAL)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    sys.stderr = open(os.devnull, "w")      # noqa: SIM115 (for the rest of the process)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)     # for the rest of the process (tracebacks of threads too)
     raise Stopped(signum)
 
 
