@@ -154,14 +154,21 @@ def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileI
     return jsonl, archives, refused
 
 
+def log_row(source: str, f: FileInfo, kind: str, run_id: str, now: datetime, *, status: str,
+            checksum: str | None = None, read: int = 0, accepted: int = 0, quarantined: int = 0,
+            archive: str | None = None, detail: str | None = None) -> dict:
+    """One ingest_log row: a file as listed, and what the run made of it."""
+    return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
+            "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
+            "read": read, "accepted": accepted, "quarantined": quarantined, "status": status,
+            "detail": detail, "ingest_run_id": run_id, "ingested_at": now}
+
+
 def refused_row(refused: tuple[str, Refused], run_id: str, now: datetime) -> dict:
     """The ingest_log row of a file not read (sources.Refused): unreadable, with why."""
     source, r = refused
-    f = r.file
-    return {"source": source, "source_file": f.rel, "kind": r.kind, "archive": r.archive, "size": f.size,
-            "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": None,
-            "read": 0, "accepted": 0, "quarantined": 0, "status": "unreadable", "detail": Refused.DETAIL,
-            "ingest_run_id": run_id, "ingested_at": now}
+    return log_row(source, r.file, r.kind, run_id, now, status="unreadable", archive=r.archive,
+                   detail=Refused.DETAIL)
 
 
 def _clear_staging(lake: str, cfg: Config) -> None:
@@ -549,19 +556,12 @@ class IngestRun:
             if status == "ok" and mine:
                 checksum = (mine[0].sha256 if len(mine) == 1
                             else hashlib.sha256("".join(c.sha256 for c in mine).encode()).hexdigest())
-            rows.append(self._log_row(source, f, "jsonl", checksum=checksum, read=accepted + quarantined,
-                                      accepted=accepted, quarantined=quarantined, status=status, detail=detail))
+            rows.append(log_row(source, f, "jsonl", self.run_id, self.now, checksum=checksum,
+                                read=accepted + quarantined, accepted=accepted, quarantined=quarantined,
+                                status=status, detail=detail))
         part_info = {(a.name, p.rel): p for a in self.todo_archives for p in a.parts}
         for p in parts:
-            rows.append(self._log_row(p.source, part_info[(p.container, p.image_path)], "archive_part",
-                                      archive=p.container, checksum=p.image_sha256, read=p.members or 0,
-                                      status=p.status, detail=p.detail))
+            rows.append(log_row(p.source, part_info[(p.container, p.image_path)], "archive_part", self.run_id,
+                                self.now, archive=p.container, checksum=p.image_sha256, read=p.members or 0,
+                                status=p.status, detail=p.detail))
         return rows + [refused_row(r, self.run_id, self.now) for r in self.refused]
-
-    def _log_row(self, source: str, f: FileInfo, kind: str, *, status: str, checksum: str | None,
-                 read: int, accepted: int = 0, quarantined: int = 0, archive: str | None = None,
-                 detail: str | None = None) -> dict:
-        return {"source": source, "source_file": f.rel, "kind": kind, "archive": archive, "size": f.size,
-                "modified_at": f.modified_at, "etag": f.etag, "fingerprint": f.fingerprint, "checksum": checksum,
-                "read": read, "accepted": accepted, "quarantined": quarantined, "status": status,
-                "detail": detail, "ingest_run_id": self.run_id, "ingested_at": self.now}

@@ -124,18 +124,21 @@ def discover(store: Store, archive_suffix: str = ".tar.gz") -> tuple[Store, Sour
 def _refuse_unstorable(src: Source) -> Source:
     """The source without the files whose names are not UTF-8 (every file, when the source folder's name is
     not), which it lists as refused instead (POSIX names are bytes; an old mirror's may be Latin-1)."""
-    def bad(f) -> bool:
-        return not storable(f if isinstance(f, str) else f.rel)
-
     def escaped(f: FileInfo) -> FileInfo:
         return dataclasses.replace(f, rel=escape_name(f.rel))
 
-    refused = [Refused("jsonl", escaped(f)) for f in src.jsonl if bad(f)]
+    jsonl, archives, refused = [], [], []
+    for f in src.jsonl:
+        if storable(f.rel):
+            jsonl.append(f)
+        else:
+            refused.append(Refused("jsonl", escaped(f)))
     for a in src.archives:
-        if bad(a.name) or any(bad(p) for p in a.parts):
+        if storable(a.name) and all(storable(p.rel) for p in a.parts):
+            archives.append(a)
+        else:
             refused += [Refused("archive_part", escaped(p), escape_name(a.name)) for p in a.parts]
     if not refused and storable(src.name):
         return src
-    return Source(escape_name(src.name), tuple(f for f in src.jsonl if not bad(f)),
-                  tuple(a for a in src.archives if not (bad(a.name) or any(bad(p) for p in a.parts))),
-                  src.has_tree and storable(src.name), tuple(refused))
+    return Source(escape_name(src.name), tuple(jsonl), tuple(archives), src.has_tree and storable(src.name),
+                  tuple(refused))
