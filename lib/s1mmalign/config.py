@@ -230,7 +230,7 @@ def _check_value(key: str, value, tp) -> None:
 def lake_folder_problem(value: str, tables: Sequence[str]) -> str | None:
     """Why `value` cannot be a folder under the lake root, or None: it must be a relative path of plain
     names (no '.', '..', empty part, backslash or scheme), whose first name is no table nor the lake's own."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value:
         return "it is empty (that is the lake root itself)"
     if value.startswith("/") or "://" in value or "\\" in value or (len(value) > 1 and value[1] == ":"):
         return "it must be a path relative to the lake root"

@@ -67,14 +67,12 @@ MIN_SHARD, MAX_SHARD = 1024, 1 << 40           # 1 KiB .. 1 TiB a shard
 
 def parse_size(text: str) -> int:
     """'512MB' -> 512_000_000, '1GiB' -> 2**30, '4096' -> 4096 bytes."""
-    from decimal import Decimal
-
     m = _SIZE.match(str(text)[:100])
     if not m:
         raise ExportError(f"--shard-size {str(text)[:40]!r}: use a size such as 512MB, 1GiB or a number of bytes")
     power = "KMGT".find(m.group(2).upper()) + 1 if m.group(2) else 0
-    size = Decimal(m.group(1)) * (1024 if m.group(3) else 1000) ** power      # exact, any length: no overflow
-    if not MIN_SHARD <= size <= MAX_SHARD:
+    size = float(m.group(1)) * (1024 if m.group(3) else 1000) ** power
+    if not MIN_SHARD <= size <= MAX_SHARD:       # before int(): 400 digits are inf here, refused, no overflow
         raise ExportError(f"--shard-size {str(text)[:40]!r}: between 1 KiB and 1 TiB")
     return int(size)
 
@@ -116,8 +114,7 @@ class Spec:
         for name in ("where", "model"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ExportError(f"--{name} must be text, got {getattr(self, name)!r}")
-        if isinstance(self.shard_bytes, bool) or not isinstance(self.shard_bytes, int) \
-                or not MIN_SHARD <= self.shard_bytes <= MAX_SHARD:
+        if not isinstance(self.shard_bytes, int) or not MIN_SHARD <= self.shard_bytes <= MAX_SHARD:
             raise ExportError(f"shard size must be a whole number of bytes between {MIN_SHARD} and {MAX_SHARD}, "
                               f"got {self.shard_bytes!r}")
         if self.min_score is not None and (isinstance(self.min_score, bool) or not isinstance(
@@ -220,8 +217,7 @@ def candidates(spark, lake: str, spec: Spec, versions: dict[str, int]):
 
 # What a --where may not use: it is an expression over the selection's columns, evaluated the same way on
 # every run (--from-manifest and resume rely on it), that reads nothing else and runs no code of its own.
-_SUBQUERY_NODES = {"Exists", "InSubquery", "ListQuery", "ScalarSubquery", "LateralSubquery", "UnresolvedRelation",
-                   "UnresolvedTableValuedFunction", "UnresolvedStar"}
+_SUBQUERY_NODES = {"Exists", "ListQuery", "UnresolvedRelation", "UnresolvedTableValuedFunction", "UnresolvedStar"}
 _REFUSED_FUNCTIONS = {
     "java_method", "reflect", "try_reflect",                                        # calls into the JVM
     "raise_error", "assert_true",                                                    # fail the job on purpose
@@ -253,16 +249,16 @@ def check_where(spark, where: str) -> None:
         if seen > MAX_WHERE_NODES:
             raise ExportError(f"--where {where[:200]!r}: over {MAX_WHERE_NODES} terms; say it shorter")
         kind = node.getClass().getSimpleName()
-        if kind in _SUBQUERY_NODES or kind.endswith("Subquery"):
-            raise ExportError(f"--where {where!r}: a subquery or table reference ({kind}) is not allowed: the "
+        if kind in _SUBQUERY_NODES or kind.endswith("Subquery"):     # Scalar-, In-, LateralSubquery
+            raise ExportError(f"--where {where[:200]!r}: a subquery or table reference ({kind}) is not allowed: the "
                               f"condition is an expression over the selection's columns")
         if kind == "UnresolvedFunction":
             parts = node.nameParts()
             name = ".".join(parts.apply(i) for i in range(parts.size()))
             if parts.size() != 1 or name.lower() in _REFUSED_FUNCTIONS or (
                     name.lower() == "unix_timestamp" and node.arguments().size() == 0):
-                raise ExportError(f"--where {where!r}: function {name} is not allowed (the condition must give the "
-                                  f"same answer on every run and read nothing but the selection's columns)")
+                raise ExportError(f"--where {where[:200]!r}: function {name} is not allowed (the condition must give "
+                                  f"the same answer on every run and read nothing but the selection's columns)")
         children = node.children()
         stack += [children.apply(i) for i in range(children.size())]
 

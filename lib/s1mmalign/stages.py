@@ -36,7 +36,7 @@ def watch_signals(prog: str | None = None) -> None:
     """Make SIGINT and SIGTERM stop the job with one line of its own (then Stopped in the main thread; the
     job's exit code is 128 + the signal's number): cli.main calls it first, and session.build again after
     Spark's context took SIGINT for itself. Whatever else breaks while the job stops (Py4J calls to a JVM
-    that got the same signal, threads, logging) is not printed: one line is the whole story."""
+    that got the same signal, threads, the log) is not printed: one line is the whole story."""
     if prog:
         _watching["prog"] = prog
     if "prog" not in _watching or threading.current_thread() is not threading.main_thread():
@@ -52,7 +52,6 @@ def _stop(signum: int, frame) -> None:
     name = signal.Signals(signum).name
     print(f"{_watching['prog']}: stopped by {name}: nothing after its last complete commit is kept; run it "
           f"again to finish (a re-run converges to one clean run's tables)", file=sys.stderr, flush=True)
-    logging.disable(logging.CRITICAL)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)     # for the rest of the process (tracebacks of threads too)
     raise Stopped(signum)
 
