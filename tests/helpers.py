@@ -173,3 +173,20 @@ def chunked(store, rel, data: bytes, size: int):
         out += list(tasks.chunk_lines(store, rel, start, end, before))
         before += data[start:end].count(b"\n")
     return out
+
+
+def header_bomb(claimed: int, before: bytes = b"", kind: bytes = b"L") -> bytes:
+    """A gzip tar: `before` (whole tar blocks), then an extended header of type `kind` (GNU long name "L",
+    PAX "x") that claims `claimed` bytes, which follow as zeros: a tiny archive (gzip of zeros) whose header
+    would be hundreds of MB."""
+    import tarfile
+    import zlib
+
+    header = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "./PaxHeaders/x")
+    header.type, header.size = kind, claimed
+    block = header.tobuf(format=tarfile.GNU_FORMAT if kind == tarfile.GNUTYPE_LONGNAME else tarfile.USTAR_FORMAT)
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    out = [z.compress(before + block)]
+    zeros = bytes(1 << 20)
+    out += [z.compress(zeros) for _ in range(-(-claimed // len(zeros)))]
+    return b"".join(out) + z.flush()

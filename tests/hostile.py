@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from helpers import header_bomb
+
 ARXIV_TAR = "arxiv/images_2024.tar.gz"
 BROKEN_TAR = "arxiv/images_2012.tar.gz"
 BOMB_TAR = "arxiv/images_2013.tar.gz"          # a GNU long-name header claiming 256 MB, in a 300 KB archive
@@ -52,19 +54,6 @@ def _tar(members: list[tuple[str, bytes | str]], end: bool = True) -> bytes:
     if end:
         raw.write(bytes(1024))
     return raw.getvalue()
-
-
-def _header_bomb(before: bytes, claimed: int) -> bytes:
-    """A gzip tar: `before`, then a GNU long-name header that claims `claimed` bytes (zeros, which follow)."""
-    import zlib
-
-    header = tarfile.TarInfo("././@LongLink")
-    header.type, header.size = tarfile.GNUTYPE_LONGNAME, claimed
-    z = zlib.compressobj(1, zlib.DEFLATED, 31)
-    out = [z.compress(before + header.tobuf(format=tarfile.GNU_FORMAT))]
-    zeros = bytes(1 << 20)
-    out += [z.compress(zeros) for _ in range(claimed >> 20)]
-    return b"".join(out) + z.flush()
 
 
 def _multi_member_gzip(body: bytes, pieces: int) -> bytes:
@@ -106,7 +95,7 @@ def build(root: Path) -> dict:
     (root / BROKEN_TAR).write_bytes(broken[: len(broken) // 2])
     sha = {("arxiv", name): hashlib.sha256(data).hexdigest() for name, data in members if isinstance(data, bytes)}
     sha[("arxiv", p(6))] = sha[("arxiv", p(1))]
-    (root / BOMB_TAR).write_bytes(_header_bomb(_tar([(p(7), image("cyan"))], end=False), 256 << 20))
+    (root / BOMB_TAR).write_bytes(header_bomb(256 << 20, _tar([(p(7), image("cyan"))], end=False)))
     sha[("arxiv", p(7))] = hashlib.sha256(image("cyan")).hexdigest()
     for rel in LATIN1:
         with open(os.path.join(os.fsencode(root), rel), "wb") as f:

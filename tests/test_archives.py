@@ -1,10 +1,10 @@
 import gzip
 import io
 import tarfile
-import zlib
 
 import pytest
 
+from helpers import header_bomb
 from s1mmalign import archives
 from s1mmalign.storage import LocalStore
 
@@ -86,21 +86,6 @@ def test_not_a_gzip_file_is_reported_not_raised(tmp_path):
     assert members == [] and result.status == "truncated"
 
 
-def _bomb(kind: bytes, claimed: int, before: bytes = b"") -> bytes:
-    """A gzip tar: `before` (whole tar blocks), then an extended header of type `kind` that claims
-    `claimed` bytes, which follow as zeros (gzip makes them tiny)."""
-    header = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "./PaxHeaders/x")
-    header.type, header.size = kind, claimed
-    block = header.tobuf(format=tarfile.GNU_FORMAT if kind == tarfile.GNUTYPE_LONGNAME else tarfile.USTAR_FORMAT)
-    z = zlib.compressobj(1, zlib.DEFLATED, 31)
-    out = [z.compress(before + block)]
-    zeros = bytes(1 << 20)
-    for _ in range(-(-claimed // len(zeros))):
-        out.append(z.compress(zeros))
-    out.append(z.flush())
-    return b"".join(out)
-
-
 @pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
 def test_a_header_claiming_hundreds_of_mb_ends_the_archive_in_bounded_memory(tmp_path, kind):
     import tracemalloc
@@ -108,7 +93,7 @@ def test_a_header_claiming_hundreds_of_mb_ends_the_archive_in_bounded_memory(tmp
     ok = tarfile.TarInfo("images/ok.png")
     ok.size = 4
     body = ok.tobuf(format=tarfile.GNU_FORMAT) + b"fine".ljust(512, b"\0")     # one member, no end blocks
-    data = _bomb(kind, 256 << 20, body)
+    data = header_bomb(256 << 20, body, kind)
     assert len(data) < 2 << 20                          # a small archive
     tracemalloc.start()
     try:
@@ -126,3 +111,54 @@ def test_a_header_under_the_bound_is_read(tmp_path):
     data = make_tar([(long_name, b"x", "file")])
     members, result, _ = stream(tmp_path, {"a.tar.gz": data})
     assert result.status == "ok" and [m.name for m in members] == [long_name]
+
+
+def test_an_extended_header_at_the_bound_is_read_and_one_byte_over_is_not(tmp_path, monkeypatch):
+    long_name = "images/" + "n" * 2989 + ".png"            # its GNU long-name header: 3,000 bytes and a NUL
+    info = tarfile.TarInfo(long_name)
+    info.size = 1
+    data = gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT) + b"x".ljust(512, b"\0") + bytes(1024))
+    monkeypatch.setattr(archives, "MAX_HEADER_BYTES", 3001)
+    members, result, _ = stream(tmp_path, {"a.tar.gz": data})
+    assert result.status == "ok" and [m.name for m in members] == [long_name]
+    monkeypatch.setattr(archives, "MAX_HEADER_BYTES", 3000)
+    members, result, _ = stream(tmp_path, {"b.tar.gz": data})
+    assert result.status == "bad_header" and members == []
+
+
+def test_a_hard_link_to_an_unsafe_name_is_not_followed(tmp_path):
+    data = make_tar([("images/ok.png", b"fine", "file"), ("images/h1.png", "../evil.png", "hard"),
+                     ("images/h2.png", "/etc/passwd", "hard"), ("images/h3.png", "images/ok.png", "hard")])
+    members, result, _ = stream(tmp_path, {"a.tar.gz": data})
+    assert [(m.name, m.link) for m in members] == [("images/ok.png", None), ("images/h3.png", "images/ok.png")]
+    assert result.skipped == 2
+    latin = tarfile.TarInfo("images/h4.png")                     # a target named in bytes that are not UTF-8
+    latin.type, latin.linkname = tarfile.LNKTYPE, "images/caf\udce9.png"
+    block = latin.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
+    members, result, _ = stream(tmp_path, {"b.tar.gz": gzip.compress(block + bytes(1024))})
+    assert members == [] and result.skipped == 1
+
+
+def test_memory_stays_flat_over_many_members(tmp_path):
+    """tarfile keeps every header it reads (TarFile.members): a year's archive of 500,000 members would hold
+    them all. 30,000 one-byte members: the reader's peak stays that of its buffers."""
+    import tracemalloc
+
+    raw = io.BytesIO()
+    for i in range(30_000):
+        info = tarfile.TarInfo(f"images/{i}.png")
+        info.size = 1
+        raw.write(info.tobuf(format=tarfile.GNU_FORMAT) + b"x" + bytes(511))
+    raw.write(bytes(1024))
+    (tmp_path / "many.tar.gz").write_bytes(gzip.compress(raw.getvalue()))
+    chain = archives.ChainedParts([archives.PartStats("many.tar.gz", (tmp_path / "many.tar.gz").stat().st_size)],
+                                  LocalStore(str(tmp_path)).open)
+    result = archives.StreamResult()
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in archives.iter_members(chain, 100, result))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 30_000 and result.status == "ok"
+    assert peak < 16 << 20, peak          # the held headers alone would add about 10 MB

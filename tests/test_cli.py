@@ -149,3 +149,33 @@ def test_a_bad_setting_is_one_line_before_spark_starts(tmp_path, faults_corpus, 
                                    "--conf", str(conf), submit=False))
     assert message in line
     assert not (tmp_path / "lake").exists()      # nothing was started, nothing written
+
+
+@pytest.mark.parametrize("signum, name", [(2, "SIGINT"), (15, "SIGTERM")])
+def test_a_signal_is_one_line_of_the_jobs_own_and_128_plus_its_number(signum, name):
+    """cli.main's handler (stages.watch_signals): one line, the exit code of a process the signal stopped,
+    and nothing that breaks afterwards (here a thread's and a cleanup's errors) is printed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    body = ("import sys, threading, time\n"
+            "from s1mmalign import cli\n"
+            "def body():\n"
+            "    threading.Thread(target=lambda: (time.sleep(2), 1 / 0)).start()\n"
+            "    try:\n"
+            "        print('ready', flush=True)\n"
+            "        time.sleep(60)\n"
+            "    finally:\n"
+            "        raise RuntimeError('cleanup broke too')\n"
+            "cli.main('demo', body)\n")
+    proc = subprocess.Popen([sys.executable, "-c", body], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum
+    assert err.splitlines() == [f"demo: stopped by {name}: nothing after its last complete commit is kept; run it "
+                                f"again to finish (a re-run converges to one clean run's tables)"], err
+    assert signal.Signals(signum).name == name

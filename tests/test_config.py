@@ -117,6 +117,8 @@ def test_every_number_in_conf_has_a_range_and_every_choice_its_values():
     ("ingest.staging_dir", "_staging/../..", "plain folder name"),
     ("ingest.staging_dir", ".", "plain folder name"),
     ("ingest.staging_dir", "a//b", "plain folder name"),
+    ("ingest.staging_dir", " _staging", "plain folder name"),
+    ("ingest.staging_dir", "_staging/x ", "plain folder name"),
     ("ingest.staging_dir", "/tmp/x", "relative"),
     ("ingest.staging_dir", "s3://bucket/x", "relative"),
     ("ingest.staging_dir", "a\\..\\..", "relative"),

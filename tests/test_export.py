@@ -22,7 +22,7 @@ import pytest
 from conftest import BIN, REPO
 from helpers import free_port  # noqa: F401
 from s1mmalign import dedup, delta_io, export, ingest, sample, session
-from s1mmalign.storage import S3Store
+from s1mmalign.storage import LocalStore, S3Store
 
 MODEL = "planted@sha256:00000000feedface"
 SHARD = 150_000
@@ -475,3 +475,19 @@ def test_export_from_a_lake_on_s3_to_s3_equals_the_local_export(spark, cfg, lake
     local = export.run(spark, cfg, lake, str(tmp_path / "local-pair-id"), spec).manifest
     remote = export.run(spark, s3, "s3a://exportlake/lake", "s3://exportlake/pair-id", spec).manifest
     assert remote["shards"] == local["shards"] and remote["samples"] == local["samples"] > 0
+
+
+def test_a_torn_shard_record_is_not_a_kept_shard_and_stops_nothing(tmp_path):
+    store = LocalStore(str(tmp_path))
+    draft = {"shards": [{"name": "shard-000000.tar", "samples": 2}, {"name": "shard-000001.tar", "samples": 1}]}
+    for name, data in (("shard-000000.tar", b"a" * 100), ("shard-000001.tar", b"b" * 50)):
+        store.put(name, data)
+        record = {"name": name, "samples": 2 if name.endswith("0.tar") else 1, "bytes": len(data),
+                  "sha256": hashlib.sha256(data).hexdigest()}
+        store.put(f"{export.RECORDS}/{name}.json", json.dumps(record).encode())
+    assert set(export.kept_shards(store, draft)) == {"shard-000000.tar", "shard-000001.tar"}
+    torn = f"{export.RECORDS}/shard-000001.tar.json"
+    store.put(torn, store.get(torn)[0][:10])                 # cut by a crash
+    assert set(export.kept_shards(store, draft)) == {"shard-000000.tar"}
+    store.put(torn, b'["not", "a record"]')
+    assert set(export.kept_shards(store, draft)) == {"shard-000000.tar"}

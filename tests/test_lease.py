@@ -77,15 +77,23 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(store, caplog):
         Lease(store, "L", ttl=60, heartbeat=20).acquire()
 
 
+def _live(**change) -> bytes:
+    """A lease record, live (its expiry days ahead, within its ttl, whenever the test runs) but for `change`:
+    so each case is refused for what it changes, not for an expiry past or too far ahead."""
+    return json.dumps({"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1.0,
+                       "expires": time.time() + 500_000, "ttl": 1_000_000.0, **change}).encode()
+
+
 @pytest.mark.parametrize("garbled", [
-    b'{"host": "h", "pid": "abc", "job": "j", "run_id": "r", "started": 1, "expires": 9e9}',     # a string pid
+    _live(pid="abc"),                                                                            # a string pid
     b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": 1e300}',       # year 10^292
     b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": Infinity}',
     b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": NaN}',
-    b'{"host": "h", "pid": 99999999999999999999, "job": "j", "run_id": "r", "started": 1, "expires": 9e9}',
-    b'{"host": "h", "pid": true, "job": "j", "run_id": "r", "started": 1, "expires": 9e9}',
+    _live(pid=10**20),
+    _live(pid=True),
     b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1}',                         # no expiry
-    b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": 9e9, "x": 1}',  # foreign
+    _live(started=-1.0), _live(pid=0), _live(ttl="long"),                                        # 1969, no pid
+    _live(x=1),                                                                                  # foreign
     b'{"host": "h", "pid": 1, "job": "j", "run_id": "r", "started": 1, "expires": "soon"}',
     b'[1, 2]', b'{"host": ', b'\xff\xfe\x00garbage', b'',
     # well formed, but held far further ahead than any ttl: no holder renews that far
@@ -207,3 +215,14 @@ def test_a_renewal_that_fails_does_not_extend_the_lease(store):
     finally:
         flaky.down = 0
         held.release()
+
+
+def test_a_holder_with_a_longer_ttl_keeps_its_lease_against_a_job_with_a_shorter_one(store):
+    """The record says its ttl: a job whose own ttl is shorter does not read the holder's far expiry as torn."""
+    holder = Lease(store, "L", ttl=3600, heartbeat=600, job="maintain.py").acquire()
+    try:
+        assert json.loads(store.get(LEASE_FILE)[0])["ttl"] == 3600
+        with pytest.raises(LeaseHeld, match="maintain.py"):
+            Lease(store, "L", ttl=60, heartbeat=20).acquire()
+    finally:
+        holder.release()

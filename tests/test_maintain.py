@@ -4,6 +4,7 @@ arXiv id skips, VACUUM within the retention (time travel still works), leftover 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 
@@ -93,3 +94,28 @@ def test_bad_maintenance_settings_are_config_errors(cfg, tmp_path):
     with pytest.raises(ConfigError, match="names no lake table: nope"):
         maintain.zorder_columns(dataclasses.replace(cfg, maintain=dataclasses.replace(
             cfg.maintain, zorder={"nope": ("x",)})))
+
+
+def test_staging_is_emptied_only_of_the_run_folders_ingest_marked(tmp_path):
+    from s1mmalign.storage import LocalStore
+
+    lake = LocalStore(str(tmp_path))
+    ours = ["20260101T000000Z-0badc0de", "v20260101T000000Z-00c0ffee"]
+    for run in ours:
+        scratch = lake.child(f"_staging/{run}")
+        stages.start_staging(scratch, run)
+        scratch.put("slices/x.arrow", b"slice")
+    unmarked = tmp_path / "_staging" / "20260101T000000Z-00000000"        # named as a run, no marker
+    unmarked.mkdir()
+    (unmarked / "keep").write_text("x")
+    named_otherwise = tmp_path / "_staging" / "notes"                      # a marker, but not a run's name
+    named_otherwise.mkdir()
+    (named_otherwise / stages.STAGING_MARKER).write_text("x")
+    assert sorted(stages.clear_staging(lake, "_staging")) == [f"_staging/{r}" for r in sorted(ours)]
+    assert sorted(p.name for p in (tmp_path / "_staging").iterdir()) == ["20260101T000000Z-00000000", "notes"]
+    for kept in (unmarked, named_otherwise):
+        shutil.rmtree(kept)
+    stages.start_staging(lake.child("_staging/20260102T000000Z-0badc0de"), "20260102T000000Z-0badc0de")
+    assert stages.clear_staging(lake, "_staging") == ["_staging/20260102T000000Z-0badc0de"]
+    assert not (tmp_path / "_staging").exists()                            # emptied: the folder goes too
+    assert stages.clear_staging(lake, "_staging") == []                   # nothing there: nothing to do

@@ -5,6 +5,7 @@ import os
 
 import pyarrow as pa
 
+from helpers import header_bomb
 from s1mmalign import ingest, schemas, tasks
 from s1mmalign.storage import LocalStore
 
@@ -107,6 +108,7 @@ def test_a_hard_link_gets_the_bytes_of_the_member_it_names_wherever_they_are(tmp
     assert writer.read("images/none.png") is None
     writer.add("images/link.png", writer.read("images/7.png"), 9)
     writer.close()
+    assert writer.read("images/link.png") == blobs[7]      # from the slice just completed
     rows = []
     for path, _, _ in writer.done:
         with pa.memory_map(str(tmp_path / path)) as source:
@@ -149,3 +151,26 @@ def test_split_archives_stores_hard_links_and_reports_one_to_no_earlier_member(t
     assert stored == {"images/a.png": b"A" * 100, "images/b.png": b"B" * 50, "images/a2.png": b"A" * 100}
     (part,) = [r for r in out if r["kind"] == "part"]
     assert part["status"] == "ok" and part["members"] == 4
+
+
+def test_split_archives_logs_an_archive_with_a_header_bomb_bad_header(tmp_path, monkeypatch):
+    import json
+    import tarfile
+
+    from s1mmalign import archives
+
+    ok = tarfile.TarInfo("images/a.png")
+    ok.size = 3
+    data = header_bomb(5000, ok.tobuf(format=tarfile.GNU_FORMAT) + b"AAA".ljust(512, b"\0"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x.tar.gz").write_bytes(data)
+    monkeypatch.setattr(archives, "MAX_HEADER_BYTES", 4096)
+    desc = pa.RecordBatch.from_pylist([{"source": "s", "archive": "s/x.tar.gz", "missing_after": None,
+                                        "parts": json.dumps([{"rel": "x.tar.gz", "size": len(data)}])}])
+    out = pa.Table.from_batches(list(tasks.split_archives(LocalStore(str(tmp_path / "src")), 1 << 20,
+                                                          LocalStore(str(tmp_path / "scratch")), "slices",
+                                                          1 << 20)(iter([desc])))).to_pylist()
+    (part,) = [r for r in out if r["kind"] == "part"]
+    assert part["status"] == "bad_header" and "GNU long-name header of 5000 bytes > 4096" in part["detail"]
+    assert part["members"] == 1 and part["image_sha256"] is None
+    assert [r["members"] for r in out if r["kind"] == "slice"] == [1]

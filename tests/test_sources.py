@@ -124,11 +124,13 @@ def test_names_that_are_not_utf8_are_refused_under_an_escaped_name(tmp_path):
     make_layout(tmp_path)
     root = os.fsencode(str(tmp_path))
     for rel in [b"arxiv/jsonl/caf\xe9.jsonl", b"arxiv/images_caf\xe9.tar.gz", b"arxiv/images_2019%.tar.gz.partaa",
-                b"arxiv/images_2019%.tar.gz.part\xe9b", b"m\xfcll/jsonl/a.jsonl", b"m\xfcll/images_1.tar.gz"]:
+                b"arxiv/images_2019%.tar.gz.part\xe9b", b"m\xfcll/jsonl/a.jsonl", b"m\xfcll/images_1.tar.gz",
+                b"m\xfcll/images/p1/f.png", b"t\xfcr/images/p1/f.png"]:
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(b"x")
+    os.makedirs(os.path.join(root, b"t\xfcr/jsonl"))         # a source with a tree and no JSONL file yet
     _, plan = discover(LocalStore(str(tmp_path)))
     arxiv = plan.source("arxiv")
     assert [f.rel for f in arxiv.jsonl] == ["arxiv/jsonl/07_recaption.jsonl"]
@@ -139,6 +141,8 @@ def test_names_that_are_not_utf8_are_refused_under_an_escaped_name(tmp_path):
     assert all(r.file.size == 1 and r.file.fingerprint for r in arxiv.refused)
     muell = plan.source("m%FCll")           # a source folder so named: every file refused, nothing read
     assert muell.jsonl == () and muell.archives == () and not muell.has_tree
+    tuer = plan.source("t%FCr")             # ... also when it holds no file to refuse: its tree is not read
+    assert (tuer.jsonl, tuer.archives, tuer.refused, tuer.has_tree) == ((), (), (), False)
     assert sorted(r.file.rel for r in muell.refused) == ["m%FCll/images_1.tar.gz", "m%FCll/jsonl/a.jsonl"]
     from s1mmalign.records import escape_name
     assert escape_name("50%\udce9") == "50%25%E9"        # lossless: a '%' of the name is escaped too
