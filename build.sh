@@ -40,7 +40,7 @@ fi
 # and checked in conf/data_docs_assets.yaml, 3.4 MB from the npm registry) let validate serve them from the
 # docs folder instead, so the pages work with no network and tell no one who opened them.
 if [ ! -f vendor/data_docs/.fetched ] || [ conf/data_docs_assets.yaml -nt vendor/data_docs/.fetched ]; then
-  .venv/bin/python -m s1mmalign.docs_offline --fetch vendor/data_docs
+  .venv/bin/python -m s1mmalign.validate.docs_offline --fetch vendor/data_docs
   touch vendor/data_docs/.fetched
 fi
 
@@ -88,7 +88,7 @@ mkdir -p "$SPARK_HOME/conf"
 } > "$SPARK_HOME/conf/spark-defaults.conf"
 
 rm -rf dist/pkg && mkdir -p dist/pkg/s1mmalign/_data
-cp -r lib/s1mmalign/*.py dist/pkg/s1mmalign/
+(cd lib && find s1mmalign -name '*.py' -not -path '*/__pycache__/*' -exec cp --parents {} ../dist/pkg/ \;)
 cp -r conf schemas expectations sql dist/pkg/s1mmalign/_data/
 (cd dist/pkg && rm -f ../s1mmalign.zip && "$OLDPWD/.venv/bin/python" -m zipfile -c ../s1mmalign.zip s1mmalign)
 rm -rf dist/pkg
@@ -102,10 +102,10 @@ case "${1:-}" in
     # unpacked tree and a ChemRxiv-like archive, with every kind of bad input; generated on first use.
     if [ ! -f work/sample/_manifest.jsonl ]; then
       rm -rf work/sample
-      python -m s1mmalign.sample --out work/sample --pairs 1000 --faults
+      python -m s1mmalign.ingest.sample --out work/sample --pairs 1000 --faults
     fi
     spark-submit jobs/ingest.py --source work/sample --lake work/lake --conf conf/local.yaml
-    python -m s1mmalign.sqlshell --lake work/lake -S -e "
+    python -m s1mmalign.report.sqlshell --lake work/lake -S -e "
       SELECT discipline, count(*) AS pairs FROM s1mmalign.pairs GROUP BY discipline ORDER BY discipline;
       SELECT reason, count(*) AS lines FROM s1mmalign.quarantine GROUP BY reason ORDER BY reason;" 2>/dev/null
     # Validate the lake: exit 1 means a critical expectation failed (the sample's planted faults
@@ -115,15 +115,15 @@ case "${1:-}" in
     vrc=$?
     set -e
     if [ "$vrc" -ne 0 ] && [ "$vrc" -ne 1 ]; then exit "$vrc"; fi
-    python -m s1mmalign.sqlshell --lake work/lake -S -e "
+    python -m s1mmalign.report.sqlshell --lake work/lake -S -e "
       SELECT suite, expectation, severity, observed_value FROM s1mmalign.quality_results
       WHERE NOT success AND validate_run_id = (SELECT max(validate_run_id) FROM s1mmalign.quality_results);" 2>/dev/null
     # The caption-quality report (no CLIP scores on the sample unless score_clip ran: the page says so).
     spark-submit jobs/report.py --lake work/lake --out work/report --conf conf/local.yaml
-    python -m s1mmalign.sqlshell --lake work/lake -S -e "
+    python -m s1mmalign.report.sqlshell --lake work/lake -S -e "
       SELECT field, present, round(empty_or_short_share, 4), round(label_share, 4), chars_p50, words_p50
       FROM s1mmalign.caption_lengths WHERE discipline = '*' AND source = '*' ORDER BY field;" 2>/dev/null
-    echo "build.sh: lake at work/lake (query it: python -m s1mmalign.sqlshell --lake work/lake);" \
+    echo "build.sh: lake at work/lake (query it: python -m s1mmalign.report.sqlshell --lake work/lake);" \
          "Data Docs at work/lake/_quality/data_docs/index.html; report at work/report/report.html"
     ;;
   test)

@@ -17,8 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
-from s1mmalign import clip, images, sample  # noqa: E402
 from s1mmalign.config import IngestConf  # noqa: E402
+from s1mmalign.ingest import images, sample  # noqa: E402
+from s1mmalign.score import clip  # noqa: E402
 
 WORDS = ("signal rate field model phase energy network sample flux layer spectrum noise temperature "
          "pressure gradient lattice accuracy ablation distribution epoch").split()

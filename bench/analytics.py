@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 WORK = REPO / "work" / "bench"
 
-from s1mmalign import analytics, cli, config, delta_io, session  # noqa: E402
+from s1mmalign import cli, config  # noqa: E402
+from s1mmalign.lake import session  # noqa: E402
+from s1mmalign.lake.root import Lake  # noqa: E402
+from s1mmalign.report import analytics  # noqa: E402
 
 DB = "s1mmalign_bench"
 MODEL = "ViT-B-32@sha256:0000benchmark000"
@@ -58,8 +61,9 @@ def make_lake(spark, rows: int) -> Path:
     if (lake / "done").exists():
         return lake
     shutil.rmtree(lake, ignore_errors=True)
+    dest = Lake(str(lake), database=DB).hold("bench")
     for job in ("ingest", "score_clip", "validate"):
-        delta_io.ensure_tables(spark, str(lake), DB, job=job)
+        dest.ensure_tables(spark, job=job)
     ids = spark.range(rows, numPartitions=16)
     vocab = F.array(*[F.lit(w) for w in VOCAB])
     h = lambda salt: F.abs(F.xxhash64(F.col("id"), F.lit(salt)))  # noqa: E731
@@ -96,8 +100,8 @@ def make_lake(spark, rows: int) -> Path:
         F.lit("tree").alias("image_container"), F.lit("arxiv/jsonl/24_recaption.jsonl").alias("source_file"),
         (F.col("id") + 1).alias("source_line"), F.lit("x").alias("row_hash"), run.alias("ingest_run_id"),
         now.alias("ingested_at"))
-    pairs.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "pairs"))
-    stored = delta_io.read(spark, str(lake), "pairs").select("pair_id", "discipline", "source", "image_path",
+    pairs.write.format("delta").mode("append").save(dest.path("pairs"))
+    stored = dest.read(spark, "pairs").select("pair_id", "discipline", "source", "image_path",
                                                              "image_sha256", "image_dhash",
                                                              F.xxhash64("pair_id").alias("hh"))
     unscored = F.abs(F.col("hh")) % 100 == 0
@@ -106,7 +110,7 @@ def make_lake(spark, rows: int) -> Path:
         F.when(unscored, None).otherwise(0.22 + 0.04 * F.randn(11)).alias("score_caption"),
         F.when(unscored, None).otherwise(0.26 + 0.03 * F.randn(12)).alias("score_recaption"),
         F.when(unscored, "image_error").otherwise("ok").alias("status"), now.alias("scored_at"))
-    scores.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "clip_scores"))
+    scores.write.format("delta").mode("append").save(dest.path("clip_scores"))
     reasons = F.array(*[F.lit(r) for r in ("image_missing", "image_missing", "malformed_json", "unsafe_path",
                                            "empty_caption", "image_corrupt", "duplicate_pair")])
     quarantine = spark.range(rows // 50, numPartitions=2).select(
@@ -115,7 +119,7 @@ def make_lake(spark, rows: int) -> Path:
         F.lit("{").alias("raw"), F.lit(None).cast("string").alias("image_path"),
         F.element_at(reasons, (F.col("id") % 7 + 1).cast("int")).alias("reason"), F.lit("bench").alias("detail"),
         run.alias("ingest_run_id"), now.alias("ingested_at"))
-    quarantine.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "quarantine"))
+    quarantine.write.format("delta").mode("append").save(dest.path("quarantine"))
     exact = stored.withColumn("n", F.count("*").over(Window.partitionBy("image_sha256"))).where("n > 1")
     near = stored.where(F.abs(F.col("hh")) % 100 == 50)
     dups = exact.select(F.lit("exact").alias("group_kind"), F.col("image_sha256").alias("group_id"),
@@ -128,7 +132,7 @@ def make_lake(spark, rows: int) -> Path:
     dups = dups.select("group_kind", "group_id", "group_pairs", "group_images", "pair_id", "source", "discipline",
                        "image_path", "image_sha256", "image_dhash", F.lit(0).alias("distance"),
                        F.lit("v-bench").alias("validate_run_id"), now.alias("computed_at"))
-    dups.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "duplicates"))
+    dups.write.format("delta").mode("append").save(dest.path("duplicates"))
     (lake / "done").write_text("ok")
     return lake
 
@@ -325,14 +329,15 @@ def main() -> int:
                                            "extra": {"spark.ui.enabled": "false", "spark.driver.memory": "8g"}}})
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    spark = session.build(str(WORK / f"analytics-{args.rows}"), cfg)
+    spark = session.build(Lake(str(WORK / f"analytics-{args.rows}")), cfg, write=False)
     lake = make_lake(spark, args.rows)
     print(f"lake: {args.rows:,} pairs rows at {lake} ({time.monotonic() - t0:.1f}s to build or find)", flush=True)
-    analytics.collect(spark, cfg, str(lake))          # warm: JIT, Delta snapshots, file listings
+    source = Lake.open(str(lake), cfg)
+    analytics.collect(spark, cfg, source)          # warm: JIT, Delta snapshots, file listings
     best = None
     for _ in range(2):
         t = time.monotonic()
-        summary = analytics.collect(spark, cfg, str(lake))
+        summary = analytics.collect(spark, cfg, source)
         took = time.monotonic() - t
         if best is None or took < best[0]:
             best = (took, summary)

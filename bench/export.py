@@ -41,15 +41,17 @@ EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 
 def bench_lake(spark, cfg, copies: int) -> Path:
     """bench/ingest's corpus of `copies` ingested (many-archives layout), once."""
-    from s1mmalign import delta_io, ingest
+    from s1mmalign.ingest import pipeline as ingest
+    from s1mmalign.lake.root import Lake
 
     lake = WORK / f"export-lake-{copies}"
     if (lake / "done").exists():
         return lake
     shutil.rmtree(lake, ignore_errors=True)
     root = make_corpus(copies)
-    delta_io.ensure_tables(spark, str(lake), cfg.catalog.database)
-    summary = ingest.run(spark, cfg, str(root / "many"), str(lake))
+    dest = Lake.open(str(lake), cfg, existing=False).hold("bench")
+    dest.ensure_tables(spark)
+    summary = ingest.run(spark, cfg, str(root / "many"), dest)
     assert summary.quarantined == 0, summary
     (lake / "done").touch()
     return lake
@@ -106,7 +108,8 @@ def big_lake(spark, cfg, count: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from s1mmalign import delta_io, ingest
+    from s1mmalign.ingest import pipeline as ingest
+    from s1mmalign.lake.root import Lake
 
     lake = WORK / f"export-big-lake-{count}"
     if (lake / "done").exists():
@@ -129,8 +132,9 @@ def big_lake(spark, cfg, count: int) -> Path:
                                      "recaption": f"Random pixels, figure {i}.",
                                      "metadata": {"arxiv_id": f"9901.{i:05d}", "categories": ["cs.LG"]}}))
     (root / "arxiv/jsonl/99_recaption.jsonl").write_text("\n".join(lines) + "\n")
-    delta_io.ensure_tables(spark, str(lake), cfg.catalog.database)
-    summary = ingest.run(spark, cfg, str(root), str(lake))
+    dest = Lake.open(str(lake), cfg, existing=False).hold("bench")
+    dest.ensure_tables(spark)
+    summary = ingest.run(spark, cfg, str(root), dest)
     assert summary.pairs == count, summary
     (lake / "done").touch()
     return lake
@@ -150,7 +154,8 @@ def main() -> None:
     if not SCIFIG.is_dir():
         sys.exit(f"bench/export: {SCIFIG} is missing (shared/ must be beside the checkout)")
     WORK.mkdir(parents=True, exist_ok=True)
-    from s1mmalign import export
+    from s1mmalign.export import pipeline as export
+    from s1mmalign.lake.root import Lake
 
     shard_bytes = export.parse_size(args.shard_size)
     spark, cfg, _ = session(args.cores)
@@ -166,7 +171,8 @@ def main() -> None:
         out = WORK / "export-out"
         shutil.rmtree(out, ignore_errors=True)
         with PeakRSS() as rss:
-            result = export.run(spark, cfg, str(lake), str(out), export.Spec(shard_bytes=shard_bytes, order=order))
+            result = export.run(spark, cfg, Lake.open(str(lake), cfg), str(out),
+                                export.Spec(shard_bytes=shard_bytes, order=order))
         assert result.samples == n_base, (result.samples, n_base)
         results[order] = result
         print(f"export --order {order} (Spark, {result.shards} shards): {result.samples} samples in "
@@ -180,7 +186,7 @@ def main() -> None:
                                     ("storage", "one shard of everything", "100GB")):
             shutil.rmtree(WORK / "export-big-out", ignore_errors=True)
             with PeakRSS() as rss:
-                r = export.run(spark, cfg, str(big), str(WORK / "export-big-out"),
+                r = export.run(spark, cfg, Lake.open(str(big), cfg), str(WORK / "export-big-out"),
                                export.Spec(shard_bytes=export.parse_size(shard), order=order))
             print(f"memory, --order {order}, {args.big} figures of ~5 MB ({r.bytes / 1e9:.2f} GB), {label} "
                   f"({r.shards} shards): "

@@ -106,8 +106,8 @@ def _tar_writer(stack: ExitStack, path: Path) -> tarfile.TarFile:
 
 
 def _baseline_one(path: str):
-    from s1mmalign import images
     from s1mmalign.config import IngestConf
+    from s1mmalign.ingest import images
 
     with open(path, "rb") as f:
         facts = images.analyze(f.read(), IngestConf())
@@ -128,8 +128,8 @@ def _split_one(args: tuple[str, str]) -> list[str]:
     """The archive task's own code (tasks.split_archives) over one archive: its slice files."""
     import pyarrow as pa
 
-    from s1mmalign import tasks
-    from s1mmalign.storage import LocalStore
+    from s1mmalign.ingest import tasks
+    from s1mmalign.lake.storage import LocalStore
 
     path, slice_dir = args
     p = Path(path)
@@ -144,9 +144,9 @@ def _analyze_one(where: tuple[str, str]) -> int:
     """The slice task's own code (tasks.analyze_slices) over one slice file: members analysed."""
     import pyarrow as pa
 
-    from s1mmalign import tasks
     from s1mmalign.config import IngestConf
-    from s1mmalign.storage import LocalStore
+    from s1mmalign.ingest import tasks
+    from s1mmalign.lake.storage import LocalStore
 
     scratch, slice_name = where
     fn = tasks.analyze_slices(IngestConf(), LocalStore(scratch))
@@ -229,7 +229,8 @@ def session(cores: int, event_log: str | None = None):
     """A local[cores] session with Spark's default memory, and the config its runs use; with event_log,
     Spark's event log goes to that folder (every stage and task, with times: where a run spends them)."""
     from s1mmalign import config
-    from s1mmalign import session as sessions
+    from s1mmalign.lake import session as sessions
+    from s1mmalign.lake.root import Lake
 
     extra = {"spark.ui.enabled": "false"}
     if event_log:
@@ -239,21 +240,23 @@ def session(cores: int, event_log: str | None = None):
                       overrides={"spark": {"master": f"local[{cores}]", "shuffle_partitions": cores,
                                            "extra": extra}})
     t0 = time.perf_counter()
-    spark = sessions.build(str(WORK / "catalog"), cfg)
+    spark = sessions.build(Lake(str(WORK / "catalog")), cfg, write=False)
     spark.range(1).count()
     return spark, cfg, time.perf_counter() - t0
 
 
 def ingest_run(spark, cfg, source: Path, layout: str) -> tuple[int, float, PeakRSS, dict]:
     """ingest.run over `source` into a new lake, the Delta tables created (once per lake) beforehand."""
-    from s1mmalign import delta_io, ingest
+    from s1mmalign.ingest import pipeline as ingest
+    from s1mmalign.lake.root import Lake
 
     lake = WORK / f"lake-{layout}"
     shutil.rmtree(lake, ignore_errors=True)
-    delta_io.ensure_tables(spark, str(lake), cfg.catalog.database)
+    dest = Lake.open(str(lake), cfg, existing=False).hold("bench")
+    dest.ensure_tables(spark)
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        summary = ingest.run(spark, cfg, str(source), str(lake))
+        summary = ingest.run(spark, cfg, str(source), dest)
         secs = time.perf_counter() - t0
     assert summary.quarantined == 0, summary
     return summary.pairs, secs, rss, summary.archive_tasks

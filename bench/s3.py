@@ -59,24 +59,26 @@ def moto_server() -> tuple[subprocess.Popen, str]:
 
 
 def timed(spark, cfg, source: Path, lake: str) -> tuple[int, float, dict[str, float]]:
-    from s1mmalign import delta_io, ingest
+    from s1mmalign.ingest import pipeline as ingest
+    from s1mmalign.lake.root import Lake
 
-    delta_io.ensure_tables(spark, lake, cfg.catalog.database)
+    dest = Lake.open(lake, cfg, existing=False).hold("bench")
+    dest.ensure_tables(spark)
     stages = StageTimes()
-    logging.getLogger("s1mmalign.ingest").addHandler(stages)
+    logging.getLogger("s1mmalign.ingest.pipeline").addHandler(stages)
     try:
         t0 = time.perf_counter()
-        summary = ingest.run(spark, cfg, str(source), lake)
+        summary = ingest.run(spark, cfg, str(source), dest)
         secs = time.perf_counter() - t0
     finally:
-        logging.getLogger("s1mmalign.ingest").removeHandler(stages)
+        logging.getLogger("s1mmalign.ingest.pipeline").removeHandler(stages)
     assert summary.quarantined == 0, summary
     return summary.pairs, secs, stages.seconds
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("s1mmalign.ingest").setLevel(logging.INFO)
+    logging.getLogger("s1mmalign.ingest.pipeline").setLevel(logging.INFO)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--copies", type=int, default=4, help="copies of the 300 figures (4: 1,200 figures)")
     p.add_argument("--layout", choices=sorted(LAYOUT_DIRS), default="many-archives")
@@ -94,7 +96,7 @@ def main() -> None:
         spark, cfg, _ = session(os.cpu_count() or 2)
         s3_cfg = dataclasses.replace(cfg, s3=dataclasses.replace(cfg.s3, endpoint_url=endpoint,
                                                                   path_style_access=True))
-        from s1mmalign import session as sessions
+        from s1mmalign.lake import session as sessions
 
         sessions.apply_s3a(spark, s3_cfg)
         local_lake = WORK / "s3bench-local-lake"

@@ -28,7 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 WORK = REPO / "work" / "bench"
 
-from s1mmalign import cli, config, dedup, delta_io, schemas, session, validate  # noqa: E402
+from s1mmalign import cli, config  # noqa: E402
+from s1mmalign.lake import schemas, session  # noqa: E402
+from s1mmalign.lake.root import Lake  # noqa: E402
+from s1mmalign.validate import dedup  # noqa: E402
+from s1mmalign.validate import pipeline as validate  # noqa: E402
 
 DISCIPLINES = ["mathematics", "physics", "chemistry", "biology", "astronomy", "earth_science", "medicine",
                "engineering", "computer_science"]
@@ -44,7 +48,8 @@ def make_lake(spark, rows: int) -> Path:
     if (lake / "done").exists():
         return lake
     shutil.rmtree(lake, ignore_errors=True)
-    delta_io.ensure_tables(spark, str(lake), "s1mmalign_bench")
+    dest = Lake(str(lake), database="s1mmalign_bench").hold("bench")
+    dest.ensure_tables(spark)
     ids = spark.range(rows, numPartitions=8)
     h = F.abs(F.xxhash64("id"))
     # image i: its own bytes; 1% of pairs point at the image of pair id-1 (bytes shared by two pairs)
@@ -86,7 +91,7 @@ def make_lake(spark, rows: int) -> Path:
         F.lit("arxiv/jsonl/19_recaption.jsonl").alias("source_file"), (F.col("id") + 1).alias("source_line"),
         F.sha2(F.col("id").cast("string"), 224).alias("row_hash"), F.lit("bench").alias("ingest_run_id"),
         now.alias("ingested_at"))
-    pairs.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "pairs"))
+    pairs.write.format("delta").mode("append").save(dest.path("pairs"))
     # one images row per distinct image; 0.5% have a near duplicate (one bit away from image id-2)
     img = ids.where(F.col("id") % 100 != 7)
     near = F.col("id") % 200 == 11
@@ -103,14 +108,14 @@ def make_lake(spark, rows: int) -> Path:
         F.lit(b"").alias("content"), F.lit(b"").alias("thumbnail"), F.lit(256).alias("thumbnail_width"),
         F.lit(192).alias("thumbnail_height"), F.lit("arxiv").alias("first_source"),
         F.lit("images/x").alias("first_image_path"), F.lit("bench").alias("ingest_run_id"), now.alias("ingested_at"))
-    images.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "images"))
+    images.write.format("delta").mode("append").save(dest.path("images"))
     quarantine = spark.range(rows // 50, numPartitions=2).select(
         F.lit("arxiv").alias("source"), F.lit("arxiv/jsonl/19_recaption.jsonl").alias("source_file"),
         (F.col("id") + rows + 1).alias("source_line"), F.lit("{").alias("raw"),
         F.lit(None).cast("string").alias("image_path"),
         F.lit("malformed_json").alias("reason"), F.lit("bench").alias("detail"), F.lit("bench").alias("ingest_run_id"),
         now.alias("ingested_at"))
-    quarantine.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "quarantine"))
+    quarantine.write.format("delta").mode("append").save(dest.path("quarantine"))
     # ingest_log: the file every row came from, its counts equal to the rows (lines_reconciled passes), and
     # 49 files of an unpacked source with no line
     log_rows = spark.range(50).select(
@@ -126,7 +131,7 @@ def make_lake(spark, rows: int) -> Path:
         F.when(F.col("id") == 0, F.lit(rows // 50)).otherwise(0).cast("bigint").alias("quarantined"),
         F.lit("ok").alias("status"), F.lit(None).cast("string").alias("detail"),
         F.lit("bench").alias("ingest_run_id"), now.alias("ingested_at"))
-    log_rows.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "ingest_log"))
+    log_rows.write.format("delta").mode("append").save(dest.path("ingest_log"))
     (lake / "done").write_text("ok")
     return lake
 
@@ -134,7 +139,7 @@ def make_lake(spark, rows: int) -> Path:
 def baseline_sql(lake: Path, cfg) -> str:
     """One plain Spark SQL pass per table: every number the suites check."""
     q = cfg.quality
-    t = {n: f"delta.`{delta_io.table_path(str(lake), n)}`" for n in ("pairs", "images", "quarantine", "ingest_log")}
+    t = {n: f"delta.`{Lake(str(lake)).path(n)}`" for n in ("pairs", "images", "quarantine", "ingest_log")}
     taxonomy = ", ".join(f"'{c}'" for c in validate.taxonomy(cfg))
     discs = ", ".join(f"'{d}'" for d in validate.parameters(cfg)["disciplines"])
     formats = ", ".join(f"'{f}'" for f in cfg.ingest.formats)
@@ -213,7 +218,7 @@ def main() -> int:
                                            "extra": {"spark.ui.enabled": "false",
                                                      "spark.driver.memory": "6g"}}})
     WORK.mkdir(parents=True, exist_ok=True)
-    spark = session.build(str(WORK / "validate-catalog"), cfg)
+    spark = session.build(Lake(str(WORK / "validate-catalog")), cfg, write=False)
     t0 = time.monotonic()
     lake = make_lake(spark, args.rows)
     print(f"lake: {args.rows:,} pairs rows at {lake} ({time.monotonic() - t0:.1f}s to build or find)", flush=True)
@@ -227,7 +232,7 @@ def main() -> int:
     def run_validate():
         shutil.rmtree(lake / "_quality", ignore_errors=True)
         t = time.monotonic()
-        outcome = validate.run(spark, cfg, str(lake))
+        outcome = validate.run(spark, cfg, Lake.open(str(lake), cfg).hold("bench"))
         return time.monotonic() - t, outcome
 
     run_baseline()                       # warm: JIT, Delta snapshots, file listing caches

@@ -8,79 +8,79 @@
 --where is a Spark SQL condition over the pairs' columns (and score_caption, score_recaption, score_status
 of --model's scores). --from-manifest exports exactly what an earlier export did: its spec, over the table
 versions it read (Delta time travel), shard for shard byte-identical. Re-running over an unfinished --out
-resumes it: complete shards are kept, the rest written.
+resumes it: complete shards are kept, the rest written. Every spec flag's default is the export conf
+section's setting of the same name.
 """
 
 import json
 
 import _bootstrap  # noqa: F401
-from s1mmalign import cli, config, delta_io, errors, export, session
-from s1mmalign.storage import Store, remote
+from s1mmalign import cli, config, errors
+from s1mmalign.export import pipeline
+from s1mmalign.export.spec import DEDUP, FORMATS, IMAGES, ORDERS, SCORE_FIELDS, TEXTS, Spec
+from s1mmalign.lake.storage import Store, remote
+
+SPEC_FLAGS = ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size", "image", "order")
 
 
-def body() -> int:
-    p = cli.parser("export", __doc__.splitlines()[0])
+def flags(p) -> None:
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix for the shards and _manifest.json")
     p.add_argument("--where", default=None, help="Spark SQL condition over pairs (and the model's scores)")
-    p.add_argument("--dedup", default=None, choices=export.DEDUP,
-                   help="exact: one pair per exact image group; near: one per near-duplicate cluster too "
-                        "(default none)")
+    p.add_argument("--dedup", default=None, choices=DEDUP,
+                   help="exact: one pair per exact image group; near: one per near-duplicate cluster too")
     p.add_argument("--model", default=None, help="a clip_scores model (name or id): its scores in each sample")
     p.add_argument("--min-score", type=float, default=None, help="keep pairs whose --model score is at least this")
-    p.add_argument("--score-field", default=None, choices=export.SCORE_FIELDS,
+    p.add_argument("--score-field", default=None, choices=SCORE_FIELDS,
                    help="the score --min-score compares (default: that of --text; caption for both)")
-    p.add_argument("--text", default=None, choices=export.TEXTS, help="the text of each sample (default recaption)")
-    p.add_argument("--format", default=None, choices=export.FORMATS, help="default webdataset")
-    p.add_argument("--shard-size", default=None, help="bytes per shard, e.g. 512MB (default: export.shard_size)")
-    p.add_argument("--image", default=None, choices=export.IMAGES, help="default original")
-    p.add_argument("--order", default=None, choices=export.ORDERS,
-                   help="storage (default): as the images table stores them (grouped by discipline), read straight "
-                        "from its files; pair_id: every shard a well-mixed sample (one shuffle of the image bytes: "
-                        "slower)")
+    p.add_argument("--text", default=None, choices=TEXTS, help="the text of each sample")
+    p.add_argument("--format", default=None, choices=FORMATS)
+    p.add_argument("--shard-size", default=None, help="bytes per shard, e.g. 512MB")
+    p.add_argument("--image", default=None, choices=IMAGES)
+    p.add_argument("--order", default=None, choices=ORDERS,
+                   help="storage: as the images table stores them (grouped by discipline), read straight from its "
+                        "files; pair_id: every shard a well-mixed sample (one shuffle of the image bytes: slower)")
     p.add_argument("--from-manifest", default=None,
                    help="an earlier export's _manifest.json: the same spec over the same table versions")
-    args = p.parse_args()
-    cli.setup_logging(args.log_level)
-    cfg = config.load(args.conf)
-    lake = cli.lake_uri(args.lake)
-    out = cli.require_out_folder(args.out)
-    versions, model_name = None, args.model
-    if args.from_manifest:
-        given = [f for f in ("where", "dedup", "model", "min_score", "score_field", "text", "format", "shard_size",
-                             "image", "order") if getattr(args, f) is not None]
-        if given:
-            flag = given[0].replace("_", "-")
-            raise errors.UsageError(f"--from-manifest takes the spec from the manifest: drop --{flag}")
-        manifest = _manifest(args.from_manifest, cfg)
-        spec, versions, model_name = export.Spec.from_dict(manifest["spec"]), manifest["versions"], None
+
+
+def overrides(args) -> dict:
+    given = [f for f in SPEC_FLAGS if getattr(args, f) is not None]
+    if args.from_manifest and given:
+        flag = given[0].replace("_", "-")
+        raise errors.UsageError(f"--from-manifest takes the spec from the manifest: drop --{flag}")
+    return cli.flag_overrides(args, "export", SPEC_FLAGS)
+
+
+def prepare(ctx) -> None:
+    cli.require_out_folder(ctx.args.out)
+    if ctx.args.from_manifest:
+        manifest = _manifest(ctx.args.from_manifest, ctx.cfg)
+        spec, versions, model = Spec.from_dict(manifest["spec"]), manifest["versions"], None
     else:
-        text = args.text or "recaption"
-        field = args.score_field or ("recaption" if text == "recaption" else "caption")
-        spec = export.Spec(where=args.where, dedup=args.dedup or "none", min_score=args.min_score, score_field=field,
-                           text=text, format=args.format or "webdataset", image=args.image or "original",
-                           order=args.order or "storage",
-                           shard_bytes=export.parse_size(args.shard_size or cfg.export.shard_size))
-    spec.check(model_name)
-    delta_io.require_tables(lake, ("pairs", "images"), s3=cfg.s3)
-    delta_io.require_intact(lake, ("pairs", "images", "duplicates", "clip_scores"), s3=cfg.s3)
-    spark = session.build(lake, cfg, write=False)
-    try:
-        result = export.run(spark, cfg, lake, out, spec, model_name=model_name, versions=versions)
-    finally:
-        session.stop(spark)
+        spec, versions, model = Spec.of(ctx.cfg.export), None, ctx.cfg.export.model
+    spec.check(model)
+    ctx.state.update(spec=spec, versions=versions, model=model)
+
+
+def run(ctx):
+    s = ctx.state
+    return pipeline.run(ctx.spark, ctx.cfg, ctx.lake, ctx.args.out, s["spec"], model_name=s["model"],
+                        versions=s["versions"])
+
+
+def summary(ctx, result) -> None:
     sel = result.manifest["selection"]
     print(f"export: {result.samples} samples in {result.shards} shards ({result.written} written now), "
           f"{result.bytes / 1e6:.1f} MB, of {sel['pairs']} pairs (where {sel['where']}, score {sel['min_score']}, "
-          f"text {sel['text']}, dedup {sel['dedup']}) -> {out} ({result.seconds:.1f}s)")
-    return 0
+          f"text {sel['text']}, dedup {sel['dedup']}) -> {ctx.args.out} ({result.seconds:.1f}s)")
 
 
-def _manifest(path: str, cfg) -> dict:
+def _manifest(path: str, cfg: config.Config) -> dict:
     """An earlier export's manifest (a local file or s3://)."""
     try:
         if remote(path):
             folder, name = path.rsplit("/", 1)
-            got = Store.from_uri(folder, cfg.s3.endpoint_url, cfg.s3.region).get(name)
+            got = Store.from_uri(folder, cfg.s3).get(name)
             text = got[0] if got else None
         else:
             with open(path, "rb") as fh:
@@ -94,4 +94,6 @@ def _manifest(path: str, cfg) -> dict:
 
 
 if __name__ == "__main__":
-    cli.main("export", body)
+    cli.job(cli.Job("export", __doc__, run, flags=flags, overrides=overrides, prepare=prepare,
+                    needs=("pairs", "images"), intact=("pairs", "images", "duplicates", "clip_scores"),
+                    writes=False, summary=summary))

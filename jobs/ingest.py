@@ -4,24 +4,21 @@
 """
 
 import _bootstrap  # noqa: F401
-from s1mmalign import cli, config, ingest, session
+from s1mmalign import cli
+from s1mmalign.ingest import pipeline
 
 
-def body() -> int:
-    p = cli.parser("ingest", __doc__.splitlines()[0])
+def flags(p) -> None:
     p.add_argument("--source", required=True, help="source root: a local folder or s3://bucket/prefix")
-    args = p.parse_args()
-    cli.setup_logging(args.log_level)
-    cfg = config.load(args.conf)
-    found = cli.discover_source(args.source, cfg)
-    lake = cli.lake_uri(args.lake, existing=False)
-    spark = session.build(lake, cfg)
-    try:
-        ingest.run(spark, cfg, args.source, lake, discovered=found)
-    finally:
-        session.stop(spark)
-    return 0
+
+
+def prepare(ctx) -> None:
+    ctx.state["found"] = cli.discover_source(ctx.args.source, ctx.cfg)    # listed before Spark starts
+
+
+def run(ctx):
+    return pipeline.run(ctx.spark, ctx.cfg, ctx.args.source, ctx.lake, discovered=ctx.state["found"])
 
 
 if __name__ == "__main__":
-    cli.main("ingest", body)
+    cli.job(cli.Job("ingest", __doc__, run, flags=flags, existing=False, prepare=prepare))

@@ -7,26 +7,16 @@ path or config, or a lake without tables, in one line; 1 anything else, in one l
 """
 
 import _bootstrap  # noqa: F401
-from s1mmalign import cli, config, delta_io, maintain, session
+from s1mmalign import cli
+from s1mmalign.lake import maintain
 
 
-def body() -> int:
-    p = cli.parser("maintain", __doc__.splitlines()[0])
-    args = p.parse_args()
-    cli.setup_logging(args.log_level)
-    cfg = config.load(args.conf)
-    lake = cli.lake_uri(args.lake)
-    maintain.zorder_columns(cfg)          # a bad Z-order setting fails here, before Spark starts
-    delta_io.require_tables(lake, ["pairs"], s3=cfg.s3)
-    spark = session.build(lake, cfg)
-    try:
-        reports = maintain.run(spark, cfg, lake)
-    finally:
-        session.stop(spark)
+def summary(ctx, reports) -> None:
     for r in reports:
         print(f"maintain: {r.line()}")
-    return 0
 
 
 if __name__ == "__main__":
-    cli.main("maintain", body)
+    cli.job(cli.Job("maintain", __doc__, lambda ctx: maintain.run(ctx.spark, ctx.cfg, ctx.lake),
+                    prepare=lambda ctx: maintain.zorder_columns(ctx.cfg),   # a bad Z-order setting: before Spark
+                    needs=("pairs",), summary=summary))

@@ -11,43 +11,42 @@ import dataclasses
 import os
 
 import _bootstrap  # noqa: F401
-from s1mmalign import cli, clip, config, delta_io, errors, session
+from s1mmalign import cli, errors
+from s1mmalign.score import clip, pipeline
 
 
-def body() -> int:
-    p = cli.parser("score_clip", __doc__.splitlines()[0])
+def flags(p) -> None:
     p.add_argument("--model", default=None, help="open_clip model name (default: clip.model in conf)")
     p.add_argument("--checkpoint", default=None, help="weights: a local file or s3://bucket/key")
     p.add_argument("--model-config", default=None,
                    help="an open_clip JSON model config, for a model that is not built in")
     p.add_argument("--random-weights-for-testing", action="store_true",
                    help="no checkpoint: random weights, and a model id that says so (tests only)")
-    args = p.parse_args()
-    cli.setup_logging(args.log_level)
-    cfg = config.load(args.conf)
-    lake = cli.lake_uri(args.lake)
-    if args.model_config and not os.path.isfile(args.model_config):
-        raise errors.UsageError(f"--model-config {args.model_config} is not a file")
+
+
+def prepare(ctx) -> None:
+    cfg = ctx.cfg
+    if cfg.clip.model_config and not os.path.isfile(cfg.clip.model_config):
+        raise errors.UsageError(f"--model-config {cfg.clip.model_config} is not a file")
     try:
         import open_clip  # noqa: F401
         import torch  # noqa: F401
     except ImportError as exc:
         raise errors.UsageError(f"the CLIP stack is not installed ({exc.name}): pip install -e '.[clip]'") from None
-    from s1mmalign import score
-
-    delta_io.require_tables(lake, score.NEEDED, s3=cfg.s3)
-    spec = score.spec_from(cfg, args.model, args.checkpoint, args.random_weights_for_testing, args.model_config)
-    mid = clip.model_id(spec)   # a missing or an unreadable checkpoint fails here, before Spark starts
-    run_cfg = dataclasses.replace(cfg, spark=dataclasses.replace(
+    spec = clip.ScorerSpec.of(cfg, random_weights=ctx.args.random_weights_for_testing)
+    ctx.state.update(spec=spec, model_id=clip.model_id(spec))   # a missing or unreadable checkpoint fails here
+    ctx.cfg = dataclasses.replace(cfg, spark=dataclasses.replace(
         cfg.spark, arrow_batch_rows=spec.batch_size, extra={**cfg.spark.extra, **cfg.clip.spark_extra}))
-    spark = session.build(lake, run_cfg)
-    try:
-        result = score.run(spark, run_cfg, lake, spec, model_id=mid)
-    finally:
-        session.stop(spark)
+
+
+def run(ctx):
+    return pipeline.run(ctx.spark, ctx.cfg, ctx.lake, ctx.state["spec"], model_id=ctx.state["model_id"])
+
+
+def summary(ctx, result) -> None:
     print(f"score_clip: {result.scored} pairs scored by {result.model} ({result.seconds:.1f}s)")
-    return 0
 
 
 if __name__ == "__main__":
-    cli.main("score_clip", body)
+    cli.job(cli.Job("score_clip", __doc__, run, flags=flags, prepare=prepare, needs=pipeline.NEEDED, summary=summary,
+                    overrides=lambda a: cli.flag_overrides(a, "clip", ("model", "checkpoint", "model_config"))))

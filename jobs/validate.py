@@ -9,26 +9,21 @@ named on one line; 2: the job could not run.
 import sys
 
 import _bootstrap  # noqa: F401
-from s1mmalign import cli, config, delta_io, quality, session, validate
+from s1mmalign import cli
+from s1mmalign.validate import pipeline, quality
 
 
-def body() -> int:
-    p = cli.parser("validate", __doc__.splitlines()[0])
+def flags(p) -> None:
     p.add_argument("--out", default=None, help="folder for Great Expectations' Data Docs (HTML); "
                                                "default <lake>/_quality/data_docs")
-    args = p.parse_args()
-    cli.setup_logging(args.log_level)
-    cfg = config.load(args.conf)
-    lake = cli.lake_uri(args.lake)
-    out = cli.require_out_folder(args.out)
-    quality.load_suites()   # a broken suite file or a lake without tables fails here, before Spark starts
-    delta_io.require_tables(lake, validate.NEEDED, s3=cfg.s3)
-    delta_io.require_intact(lake, (*validate.NEEDED, "clip_scores"), s3=cfg.s3)
-    spark = session.build(lake, cfg)
-    try:
-        outcome = validate.run(spark, cfg, lake, out=out)
-    finally:
-        session.stop(spark)
+
+
+def prepare(ctx) -> None:
+    cli.require_out_folder(ctx.args.out)
+    quality.load_suites()   # a broken suite file fails here, before Spark starts
+
+
+def summary(ctx, outcome) -> int:
     line = f"validate: {outcome.summary_line()} (run {outcome.run_id}, "
     line += f"Data Docs {outcome.docs_index})" if outcome.docs_index else f"no Data Docs: {outcome.docs_note})"
     if outcome.critical_failures:
@@ -39,4 +34,6 @@ def body() -> int:
 
 
 if __name__ == "__main__":
-    cli.main("validate", body)
+    cli.job(cli.Job("validate", __doc__, lambda ctx: pipeline.run(ctx.spark, ctx.cfg, ctx.lake, out=ctx.args.out),
+                    flags=flags, prepare=prepare, needs=pipeline.NEEDED, intact=(*pipeline.NEEDED, "clip_scores"),
+                    summary=summary))

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import BIN, REPO  # noqa: E402
+from helpers import BIN, REPO, TEST_SECRET  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 SCIFIG300 = SHARED / "data" / "scifig300"
@@ -20,7 +20,6 @@ SCIFIG300 = SHARED / "data" / "scifig300"
 # S3 in tests is moto's server on 127.0.0.1, never AWS: fixed credentials, set before the shared Spark JVM
 # (and its Python workers) start, as the AWS chain would give them to a job. The secret is a marker that
 # tests look for in what the jobs write and log.
-TEST_SECRET = "s1mmalign-test-secret-never-logged"
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
     os.environ.pop(_name, None)
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=TEST_SECRET, AWS_DEFAULT_REGION="us-east-1")
@@ -64,6 +63,15 @@ def _no_stray_spark_session(request):
         pytest.fail("this test started a Spark session: use the spark fixture (which marks it `spark`)")
 
 
+@pytest.fixture(autouse=True)
+def _release_leases():
+    """Every lease a test took in-process (helpers.held) is given back when it ends, as a job's is at exit."""
+    yield
+    from s1mmalign.lake import lease
+
+    lease.release_all()
+
+
 @pytest.fixture(scope="session")
 def scifig300() -> Path:
     if not (SCIFIG300 / "arxiv" / "jsonl").is_dir():
@@ -82,9 +90,10 @@ def cfg():
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory, cfg):
-    from s1mmalign import session
+    from helpers import lake_at
+    from s1mmalign.lake import session
 
-    spark = session.build(str(tmp_path_factory.mktemp("test-catalog")), cfg)
+    spark = session.build(lake_at(tmp_path_factory.mktemp("test-catalog"), cfg), cfg, write=False)
     yield spark
     spark.stop()
 
@@ -125,7 +134,7 @@ def moto() -> str:
 @pytest.fixture(scope="session")
 def faults_corpus(tmp_path_factory) -> Path:
     """A 300-pair corpus with every kind of bad input (and its _manifest.jsonl)."""
-    from s1mmalign import sample
+    from s1mmalign.ingest import sample
 
     root = tmp_path_factory.mktemp("faults") / "corpus"
     sample.generate(root, n_pairs=300, seed=11, faults=True, processes=2)
@@ -138,12 +147,3 @@ def corpus_copy(tmp_path, faults_corpus) -> Path:
     dest = tmp_path / "corpus"
     shutil.copytree(faults_corpus, dest, copy_function=shutil.copy2)
     return dest
-
-
-def run_job(job: str, *args: str, env: dict | None = None, timeout: int = 600,
-            submit: bool = True, submit_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run jobs/<job>.py through spark-submit (or plain python) as a user would."""
-    cmd = ([str(BIN / "spark-submit"), "--master", "local[2]", *submit_args] if submit else [sys.executable])
-    cmd += [str(REPO / "jobs" / f"{job}.py"), *args]
-    full_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)

@@ -17,11 +17,30 @@ from pathlib import Path
 
 import pytest
 
-from s1mmalign import delta_io, tasks
+from s1mmalign.ingest import tasks
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = str(Path(__file__).parent / "data" / "tiny-clip.json")     # a tiny open_clip model config
+# S3 in tests is moto's server, never AWS: conftest sets these fixed credentials; the secret is a marker that
+# tests look for in what the jobs write and log.
+TEST_SECRET = "s1mmalign-test-secret-never-logged"
+
+
+def lake_at(path, cfg=None, s3=None):
+    """A Lake over a test's folder (or s3:// URI: then with cfg's or these S3 settings), for reads: it holds
+    no lease, so a write through it fails (root.NoLease)."""
+    from s1mmalign import config
+    from s1mmalign.lake.root import Lake
+
+    cfg = cfg or config.load()
+    return Lake(str(path), s3 or cfg.s3, cfg.catalog.database, cfg.lease.ttl_seconds, cfg.lease.heartbeat_seconds)
+
+
+def held(path, cfg=None, s3=None):
+    """A Lake over a test's folder whose lease this process holds (once per lake; conftest releases every
+    lease after each test), for writes in-process as a job makes them."""
+    return lake_at(path, cfg, s3).hold("test")
 
 
 def manifest(root: Path) -> dict[tuple[str, int], dict]:
@@ -34,7 +53,7 @@ def manifest(root: Path) -> dict[tuple[str, int], dict]:
 
 
 def table_rows(spark, lake: str, name: str, *cols: str) -> list:
-    return delta_io.read(spark, str(lake), name).select(*cols).collect()
+    return lake_at(str(lake)).read(spark, name).select(*cols).collect()
 
 
 def assert_invariant(spark, lake, expected: dict[tuple[str, int], dict]) -> tuple[list, list]:
@@ -77,7 +96,7 @@ def assert_image_bytes(spark, lake, pairs) -> None:
 
 def snapshot(spark, lake, name: str, drop=("ingest_run_id", "ingested_at")) -> list:
     """A table's rows without run ids and times, sorted: what two equivalent runs must share."""
-    df = delta_io.read(spark, str(lake), name)
+    df = lake_at(str(lake)).read(spark, name)
     cols = [c for c in df.columns if c not in drop]
     return sorted(tuple(r) for r in df.select(*cols).collect())
 
@@ -190,3 +209,12 @@ def header_bomb(claimed: int, before: bytes = b"", kind: bytes = b"L") -> bytes:
     zeros = bytes(1 << 20)
     out += [z.compress(zeros) for _ in range(-(-claimed // len(zeros)))]
     return b"".join(out) + z.flush()
+
+
+def run_job(job: str, *args: str, env: dict | None = None, timeout: int = 600,
+            submit: bool = True, submit_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run jobs/<job>.py through spark-submit (or plain python) as a user would."""
+    cmd = ([str(BIN / "spark-submit"), "--master", "local[2]", *submit_args] if submit else [sys.executable])
+    cmd += [str(REPO / "jobs" / f"{job}.py"), *args]
+    full_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
-from s1mmalign import delta_io, sample
+from helpers import REPO, lake_at
+from s1mmalign.ingest import sample
 
 AIRFLOW_BIN = REPO / ".venv-airflow" / "bin"
 STRUCTURE = r"""
@@ -91,7 +91,7 @@ def dags_test(env: dict, dag: str, conf: dict) -> tuple[str, str]:
 
 
 def versions(lake) -> dict[str, int]:
-    return {t: delta_io.version(None, str(lake), t) for t in ("pairs", "images", "quarantine", "ingest_log")}
+    return {t: lake_at(str(lake)).version(t) for t in ("pairs", "images", "quarantine", "ingest_log")}
 
 
 @pytest.mark.e2e
@@ -102,9 +102,9 @@ def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spar
 
     out, state = dags_test(airflow_env, "s1mmalign_refresh", conf)
     assert state == "success", out[-3000:]
-    assert delta_io.read(spark, str(lake), "pairs").count() == 120
+    assert lake_at(str(lake)).read(spark, "pairs").count() == 120
     assert (tmp_path / "report1" / "report.html").is_file()
-    assert not delta_io.exists(None, str(lake), "clip_scores")             # no checkpoint: not scored
+    assert not lake_at(str(lake)).exists("clip_scores")             # no checkpoint: not scored
     first = versions(lake)
 
     # Nothing new: plan short-circuits the rest; no table changes, no report.
@@ -120,11 +120,11 @@ def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spar
     assert state == "failed", out[-3000:]
     assert "critical expectation(s) failed" in out and "quarantined_share" in out
     assert versions(lake)["pairs"] > first["pairs"] or versions(lake)["quarantine"] > first["quarantine"]
-    assert not delta_io.exists(None, str(lake), "clip_scores") and not (tmp_path / "report3").exists()
+    assert not lake_at(str(lake)).exists("clip_scores") and not (tmp_path / "report3").exists()
 
     # Weekly maintenance: same rows, fewer or as many files.
-    rows = sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect())
+    rows = sorted(tuple(r) for r in lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect())
     out, state = dags_test(airflow_env, "s1mmalign_maintain", {"lake": str(lake)})
     assert state == "success" and "maintain: pairs:" in out, out[-3000:]
-    after = delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect()
+    after = lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect()
     assert sorted(tuple(r) for r in after) == rows

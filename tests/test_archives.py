@@ -5,8 +5,8 @@ import tarfile
 import pytest
 
 from helpers import header_bomb
-from s1mmalign import archives
-from s1mmalign.storage import LocalStore
+from s1mmalign.ingest import archives
+from s1mmalign.lake.storage import LocalStore
 
 
 def make_tar(members) -> bytes:

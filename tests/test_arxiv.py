@@ -1,6 +1,6 @@
 import pytest
 
-from s1mmalign import arxiv
+from s1mmalign.ingest import arxiv
 
 
 @pytest.mark.parametrize("raw, ident, version, folder", [

@@ -5,8 +5,8 @@ import random
 import pytest
 
 from helpers import chunked
-from s1mmalign import tasks
-from s1mmalign.storage import LocalStore
+from s1mmalign.ingest import tasks
+from s1mmalign.lake.storage import LocalStore
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 64, 1000])
@@ -33,7 +33,8 @@ def test_a_row_arrow_refuses_becomes_an_invalid_value_reject_not_a_failed_task()
     batch meets Arrow, and only that row is replaced by its reject."""
     import pyarrow as pa
 
-    from s1mmalign import records, schemas
+    from s1mmalign.ingest import records
+    from s1mmalign.lake import schemas
 
     schema = schemas.table("parsed_lines").arrow()
     good = {"source": "arxiv", "source_file": "a.jsonl", "source_line": 1, "raw": "{}", "pair_id": "p",

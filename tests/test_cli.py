@@ -3,8 +3,12 @@ when it ran out of memory."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
+from helpers import lake_at
 from s1mmalign import cli
 from s1mmalign.stages import Stage
 
@@ -89,12 +93,13 @@ def test_a_second_job_on_a_held_lake_is_one_line(tmp_path, faults_corpus, cfg):
     import subprocess
     import sys
 
-    from conftest import REPO, run_job
+    from helpers import REPO, run_job
 
     lake = tmp_path / "lake"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'lib');"
-                               "from s1mmalign import config, session; "
-                               "session.take_lease(sys.argv[1], config.load()); print('held', flush=True);"
+                               "from s1mmalign import config; from s1mmalign.lake import root, session; "
+                               "session.take_lease(root.Lake.open(sys.argv[1], config.load(), existing=False));"
+                               "print('held', flush=True);"
                                "time.sleep(120)", str(lake)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -104,23 +109,24 @@ def test_a_second_job_on_a_held_lake_is_one_line(tmp_path, faults_corpus, cfg):
         holder.kill()
         holder.wait()
     # the holder is gone (killed, as kill -9 would): its lease is taken over at once, on this host
-    from s1mmalign import lease, session
+    from s1mmalign.lake import lease, session
 
-    session.take_lease(str(lake), cfg)
+    session.take_lease(lake_at(lake, cfg))
+    assert json.loads((lake / lease.LEASE_FILE).read_text())["pid"] == os.getpid()    # ours now
     lease.release_all()
     assert not (lake / lease.LEASE_FILE).exists()
 
 
 def test_a_lake_that_cannot_be_written_is_one_error(tmp_path, cfg):
-    from s1mmalign import session
+    from s1mmalign.lake import session
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(session.LakeBusy, match="cannot be written"):
-        session.take_lease(str(tmp_path / "file" / "lake"), cfg)
+        session.take_lease(lake_at(tmp_path / "file" / "lake", cfg))
 
 
 def test_a_damaged_delta_log_is_one_line(tmp_path, faults_corpus):
-    from conftest import run_job
+    from helpers import run_job
 
     log_dir = tmp_path / "lake" / "pairs" / "_delta_log"
     log_dir.mkdir(parents=True)
@@ -141,7 +147,7 @@ def test_a_damaged_delta_log_is_one_line(tmp_path, faults_corpus):
     ("spark:\n  shuffle_partitions: 100000000000000000000\n", "spark.shuffle_partitions must be between 1 and"),
 ])
 def test_a_bad_setting_is_one_line_before_spark_starts(tmp_path, faults_corpus, text, message):
-    from conftest import run_job
+    from helpers import run_job
 
     conf = tmp_path / "bad.yaml"
     conf.write_text(text)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BIN
-from helpers import TINY, free_port, wait_port
-from s1mmalign import clip, images
-from s1mmalign.config import IngestConf
+from helpers import BIN, TINY, free_port, wait_port
+from s1mmalign.config import IngestConf, S3Conf
+from s1mmalign.ingest import images
+from s1mmalign.score import clip
 
 open_clip.add_model_config(TINY)
 
@@ -211,13 +211,13 @@ def test_checkpoint_from_s3(tmp_path, tiny_checkpoint, figures, monkeypatch):
         s3.upload_file(str(tiny_checkpoint), "models", "clip/tiny-clip.safetensors")
         remote = clip.ScorerSpec(model="tiny-clip", checkpoint="s3://models/clip/tiny-clip.safetensors",
                                  model_config=TINY, device="cpu", cache_dir=str(tmp_path / "cache"),
-                                 s3_endpoint_url=endpoint)
+                                 s3=S3Conf(endpoint_url=endpoint))
         assert clip.model_id(remote) == clip.model_id(spec(tiny_checkpoint))
         got = clip.Scorer(remote).score([clip.Pair(*figures[0])])
         assert got == clip.Scorer(spec(tiny_checkpoint)).score([clip.Pair(*figures[0])])
         assert len(list((tmp_path / "cache").rglob("tiny-clip.safetensors"))) == 1
         missing = clip.ScorerSpec(model="tiny-clip", checkpoint="s3://models/nope.safetensors", model_config=TINY,
-                                  s3_endpoint_url=endpoint, cache_dir=str(tmp_path / "cache"))
+                                  s3=S3Conf(endpoint_url=endpoint), cache_dir=str(tmp_path / "cache"))
         with pytest.raises(clip.ClipError, match="cannot be read"):
             clip.model_id(missing)
     finally:

@@ -2,8 +2,10 @@ import dataclasses
 
 import pytest
 
-from s1mmalign import config, session
+from s1mmalign import config
 from s1mmalign.config import ConfigError
+from s1mmalign.lake import session
+from s1mmalign.lake.root import Lake
 from s1mmalign.resources import repo_root
 
 
@@ -55,7 +57,7 @@ def test_missing_file():
     ({"shuffle_partitions": 200, "delta_snapshot_partitions": 16}, "16"),
 ])
 def test_delta_log_read_tasks(spark_conf, expected):
-    settings = session.session_settings("/tmp/lake", config.load(overrides={"spark": spark_conf}, environ={}))
+    settings = session.session_settings(Lake("/tmp/lake"), config.load(overrides={"spark": spark_conf}, environ={}))
     assert settings["spark.databricks.delta.snapshotPartitions"] == expected
     assert settings["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == expected   # VACUUM's listing
 

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from s1mmalign import dedup
 from s1mmalign.config import QualityConf
+from s1mmalign.validate import dedup
 
 PAIRS_SCHEMA = "pair_id string, source string, discipline string, image_path string, image_sha256 string, " \
                "image_dhash bigint"

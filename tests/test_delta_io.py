@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 from delta.tables import DeltaTable
 
-from s1mmalign import delta_io, schemas
+from helpers import held, lake_at
+from s1mmalign.ingest import slices
+from s1mmalign.lake import schemas
 
 
 def index_row(path: str, status: str = "ok", width: int = 10) -> dict:
@@ -19,16 +21,16 @@ def index_row(path: str, status: str = "ok", width: int = 10) -> dict:
 
 def test_merge_inserts_new_keys_and_updates_known_ones(spark, tmp_path):
     lake = str(tmp_path / "lake")
-    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    held(lake).ensure_tables(spark)
     schema = schemas.table("image_index").spark()
-    table = DeltaTable.forPath(spark, delta_io.table_path(lake, "image_index"))
+    table = DeltaTable.forPath(spark, lake_at(lake).path("image_index"))
     first = [index_row("a.png"), index_row("b.png"), index_row("c.png", "image_corrupt")]
-    metrics = delta_io.merge_on_key(spark, lake, "image_index", spark.createDataFrame(first, schema))
+    metrics = held(lake).merge(spark, "image_index", spark.createDataFrame(first, schema))
     # into the empty table: appended (the rows a MERGE inserts), with MERGE's metrics
     assert table.history(1).first().operation == "WRITE"
     assert (metrics["numTargetRowsInserted"], metrics["numTargetRowsUpdated"]) == ("3", "0")
     second = [index_row("a.png", width=99), index_row("d.png")]
-    metrics = delta_io.merge_on_key(spark, lake, "image_index", spark.createDataFrame(second, schema))
+    metrics = held(lake).merge(spark, "image_index", spark.createDataFrame(second, schema))
     assert table.history(1).first().operation == "MERGE"
     assert (metrics["numTargetRowsInserted"], metrics["numTargetRowsUpdated"]) == ("1", "1")
     got = {r.image_path: (r.status, r.width) for r in table.toDF().collect()}
@@ -41,18 +43,18 @@ def test_image_bytes_are_stored_without_compression(spark, tmp_path):
     assert dict(schemas.table("images").write_options) == {"compression": "none"}
     assert schemas.table("pairs").write_options == ()
     lake = str(tmp_path / "lake")
-    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    held(lake).ensure_tables(spark)
     now = datetime.now(timezone.utc)
     row = {"image_sha256": "0" * 64, "discipline": "physics", "format": "PNG", "width": 1, "height": 1,
            "image_bytes": 3, "image_dhash": 0, "content": b"abc" * 100, "thumbnail": b"xyz", "thumbnail_width": 1,
            "thumbnail_height": 1, "first_source": "arxiv", "first_image_path": "a.png", "ingest_run_id": "r1",
            "ingested_at": now}
-    delta_io.append(spark, lake, "images", spark.createDataFrame([row], schemas.table("images").spark()))
-    delta_io.merge_on_key(spark, lake, "image_index",
-                          spark.createDataFrame([index_row("a.png")], schemas.table("image_index").spark()))
+    held(lake).append(spark, "images", spark.createDataFrame([row], schemas.table("images").spark()))
+    held(lake).merge(spark, "image_index",
+                     spark.createDataFrame([index_row("a.png")], schemas.table("image_index").spark()))
     codecs = {}
     for table in ("images", "image_index"):
-        for f in glob.glob(f"{delta_io.table_path(lake, table)}/**/*.parquet", recursive=True):
+        for f in glob.glob(f"{lake_at(lake).path(table)}/**/*.parquet", recursive=True):
             meta = pq.ParquetFile(f).metadata
             codecs.setdefault(table, set()).update(meta.row_group(g).column(i).compression
                                                    for g in range(meta.num_row_groups) for i in range(meta.num_columns))
@@ -61,15 +63,15 @@ def test_image_bytes_are_stored_without_compression(spark, tmp_path):
 
 def test_a_write_that_commits_nothing_never_reports_the_previous_commits_metrics(spark, tmp_path, caplog):
     lake = str(tmp_path / "lake")
-    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    held(lake).ensure_tables(spark)
     schema = schemas.table("images").spark()
     row = {"image_sha256": "1" * 64, "discipline": "physics", "format": "PNG", "width": 1, "height": 1,
            "image_bytes": 3, "image_dhash": 0, "content": b"abc", "thumbnail": b"xyz", "thumbnail_width": 1,
            "thumbnail_height": 1, "first_source": "arxiv", "first_image_path": "a.png", "ingest_run_id": "r1",
            "ingested_at": datetime.now(timezone.utc)}
-    assert delta_io.append(spark, lake, "images", spark.createDataFrame([row], schema))["numOutputRows"] == "1"
-    caplog.set_level("INFO", logger="s1mmalign.delta_io")
-    assert delta_io.append(spark, lake, "images", spark.createDataFrame([], schema)) == {}   # Delta commits nothing
+    assert held(lake).append(spark, "images", spark.createDataFrame([row], schema))["numOutputRows"] == "1"
+    caplog.set_level("INFO", logger="s1mmalign.lake.delta_io")
+    assert held(lake).append(spark, "images", spark.createDataFrame([], schema)) == {}   # Delta commits nothing
     assert "write images: append (no commit: nothing to write)" in caplog.text
 
 
@@ -82,14 +84,14 @@ def test_files_python_tasks_write_are_committed_as_one_append_spark_reads(spark,
 
     import pyarrow as pa
 
-    from s1mmalign import tasks
-    from s1mmalign.storage import LocalStore
+    from s1mmalign.ingest import tasks
+    from s1mmalign.lake.storage import LocalStore
 
     lake = str(tmp_path / "lake")
-    delta_io.ensure_tables(spark, lake, "s1mmalign")
-    path = delta_io.table_path(lake, "images")
+    held(lake).ensure_tables(spark)
+    path = lake_at(lake).path("images")
     protocol = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").select("minReaderVersion", "minWriterVersion").first()
-    writer = tasks._SliceWriter(LocalStore(str(tmp_path)), "slices", "k", 1 << 20)
+    writer = slices.Writer(LocalStore(str(tmp_path)), "slices", "k", 1 << 20)
     blobs = [os.urandom(500 + i) for i in range(12)]
     where = [writer.add(f"images/{i}.png", b) for i, b in enumerate(blobs)]
     writer.close()
@@ -104,41 +106,40 @@ def test_files_python_tasks_write_are_committed_as_one_append_spark_reads(spark,
         iter([pa.RecordBatch.from_pylist(rows)])) for f in b.to_pylist()]
     assert len(files) == 3
 
-    assert delta_io.add_files(lake, "images", files) == 12
-    assert delta_io.add_files(lake, "images", []) == 0                        # nothing: no commit
-    assert delta_io.version(spark, lake, "images") == 1
+    assert held(lake).add_files("images", files) == 12
+    assert held(lake).add_files("images", []) == 0                        # nothing: no commit
+    assert lake_at(lake).version("images", spark) == 1
 
     got = {r.image_sha256: (r.discipline, bytes(r.content), r.ingested_at.replace(tzinfo=timezone.utc))
-           for r in delta_io.read(spark, lake, "images").collect()}
+           for r in lake_at(lake).read(spark, "images").collect()}
     assert got == {f"{i:064x}": (disciplines[i % 3], blobs[i], now) for i in range(12)}
     assert spark.sql(f"DESCRIBE DETAIL delta.`{path}`").select(
         "minReaderVersion", "minWriterVersion").first() == protocol
-    one = delta_io.read(spark, lake, "images").where(f"image_sha256 = '{4:064x}'")
+    one = lake_at(lake).read(spark, "images").where(f"image_sha256 = '{4:064x}'")
     assert one.count() == 1                                  # stats wrong for it would skip its file
-    assert delta_io.read(spark, lake, "images").where("width = 12").count() == 1
-    assert [r.discipline for r in delta_io.read(spark, lake, "images").where("discipline = 'a b/c'")
+    assert lake_at(lake).read(spark, "images").where("width = 12").count() == 1
+    assert [r.discipline for r in lake_at(lake).read(spark, "images").where("discipline = 'a b/c'")
             .select("discipline").collect()] == ["a b/c"] * 4
     # Spark's Delta goes on writing the table after delta-rs's commit
-    assert delta_io.append(spark, lake, "images", delta_io.read(spark, lake, "images").limit(1))["numOutputRows"] == "1"
-    assert delta_io.read(spark, lake, "images").count() == 13
+    assert held(lake).append(spark, "images", lake_at(lake).read(spark, "images").limit(1))["numOutputRows"] == "1"
+    assert lake_at(lake).read(spark, "images").count() == 13
 
 
 def test_replace_slice_appends_into_an_empty_table_then_replaces_only_its_slice(spark, tmp_path):
     lake = str(tmp_path / "lake")
-    delta_io.ensure_tables(spark, lake, "s1mmalign")
+    held(lake).ensure_tables(spark)
     schema = schemas.table("quarantine").spark()
     now = datetime.now(timezone.utc)
 
     def rows(file: str, lines: range, reason: str):
         return spark.createDataFrame([("arxiv", file, n, "x", None, reason, None, "r", now) for n in lines], schema)
 
-    first = delta_io.replace_slice(spark, lake, "quarantine", rows("a.jsonl", range(1, 4), "malformed_json")
-                                   .unionByName(rows("b.jsonl", range(1, 3), "malformed_json")),
-                                   "source_file IN ('a.jsonl', 'b.jsonl')")
+    first = held(lake).replace(spark, "quarantine", rows("a.jsonl", range(1, 4), "malformed_json")
+                               .unionByName(rows("b.jsonl", range(1, 3), "malformed_json")),
+                               "source_file IN ('a.jsonl', 'b.jsonl')")
     assert first["numOutputRows"] == "5"
-    table = DeltaTable.forPath(spark, delta_io.table_path(lake, "quarantine"))
+    table = DeltaTable.forPath(spark, lake_at(lake).path("quarantine"))
     assert table.history(1).first().operation == "WRITE"                      # appended: nothing to replace
-    delta_io.replace_slice(spark, lake, "quarantine", rows("a.jsonl", range(7, 8), "image_missing"),
-                           "source_file IN ('a.jsonl')")
-    got = sorted((r.source_file, r.source_line, r.reason) for r in delta_io.read(spark, lake, "quarantine").collect())
+    held(lake).replace(spark, "quarantine", rows("a.jsonl", range(7, 8), "image_missing"), "source_file IN ('a.jsonl')")
+    got = sorted((r.source_file, r.source_line, r.reason) for r in lake_at(lake).read(spark, "quarantine").collect())
     assert got == [("a.jsonl", 7, "image_missing"), ("b.jsonl", 1, "malformed_json"), ("b.jsonl", 2, "malformed_json")]

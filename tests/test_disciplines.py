@@ -2,7 +2,7 @@ import pytest
 
 from s1mmalign import config
 from s1mmalign.config import ConfigError
-from s1mmalign.disciplines import DisciplineMap
+from s1mmalign.ingest.disciplines import DisciplineMap
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import browse
-from s1mmalign import docs_offline, quality
+from helpers import REPO, browse
+from s1mmalign.validate import docs_offline, quality
 
 TEMPLATES = Path(__import__("great_expectations").__file__).parent / "render" / "view" / "templates"
 
@@ -118,7 +118,7 @@ def test_a_tampered_download_is_refused(tmp_path):
 
 
 def test_the_asset_list_pins_every_package():
-    data = yaml.safe_load((Path(docs_offline.__file__).parents[2] / "conf" / docs_offline.ASSETS_FILE).read_text())
+    data = yaml.safe_load((REPO / "conf" / docs_offline.ASSETS_FILE).read_text())
     for p in data["packages"]:
         assert re.fullmatch(r"\d+\.\d+\.\d+", str(p["version"])), p["name"]
         assert re.fullmatch(r"sha512-[A-Za-z0-9+/]{86}==", p["integrity"]), p["name"]

@@ -13,14 +13,15 @@ import tarfile
 
 import pytest
 
-from conftest import REPO, run_job
 from helpers import (
+    REPO,
     TINY,
     assert_image_bytes,
     assert_invariant,
     kill_9_after,
     manifest,
     ok,
+    run_job,
     signal_after,
     snapshot,
     table_rows,
@@ -43,7 +44,7 @@ def test_spark_submit_on_faults_corpus(spark, clean_lake, faults_corpus):
 
 
 def test_spark_sql_in_a_new_session_sees_the_catalog(clean_lake, faults_corpus):
-    proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(clean_lake), "-S", "-e",
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.report.sqlshell", "--lake", str(clean_lake), "-S", "-e",
                            "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.quarantine"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     ok(proc)
@@ -259,7 +260,7 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, c
     runs = {r.validate_run_id for r in table_rows(spark, lake, "quality_results", "validate_run_id")}
     assert len(runs) == 1
     assert {r.validate_run_id for r in table_rows(spark, lake, "duplicates", "validate_run_id")} <= runs
-    proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(lake), "-S", "-e",
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.report.sqlshell", "--lake", str(lake), "-S", "-e",
                            "SELECT count(DISTINCT validate_run_id), sum(IF(success, 0, 1)) "
                            "FROM s1mmalign.quality_results;"
                            "SELECT count(*) FROM s1mmalign.duplicates"],
@@ -318,7 +319,7 @@ def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(sp
     assert all((out / name).stat().st_size > 1000 for name in summary["plots"])
     assert "No CLIP scores in this lake" in (out / "report.html").read_text()
     overall = {r["field"]: r for r in summary["views"]["caption_lengths"] if r["discipline"] == r["source"] == "*"}
-    proc = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", str(lake), "-S", "-e",
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.report.sqlshell", "--lake", str(lake), "-S", "-e",
                            "SELECT pairs FROM s1mmalign.overview;"
                            "SELECT field, present, words_p50 FROM s1mmalign.caption_lengths "
                            "WHERE discipline = '*' AND source = '*' ORDER BY field"],

@@ -19,10 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO
-from helpers import free_port  # noqa: F401
-from s1mmalign import dedup, delta_io, export, ingest, sample, session
-from s1mmalign.storage import LocalStore, S3Store
+from helpers import BIN, REPO, free_port, held, lake_at  # noqa: F401
+from s1mmalign.config import S3Conf
+from s1mmalign.export import manifest, select
+from s1mmalign.export import pipeline as export
+from s1mmalign.ingest import pipeline as ingest
+from s1mmalign.ingest import sample
+from s1mmalign.lake import session
+from s1mmalign.lake.storage import LocalStore, S3Store
+from s1mmalign.validate import dedup
 
 MODEL = "planted@sha256:00000000feedface"
 SHARD = 150_000
@@ -78,29 +83,29 @@ def lake(spark, cfg, tmp_path_factory):
     groups = plant(root)
     lake = str(tmp_path_factory.mktemp("export-lake") / "lake")
     tcfg = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, database="export_test"))
-    ingest.run(spark, tcfg, str(root), lake)
-    pairs, images = delta_io.read(spark, lake, "pairs"), delta_io.read(spark, lake, "images")
+    ingest.run(spark, tcfg, str(root), held(lake, tcfg))
+    pairs, images = lake_at(lake).read(spark, "pairs"), lake_at(lake).read(spark, "images")
     rows, _ = dedup.find(pairs, images, cfg.quality)
-    delta_io.ensure_tables(spark, lake, "export_test", job="validate")
-    delta_io.replace_all(spark, lake, "duplicates", rows.withColumn("validate_run_id", F.lit("v-test"))
+    held(lake).ensure_tables(spark, job="validate")
+    held(lake).replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit("v-test"))
                          .withColumn("computed_at", F.current_timestamp()))
-    delta_io.ensure_tables(spark, lake, "export_test", job="score_clip")
+    held(lake).ensure_tables(spark, job="score_clip")
     scores = spark.createDataFrame(
         [(r.pair_id, r.discipline, MODEL, r.arxiv_id, known_score(r.pair_id), 1 - known_score(r.pair_id), "ok")
          for r in pairs.select("pair_id", "discipline", "arxiv_id").collect()],
         "pair_id string, discipline string, model string, arxiv_id string, score_caption double, "
         "score_recaption double, status string").withColumn("scored_at", F.current_timestamp())
-    delta_io.append(spark, lake, "clip_scores", scores)
+    held(lake).append(spark, "clip_scores", scores)
     return lake, groups
 
 
 def by_pair(spark, lake: str) -> dict[str, dict]:
-    return {r["pair_id"]: r.asDict() for r in delta_io.read(spark, lake, "pairs").collect()}
+    return {r["pair_id"]: r.asDict() for r in lake_at(lake).read(spark, "pairs").collect()}
 
 
 def stored(spark, lake: str) -> dict[str, dict]:
     return {r["image_sha256"]: r.asDict() for r in
-            delta_io.read(spark, lake, "images").select("image_sha256", "content", "thumbnail").collect()}
+            lake_at(lake).read(spark, "images").select("image_sha256", "content", "thumbnail").collect()}
 
 
 def shard_files(out: Path, suffix: str = "tar") -> list[str]:
@@ -116,7 +121,7 @@ def test_webdataset_shards_read_by_webdataset_equal_the_lake(spark, cfg, lake, t
 
     lake, _ = lake
     out = tmp_path / "wds"
-    result = export.run(spark, cfg, lake, str(out), export.Spec(shard_bytes=SHARD, order="pair_id"))
+    result = export.run(spark, cfg, lake_at(lake, cfg), str(out), export.Spec(shard_bytes=SHARD, order="pair_id"))
     pairs, blobs = by_pair(spark, lake), stored(spark, lake)
     seen = {}
     for s in wds.WebDataset(shard_files(out), shardshuffle=False):
@@ -140,10 +145,10 @@ def test_webdataset_shards_read_by_webdataset_equal_the_lake(spark, cfg, lake, t
     assert [s["name"] for s in m["shards"]] == [os.path.basename(f) for f in shard_files(out)]
     for s in m["shards"]:
         assert s["sha256"] == file_sha(str(out / s["name"])) and s["bytes"] == (out / s["name"]).stat().st_size
-    sql = {r[0]: r[1] for r in delta_io.read(spark, lake, "pairs").groupBy("discipline").count().collect()}
+    sql = {r[0]: r[1] for r in lake_at(lake).read(spark, "pairs").groupBy("discipline").count().collect()}
     assert m["by_discipline"] == sql and m["samples"] == sum(sql.values())
     tables = ("pairs", "images", "duplicates", "clip_scores")
-    assert m["versions"] == {t: delta_io.version(spark, lake, t) for t in tables}
+    assert m["versions"] == {t: lake_at(lake).version(t, spark) for t in tables}
     # filled to the size target: each shard but the last within one sample of it, pairs in pair_id order
     sizes = [s["bytes"] for s in m["shards"]]
     assert len(sizes) >= 4 and all(SHARD * 0.5 < b < SHARD * 1.6 for b in sizes[:-1]), sizes
@@ -162,7 +167,7 @@ def test_storage_order_reads_the_tables_files_in_their_order(spark, cfg, lake, t
     lake, _ = lake
     spec = export.Spec(shard_bytes=SHARD)      # storage order is the default
     assert spec.order == "storage"
-    first = export.run(spark, cfg, lake, str(tmp_path / "a"), spec).manifest
+    first = export.run(spark, cfg, lake_at(lake, cfg), str(tmp_path / "a"), spec).manifest
     pairs, blobs = by_pair(spark, lake), stored(spark, lake)
     got = []
     for s in wds.WebDataset(shard_files(tmp_path / "a"), shardshuffle=False):
@@ -188,7 +193,7 @@ def test_storage_order_reads_the_tables_files_in_their_order(spark, cfg, lake, t
     shutil.copytree(lake, copy)
     spark.sql(f"ALTER TABLE delta.`{copy / 'images'}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
     with pytest.raises(export.ExportError, match="deletion vectors and column mapping"):
-        export.run(spark, cfg, str(copy), str(tmp_path / "c"), spec)
+        export.run(spark, cfg, lake_at(str(copy), cfg), str(tmp_path / "c"), spec)
     assert not (tmp_path / "c" / "_manifest.draft.json").exists()
 
 
@@ -242,8 +247,8 @@ def test_parquet_shards_with_both_texts_and_thumbnails_read_by_pyarrow_and_datas
     lake, _ = lake
     out = tmp_path / "pq"
     small = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, row_group_bytes=20_000))
-    export.run(spark, small, lake, str(out), export.Spec(format="parquet", text="both", image="thumbnail",
-                                                         shard_bytes=60_000))
+    export.run(spark, small, lake_at(lake, small), str(out),
+               export.Spec(format="parquet", text="both", image="thumbnail", shard_bytes=60_000))
     pairs, blobs = by_pair(spark, lake), stored(spark, lake)
     files = shard_files(out, "parquet")
     assert len(files) >= 2
@@ -279,8 +284,8 @@ def _exported(out: Path) -> set[str]:
 
 def test_where_dedup_and_score_threshold_equal_the_same_filter_in_sql(spark, cfg, lake, tmp_path):
     lake, groups = lake
-    pairs = delta_io.read(spark, lake, "pairs")
-    dup = {(r.group_kind, r.pair_id): r.group_id for r in delta_io.read(spark, lake, "duplicates").collect()}
+    pairs = lake_at(lake).read(spark, "pairs")
+    dup = {(r.group_kind, r.pair_id): r.group_id for r in lake_at(lake).read(spark, "duplicates").collect()}
     by_path = {r.image_path: r.pair_id
                for r in pairs.where("source = 'biorxiv'").select("image_path", "pair_id").collect()}
     # planted groups are found: 3 pairs share bytes, 2 images are near, the third group is both
@@ -316,7 +321,7 @@ def test_where_dedup_and_score_threshold_equal_the_same_filter_in_sql(spark, cfg
 
 
 def _run(spark, cfg, lake, out: Path, *, model=None, **spec) -> Path:
-    export.run(spark, cfg, lake, str(out), export.Spec(shard_bytes=SHARD, **spec), model_name=model)
+    export.run(spark, cfg, lake_at(lake, cfg), str(out), export.Spec(shard_bytes=SHARD, **spec), model_name=model)
     return out
 
 
@@ -344,17 +349,17 @@ def _run(spark, cfg, lake, out: Path, *, model=None, **spec) -> Path:
 def test_bad_predicate_or_model_is_one_error_before_any_shard(spark, cfg, lake, tmp_path, spec, model, message):
     lake, _ = lake
     with pytest.raises(export.ExportError, match=message) as err:
-        export.run(spark, cfg, lake, str(tmp_path / "o"), export.Spec(**spec), model_name=model)
+        export.run(spark, cfg, lake_at(lake, cfg), str(tmp_path / "o"), export.Spec(**spec), model_name=model)
     assert "\n" not in str(err.value)
     assert not list((tmp_path / "o").glob("shard-*")) and not (tmp_path / "o" / "_manifest.draft.json").exists()
 
 
 def test_a_where_too_long_or_too_large_is_refused_before_its_walk_ends(spark):
     with pytest.raises(export.ExportError, match="--where of 100001 characters: at most 100000"):
-        export.check_where(spark, "a" * 100_001)
+        select.check_where(spark, "a" * 100_001)
     with pytest.raises(export.ExportError, match="over 20000 terms"):
-        export.check_where(spark, " OR ".join(f"c{i}" for i in range(10_001)))
-    export.check_where(spark, "source IN (" + ", ".join(f"'s{i}'" for i in range(2000)) + ")")   # a long IN list
+        select.check_where(spark, " OR ".join(f"c{i}" for i in range(10_001)))
+    select.check_where(spark, "source IN (" + ", ".join(f"'s{i}'" for i in range(2000)) + ")")   # a long IN list
 
 
 def test_missing_tables_foreign_out_and_the_jobs_exit_codes(spark, cfg, lake, tmp_path):
@@ -363,14 +368,14 @@ def test_missing_tables_foreign_out_and_the_jobs_exit_codes(spark, cfg, lake, tm
     for t in ("pairs", "images"):
         shutil.copytree(Path(lake) / t, bare / t)
     with pytest.raises(export.ExportError, match="no duplicates table.*jobs/validate.py"):
-        export.run(spark, cfg, str(bare), str(tmp_path / "o1"), export.Spec(dedup="exact"))
+        export.run(spark, cfg, lake_at(str(bare), cfg), str(tmp_path / "o1"), export.Spec(dedup="exact"))
     with pytest.raises(export.ExportError, match="no clip_scores table.*jobs/score_clip.py"):
-        export.run(spark, cfg, str(bare), str(tmp_path / "o2"), export.Spec(), model_name="ViT-B-32")
+        export.run(spark, cfg, lake_at(str(bare), cfg), str(tmp_path / "o2"), export.Spec(), model_name="ViT-B-32")
     foreign = tmp_path / "home"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("x")
     with pytest.raises(export.ExportError, match="not an export's"):
-        export.run(spark, cfg, lake, str(foreign), export.Spec())
+        export.run(spark, cfg, lake_at(lake, cfg), str(foreign), export.Spec())
     assert (foreign / "thesis.tex").read_text() == "x" and len(os.listdir(foreign)) == 1
     # as a user runs it: one line on stderr, exit 2 (flags checked before Spark starts where they can be)
     for args, message in (
@@ -389,7 +394,7 @@ def test_missing_tables_foreign_out_and_the_jobs_exit_codes(spark, cfg, lake, tm
 
 
 def _job(lake: str, out: Path, *args: str, popen: bool = False):
-    from conftest import run_job
+    from helpers import run_job
 
     if popen:
         cmd = [str(BIN / "spark-submit"), "--master", "local[2]", str(REPO / "jobs" / "export.py"),
@@ -406,26 +411,27 @@ def test_same_spec_same_bytes_and_from_manifest_after_the_lake_changed(spark, cf
     copy = str(tmp_path / "lake")
     shutil.copytree(lake, copy)
     spec = export.Spec(shard_bytes=SHARD, dedup="near", text="caption")
-    a = export.run(spark, cfg, copy, str(tmp_path / "a"), spec).manifest
-    b = export.run(spark, cfg, copy, str(tmp_path / "b"), spec).manifest
+    a = export.run(spark, cfg, lake_at(copy, cfg), str(tmp_path / "a"), spec).manifest
+    b = export.run(spark, cfg, lake_at(copy, cfg), str(tmp_path / "b"), spec).manifest
     assert a["shards"] == b["shards"] and len(a["shards"]) >= 3
     for s in a["shards"]:
         assert (tmp_path / "a" / s["name"]).read_bytes() == (tmp_path / "b" / s["name"]).read_bytes()
     # the lake moves on; the same spec over the manifest's versions (time travel) writes the same shards
-    DeltaTable.forPath(spark, delta_io.table_path(copy, "pairs")).delete("discipline = 'physics'")
-    now = export.run(spark, cfg, copy, str(tmp_path / "now"), spec).manifest
+    DeltaTable.forPath(spark, lake_at(copy).path("pairs")).delete("discipline = 'physics'")
+    now = export.run(spark, cfg, lake_at(copy, cfg), str(tmp_path / "now"), spec).manifest
     assert now["samples"] < a["samples"]
-    again = export.run(spark, cfg, copy, str(tmp_path / "again"), export.Spec.from_dict(a["spec"]),
+    again = export.run(spark, cfg, lake_at(copy, cfg), str(tmp_path / "again"), export.Spec.from_dict(a["spec"]),
                        versions=a["versions"]).manifest
     assert again["shards"] == a["shards"] and again["versions"] == a["versions"]
     # and a finished export run again over its own folder is complete as it is
-    done = export.run(spark, cfg, copy, str(tmp_path / "a"), spec)
+    done = export.run(spark, cfg, lake_at(copy, cfg), str(tmp_path / "a"), spec)
     assert done.written == 0 and done.manifest["shards"] == a["shards"]
 
 
 def test_kill_9_mid_export_then_rerun_gives_the_shards_of_one_clean_run(spark, cfg, lake, tmp_path):
     lake, _ = lake
-    clean = export.run(spark, cfg, lake, str(tmp_path / "clean"), export.Spec(shard_bytes=40_000)).manifest
+    clean = export.run(spark, cfg, lake_at(lake, cfg), str(tmp_path / "clean"),
+                       export.Spec(shard_bytes=40_000)).manifest
     out = tmp_path / "out"
     proc = _job(lake, out, "--shard-size", "40KB", popen=True)
     deadline = time.monotonic() + 300
@@ -457,13 +463,13 @@ def test_export_from_a_lake_on_s3_to_s3_equals_the_local_export(spark, cfg, lake
     lake, _ = lake
     s3 = s3_cfg(cfg, moto, tmp_path)
     session.apply_s3a(spark, s3)
-    store = S3Store("exportlake", "", moto, "us-east-1")
+    store = S3Store("exportlake", "", S3Conf(endpoint_url=moto))
     store.client.create_bucket(Bucket="exportlake")
     for t in ("pairs", "images", "duplicates", "clip_scores"):
         store.upload_tree(str(Path(lake) / t), f"lake/{t}")
     spec = export.Spec(shard_bytes=SHARD, dedup="exact")
-    local = export.run(spark, cfg, lake, str(tmp_path / "local"), spec).manifest
-    remote = export.run(spark, s3, "s3a://exportlake/lake", "s3://exportlake/out", spec).manifest
+    local = export.run(spark, cfg, lake_at(lake, cfg), str(tmp_path / "local"), spec).manifest
+    remote = export.run(spark, s3, lake_at("s3a://exportlake/lake", s3), "s3://exportlake/out", spec).manifest
     assert remote["shards"] == local["shards"] and remote["versions"] == local["versions"]
     keys = {o["Key"] for o in store.client.list_objects_v2(Bucket="exportlake", Prefix="out/")["Contents"]}
     assert keys == {"out/_SUCCESS", "out/_manifest.json", *(f"out/{s['name']}" for s in local["shards"])}
@@ -472,8 +478,8 @@ def test_export_from_a_lake_on_s3_to_s3_equals_the_local_export(spark, cfg, lake
     # (above, the default storage order: the shard tasks read the images' Parquet files from S3 with pyarrow)
     # pair_id order: the image bytes read by Spark from S3 and shuffled to their shards
     spec = dataclasses.replace(spec, order="pair_id")
-    local = export.run(spark, cfg, lake, str(tmp_path / "local-pair-id"), spec).manifest
-    remote = export.run(spark, s3, "s3a://exportlake/lake", "s3://exportlake/pair-id", spec).manifest
+    local = export.run(spark, cfg, lake_at(lake, cfg), str(tmp_path / "local-pair-id"), spec).manifest
+    remote = export.run(spark, s3, lake_at("s3a://exportlake/lake", s3), "s3://exportlake/pair-id", spec).manifest
     assert remote["shards"] == local["shards"] and remote["samples"] == local["samples"] > 0
 
 
@@ -484,10 +490,10 @@ def test_a_torn_shard_record_is_not_a_kept_shard_and_stops_nothing(tmp_path):
         store.put(name, data)
         record = {"name": name, "samples": 2 if name.endswith("0.tar") else 1, "bytes": len(data),
                   "sha256": hashlib.sha256(data).hexdigest()}
-        store.put(f"{export.RECORDS}/{name}.json", json.dumps(record).encode())
-    assert set(export.kept_shards(store, draft)) == {"shard-000000.tar", "shard-000001.tar"}
-    torn = f"{export.RECORDS}/shard-000001.tar.json"
+        store.put(f"{manifest.RECORDS}/{name}.json", json.dumps(record).encode())
+    assert set(manifest.kept_shards(store, draft)) == {"shard-000000.tar", "shard-000001.tar"}
+    torn = f"{manifest.RECORDS}/shard-000001.tar.json"
     store.put(torn, store.get(torn)[0][:10])                 # cut by a crash
-    assert set(export.kept_shards(store, draft)) == {"shard-000000.tar"}
+    assert set(manifest.kept_shards(store, draft)) == {"shard-000000.tar"}
     store.put(torn, b'["not", "a record"]')
-    assert set(export.kept_shards(store, draft)) == {"shard-000000.tar"}
+    assert set(manifest.kept_shards(store, draft)) == {"shard-000000.tar"}

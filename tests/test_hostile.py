@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 import hostile
-from conftest import run_job
-from helpers import snapshot, table_rows
+from helpers import run_job, snapshot, table_rows
 
 pytestmark = pytest.mark.e2e
 

@@ -4,8 +4,8 @@ import io
 import pytest
 from PIL import Image
 
-from s1mmalign import images, sample
 from s1mmalign.config import IngestConf
+from s1mmalign.ingest import images, sample
 
 POLICY = IngestConf()
 

@@ -14,8 +14,9 @@ import tarfile
 import pytest
 from delta.tables import DeltaTable
 
-from helpers import BIN, REPO, assert_image_bytes, assert_invariant, manifest, snapshot, table_rows
-from s1mmalign import delta_io, ingest, schemas
+from helpers import BIN, REPO, assert_image_bytes, assert_invariant, held, lake_at, manifest, snapshot, table_rows
+from s1mmalign.ingest import pipeline as ingest
+from s1mmalign.lake import schemas
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +28,13 @@ def small_chunks(cfg):
 
 
 def versions(spark, lake) -> dict[str, int]:
-    return {t: DeltaTable.forPath(spark, delta_io.table_path(str(lake), t)).history(1).first().version
+    return {t: DeltaTable.forPath(spark, lake_at(str(lake)).path(t)).history(1).first().version
             for t in schemas.lake_tables("ingest")}
 
 
 def test_faults_corpus_every_line_in_exactly_one_table(spark, small_chunks, corpus_copy, tmp_path):
     lake = tmp_path / "lake"
-    summary = ingest.run(spark, small_chunks, str(corpus_copy), str(lake))
+    summary = ingest.run(spark, small_chunks, str(corpus_copy), held(str(lake), small_chunks))
     expected = manifest(corpus_copy)
     pairs, quarantine = assert_invariant(spark, lake, expected)
     assert summary.lines == len(expected) and summary.pairs == len(pairs)
@@ -63,20 +64,20 @@ def test_faults_corpus_every_line_in_exactly_one_table(spark, small_chunks, corp
     assert not (corpus_copy / "evil.png").exists() and not (corpus_copy.parent / "evil.png").exists()
 
     # Partitioned by discipline, ids normalized, catalog registered.
-    assert set(DeltaTable.forPath(spark, delta_io.table_path(str(lake), "pairs")).detail()
+    assert set(DeltaTable.forPath(spark, lake_at(str(lake)).path("pairs")).detail()
                .first().partitionColumns) == {"discipline"}
     assert spark.sql("SHOW TABLES IN s1mmalign").where("tableName = 'pairs'").count() == 1
 
     # A second run over unchanged sources reads nothing and writes nothing.
     before = versions(spark, lake)
-    again = ingest.run(spark, small_chunks, str(corpus_copy), str(lake))
+    again = ingest.run(spark, small_chunks, str(corpus_copy), held(str(lake), small_chunks))
     assert (again.jsonl_files, again.archives, again.images_read) == (0, 0, 0)
     assert versions(spark, lake) == before
 
 
 def test_incremental_new_changed_and_touched_files(spark, cfg, corpus_copy, tmp_path):
     lake = tmp_path / "lake"
-    ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
     expected = manifest(corpus_copy)
     before_pairs = snapshot(spark, lake, "pairs")
     images_before = snapshot(spark, lake, "images")
@@ -90,7 +91,7 @@ def test_incremental_new_changed_and_touched_files(spark, cfg, corpus_copy, tmp_
     moved = json.loads(original)
     new_file.write_text(json.dumps({**moved, "image_path": "images/none/fig9.png"}) + "\n" + "\n"
                         + '{"broken json\n')
-    summary = ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    summary = ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
     assert (summary.jsonl_files, summary.archives, summary.images_read) == (1, 0, 0)
     assert snapshot(spark, lake, "pairs") == before_pairs          # no pair added or touched
     q_new = {(r.source_line, r.reason) for r in table_rows(spark, lake, "quarantine", "source_file",
@@ -108,7 +109,7 @@ def test_incremental_new_changed_and_touched_files(spark, cfg, corpus_copy, tmp_
     dropped_key, dropped = chem[1]
     lines[dropped_key[1] - 1] = ""              # blank: line numbers of the others stay the same
     (corpus_copy / rel).write_text("\n".join(lines) + "\n")
-    summary = ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    summary = ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
     assert (summary.jsonl_files, summary.archives) == (1, 0)
     rows = {r.pair_id: r for r in table_rows(spark, lake, "pairs", "pair_id", "caption", "source_file")}
     assert rows[first["pair_id"]].caption == "Figure 1: an edited caption."
@@ -141,7 +142,7 @@ def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(
     archive = corpus_copy / "chemrxiv" / "images_chemrxiv.tar.gz"
     parked = tmp_path / "parked.tar.gz"
     archive.rename(parked)
-    ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
     expected = manifest(corpus_copy)
     chem = {k for k, e in expected.items() if e["source"] == "chemrxiv"}
     reasons = {(r.source_file, r.source_line): r.reason
@@ -150,7 +151,7 @@ def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(
     untouched = [r for r in snapshot(spark, lake, "pairs", drop=()) if "chemrxiv" not in r]
 
     parked.rename(archive)
-    summary = ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    summary = ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
     assert (summary.archives, summary.jsonl_files) == (1, 1)     # the archive, and its source's JSONL
     assert_invariant(spark, lake, expected)
     # Rows of other sources are exactly as they were, run ids and times included.
@@ -187,7 +188,7 @@ def test_one_archive_in_parts_spreads_over_tasks_and_equals_many_archives(spark,
     sliced = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, archive_slice_bytes=2 << 20))
     got = {}
     for name, root in (("one", one), ("many", many)):
-        summary = ingest.run(spark, sliced, str(root), str(tmp_path / f"lake-{name}"))
+        summary = ingest.run(spark, sliced, str(root), held(str(tmp_path / f"lake-{name}"), sliced))
         assert (summary.pairs, summary.quarantined) == (300, 0), summary
         got[name] = summary
     assert got["one"].archive_tasks["arxiv/images_2024.tar.gz"] >= 2, got["one"].archive_tasks
@@ -204,8 +205,8 @@ def test_one_archive_in_parts_spreads_over_tasks_and_equals_many_archives(spark,
 def test_a_jsonl_file_read_short_is_incomplete_and_read_again(spark, cfg, corpus_copy, tmp_path):
     """ingest_log marks a file done only when the bytes read equal its listed size: a file that shrank
     between the listing and the read is `incomplete`, and the next run reads it again."""
-    from s1mmalign import sources
-    from s1mmalign.storage import Store
+    from s1mmalign.ingest import sources
+    from s1mmalign.lake.storage import Store
 
     lake = tmp_path / "lake"
     listed = sources.discover(Store.from_uri(str(corpus_copy)))
@@ -213,12 +214,12 @@ def test_a_jsonl_file_read_short_is_incomplete_and_read_again(spark, cfg, corpus
     data = f07.read_bytes()
     keep = data[: data.index(b"\n", len(data) // 2) + 1]
     f07.write_bytes(keep)                     # shrinks after the listing, before the read
-    ingest.run(spark, cfg, str(corpus_copy), str(lake), discovered=listed)
+    ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg), discovered=listed)
     log = {r.source_file: r for r in table_rows(spark, lake, "ingest_log", "source_file", "status", "detail", "read")}
     row = log["arxiv/jsonl/07_recaption.jsonl"]
     assert row.status == "incomplete" and f"read {len(keep)} of {len(data)} bytes" in row.detail
     assert log["arxiv/jsonl/24_recaption.jsonl"].status == "ok"
-    again = ingest.run(spark, cfg, str(corpus_copy), str(lake))
+    again = ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
     assert again.jsonl_files == 1             # that file alone, now listed at its new size
     row = {r.source_file: r for r in table_rows(spark, lake, "ingest_log", "source_file", "status", "read")}[
         "arxiv/jsonl/07_recaption.jsonl"]

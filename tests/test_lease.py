@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from s1mmalign import lease
-from s1mmalign.lease import LEASE_FILE, Lease, LeaseHeld, LeaseLost
-from s1mmalign.storage import Conflict, LocalStore, S3Store
+from s1mmalign.config import S3Conf
+from s1mmalign.lake import lease
+from s1mmalign.lake.lease import LEASE_FILE, Lease, LeaseHeld, LeaseLost
+from s1mmalign.lake.storage import Conflict, LocalStore, S3Store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -20,7 +21,7 @@ def store(request, tmp_path):
         return LocalStore(str(tmp_path))
     endpoint = request.getfixturevalue("moto")
     bucket = f"lease-{os.urandom(4).hex()}"
-    s3 = S3Store(bucket, "lake", endpoint, "us-east-1")
+    s3 = S3Store(bucket, "lake", S3Conf(endpoint_url=endpoint))
     s3.client.create_bucket(Bucket=bucket)
     return s3
 
@@ -61,7 +62,7 @@ def _plant(store, **fields):
 
 def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(store, caplog):
     _plant(store, expires=time.time() - 5)                   # its holder died on another host
-    with caplog.at_level("WARNING", logger="s1mmalign.lease"):
+    with caplog.at_level("WARNING", logger="s1mmalign.lake.lease"):
         with Lease(store, "L", ttl=60, heartbeat=20, run_id="new") as taken:
             taken.check()
             assert json.loads(store.get(LEASE_FILE)[0])["run_id"] == "new"
@@ -102,7 +103,7 @@ def _live(**change) -> bytes:
 ])
 def test_a_garbled_lease_file_is_taken_over_as_torn(store, caplog, garbled):
     store.put(LEASE_FILE, garbled, create=True)
-    with caplog.at_level("WARNING", logger="s1mmalign.lease"):
+    with caplog.at_level("WARNING", logger="s1mmalign.lake.lease"):
         with Lease(store, "L", ttl=60, heartbeat=20, run_id="new") as taken:
             taken.check()
             assert json.loads(store.get(LEASE_FILE)[0])["run_id"] == "new"
@@ -149,18 +150,25 @@ def test_an_unrenewed_lease_stops_its_job(store):
     held.release()
 
 
-def test_check_by_lake_only_for_leases_this_process_holds(tmp_path):
-    lease.check("never-taken")                               # in-process callers without a lease
-    taken = lease.hold(LocalStore(str(tmp_path)), "lakeX", 60, 20)
+def test_a_write_through_a_lake_is_refused_without_the_lease_and_after_losing_it(tmp_path):
+    from s1mmalign.lake.root import Lake, NoLease
+
+    bare = Lake(str(tmp_path))
+    with pytest.raises(NoLease, match="holds no lease"):        # a job that never took it: an error, not a pass
+        bare.check_lease()
+    lake = Lake(str(tmp_path), lease_ttl=60, lease_heartbeat=20).hold("test")
     try:
-        lease.check("lakeX")
-        taken.lost = "test"
+        lake.check_lease()
+        assert Lake(str(tmp_path)).hold("again").lease is lake.lease       # once per lake and process
+        lake.lease.lost = "test"
         with pytest.raises(LeaseLost):
-            lease.check("lakeX")
+            lake.check_lease()
     finally:
-        taken.lost = None
+        lake.lease.lost = None
         lease.release_all()
     assert not (tmp_path / LEASE_FILE).exists()
+    with pytest.raises(LeaseLost, match="released"):            # given back: no more writes through it
+        lake.check_lease()
 
 
 class _Flaky:

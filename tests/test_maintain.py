@@ -8,9 +8,12 @@ import shutil
 
 import pytest
 
-from helpers import snapshot
-from s1mmalign import config, delta_io, ingest, maintain, sample, stages
+from helpers import held, lake_at, snapshot
+from s1mmalign import config, stages
 from s1mmalign.config import ConfigError
+from s1mmalign.ingest import pipeline as ingest
+from s1mmalign.ingest import sample
+from s1mmalign.lake import maintain
 
 TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index")
 
@@ -35,19 +38,19 @@ def lake(spark, cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("maintain") / "corpus"
     sample.generate(root, n_pairs=360, seed=21, faults=False, processes=2)
     lake = tmp_path_factory.mktemp("maintain-lake") / "lake"
-    ingest.run(spark, cfg, str(root), str(lake))
-    path = delta_io.table_path(str(lake), "pairs")
-    rows = delta_io.read(spark, str(lake), "pairs").localCheckpoint()
+    ingest.run(spark, cfg, str(root), held(str(lake), cfg))
+    path = lake_at(str(lake)).path("pairs")
+    rows = lake_at(str(lake)).read(spark, "pairs").localCheckpoint()
     rows.repartition(8).write.format("delta").mode("overwrite").save(path)
     return lake
 
 
 def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, cfg, lake):
-    path = delta_io.table_path(str(lake), "pairs")
+    path = lake_at(str(lake)).path("pairs")
     before = {t: snapshot(spark, lake, t) for t in TABLES}
-    version_before = delta_io.version(spark, str(lake), "pairs")
+    version_before = lake_at(str(lake)).version("pairs", spark)
     files_before, _ = maintain._files(spark, str(lake), "pairs")
-    some_id = sorted(r.arxiv_id for r in delta_io.read(spark, str(lake), "pairs").select("arxiv_id").collect()
+    some_id = sorted(r.arxiv_id for r in lake_at(str(lake)).read(spark, "pairs").select("arxiv_id").collect()
                      if r.arxiv_id)[len(before["pairs"]) // 2]
     leftover = lake / "_staging" / "20260101T000000Z-0badc0de" / "slices"
     leftover.mkdir(parents=True)
@@ -62,7 +65,7 @@ def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, 
     # small target files, so that each discipline partition keeps several Z-ordered files
     spark.conf.set("spark.databricks.delta.optimize.maxFileSize", str(24 << 10))
     try:
-        reports = {r.table: r for r in maintain.run(spark, cfg, str(lake))}
+        reports = {r.table: r for r in maintain.run(spark, cfg, held(str(lake), cfg))}
     finally:
         spark.conf.unset("spark.databricks.delta.optimize.maxFileSize")
 
@@ -76,9 +79,9 @@ def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, 
     # the retention (7 days) keeps what the versions before maintenance read: time travel still works
     old = spark.read.format("delta").option("versionAsOf", version_before).load(path)
     assert sorted(tuple(r) for r in old.select("pair_id", "caption").collect()) == \
-        sorted(tuple(r) for r in delta_io.read(spark, str(lake), "pairs").select("pair_id", "caption").collect())
+        sorted(tuple(r) for r in lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect())
     # a query by arXiv id reads only the files whose arxiv_id range holds it
-    query = delta_io.read(spark, str(lake), "pairs").where(f"arxiv_id = '{some_id}'")
+    query = lake_at(str(lake)).read(spark, "pairs").where(f"arxiv_id = '{some_id}'")
     assert query.count() >= 1
     assert files_read(query) < pairs.files_after / 3, (files_read(query), pairs.files_after)
 
@@ -97,7 +100,7 @@ def test_bad_maintenance_settings_are_config_errors(cfg, tmp_path):
 
 
 def test_staging_is_emptied_only_of_the_run_folders_ingest_marked(tmp_path):
-    from s1mmalign.storage import LocalStore
+    from s1mmalign.lake.storage import LocalStore
 
     lake = LocalStore(str(tmp_path))
     ours = ["20260101T000000Z-0badc0de", "v20260101T000000Z-00c0ffee"]

@@ -19,8 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s1mmalign import archives, config, records, schemas, tasks
-from s1mmalign.storage import LocalStore
+from s1mmalign import config
+from s1mmalign.ingest import archives, records, tasks
+from s1mmalign.lake import schemas
+from s1mmalign.lake.storage import LocalStore
 
 EXAMPLES = int(os.environ.get("S1MM_HYPOTHESIS_EXAMPLES", "2000"))
 SETTINGS = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -84,7 +86,7 @@ def _check_one_outcome(payloads: list[bytes]) -> None:
     for r in rows:
         assert r["reason"] is None or r["reason"] in REASONS, r["reason"]
         if r["reason"] is None:
-            assert r["pair_id"] and r["image_path"] and (r["caption"] or r["recaption"] or "").strip()
+            assert r["pair_id"] and r["image_path"] and ((r["caption"] or "").strip() or (r["recaption"] or "").strip())
             if r["metadata_json"] is not None:          # strict JSON: no NaN or Infinity ever stored
                 json.loads(r["metadata_json"], parse_constant=lambda c: pytest.fail(f"{c} in metadata_json"))
         else:
@@ -232,7 +234,7 @@ def test_any_lease_file_reads_as_a_holder_with_a_real_expiry_or_as_torn(data):
     import math
     import time
 
-    from s1mmalign import lease
+    from s1mmalign.lake import lease
 
     holder = lease._parse(data)
     if holder is not None:

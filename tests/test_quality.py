@@ -4,7 +4,10 @@ import json
 
 import pytest
 
-from s1mmalign import quality, resources, schemas, validate
+from s1mmalign import resources
+from s1mmalign.lake import schemas
+from s1mmalign.validate import pipeline as validate
+from s1mmalign.validate import quality
 
 
 def _params(spec):

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from s1mmalign import config, records
-from s1mmalign.disciplines import DisciplineMap
+from s1mmalign import config
+from s1mmalign.ingest import records
+from s1mmalign.ingest.disciplines import DisciplineMap
 
 DMAP = DisciplineMap.from_conf(config.load(environ={}).disciplines)
 ARXIV = records.LineContext("arxiv", "arxiv/jsonl/24_recaption.jsonl", True, DMAP, 100)

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import browse
-from s1mmalign import analytics, delta_io, report, schemas
+from helpers import browse, held, lake_at
+from s1mmalign.lake import schemas
+from s1mmalign.report import analytics
+from s1mmalign.report import page as report
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0)
 M1, M2 = "tiny-clip@sha256:aaaaaaaaaaaaaaaa", "other-clip@sha256:bbbbbbbbbbbbbbbb"
@@ -85,12 +87,12 @@ def sha(pid: str) -> str:
 def write_table(spark, lake: str, name: str, rows: list[dict]) -> None:
     tdef = schemas.table(name)
     df = spark.createDataFrame([tuple(r.get(c) for c in tdef.names) for r in rows], schema=tdef.spark())
-    delta_io.append(spark, lake, name, df)
+    held(lake).append(spark, name, df)
 
 
 def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_duplicates: bool = True) -> None:
     for job in ("ingest",) + (("score_clip",) if with_clip else ()) + (("validate",) if with_duplicates else ()):
-        delta_io.ensure_tables(spark, lake, database, job=job)
+        held(lake).ensure_tables(spark, job=job)
     pairs = []
     for n, (pid, (source, disc, run, paper, cap, recap)) in enumerate(sorted(PAIRS.items()), start=1):
         pairs.append(dict(pair_id=pid, source=source, discipline=disc, paper_id=paper,
@@ -128,7 +130,7 @@ def known(spark, cfg, tmp_path_factory):
     tcfg = dataclasses.replace(cfg, catalog=dataclasses.replace(cfg.catalog, database="report_known"))
     lake = str(tmp_path_factory.mktemp("report") / "lake")
     build_lake(spark, lake, "report_known")
-    return tcfg, lake, analytics.collect(spark, tcfg, lake)
+    return tcfg, lake, analytics.collect(spark, tcfg, lake_at(lake, tcfg))
 
 
 # ------------------------------------------------------------------ the independent computation (pandas)
@@ -162,10 +164,10 @@ def num(x):
 
 def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
     """Every view's rows, computed with pandas from the tables read back (not from the views)."""
-    pairs = delta_io.read(spark, lake, "pairs").toPandas()
-    clip = delta_io.read(spark, lake, "clip_scores").toPandas()
-    quar = delta_io.read(spark, lake, "quarantine").toPandas()
-    dup = delta_io.read(spark, lake, "duplicates").toPandas()
+    pairs = lake_at(lake).read(spark, "pairs").toPandas()
+    clip = lake_at(lake).read(spark, "clip_scores").toPandas()
+    quar = lake_at(lake).read(spark, "quarantine").toPandas()
+    dup = lake_at(lake).read(spark, "duplicates").toPandas()
     label = re.compile(rcfg.figure_label_regex)
     t = pairs.copy()
     for f in ("caption", "recaption"):
@@ -259,7 +261,7 @@ def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
     for r in out["quarantine_reasons"]:
         r["input_lines"] = inputs[(r["source"], r["ingest_run_id"])]
         r["share"] = r["lines"] / r["input_lines"]
-    qr = delta_io.read(spark, lake, "quality_results").toPandas()
+    qr = lake_at(lake).read(spark, "quality_results").toPandas()
     latest = qr[qr.validated_at == qr.groupby("suite").validated_at.transform("max")]
     out["quality_latest"] = [
         dict(suite=r.suite, expectation=r.expectation, suite_group=r.suite_group, table_name=r.table_name,
@@ -445,7 +447,7 @@ def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
     lake = str(tmp_path / "lake")
     build_lake(spark, lake, "report_noclip", with_clip=False, with_duplicates=False)
     spark.sql("CREATE OR REPLACE VIEW report_noclip.clip_stats AS SELECT 1 AS stale")   # left by an older run
-    summary = analytics.collect(spark, tcfg, lake)
+    summary = analytics.collect(spark, tcfg, lake_at(lake, tcfg))
     assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates",
                                            "quality_latest", "quality_trend"}
     assert "run jobs/score_clip.py" in summary["unavailable"]["clip_stats"]

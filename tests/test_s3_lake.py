@@ -15,10 +15,16 @@ import threading
 
 import pytest
 
-from conftest import BIN, TEST_SECRET
-from helpers import TINY, free_port, kill_9_after, ok, s3_cfg, wait_port
-from s1mmalign import analytics, ingest, report, score, session, validate
-from s1mmalign.storage import S3Store, Store
+from helpers import BIN, TEST_SECRET, TINY, free_port, held, kill_9_after, lake_at, ok, s3_cfg, wait_port
+from s1mmalign.config import S3Conf
+from s1mmalign.ingest import pipeline as ingest
+from s1mmalign.lake import session
+from s1mmalign.lake.storage import S3Store, Store
+from s1mmalign.report import analytics
+from s1mmalign.report import page as report
+from s1mmalign.score import clip
+from s1mmalign.score import pipeline as score
+from s1mmalign.validate import pipeline as validate
 
 # Columns that differ between two equivalent runs: run ids, clock times, and what S3 and a disk
 # fingerprint differently (an ETag against a modification time).
@@ -30,7 +36,7 @@ TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index", "duplica
 
 
 def bucket(endpoint: str, name: str) -> S3Store:
-    store = S3Store(name, "", endpoint, "us-east-1")
+    store = S3Store(name, "", S3Conf(endpoint_url=endpoint))
     store.client.create_bucket(Bucket=name)
     return store
 
@@ -52,11 +58,11 @@ def delta_rs_rows(uri: str, name: str, endpoint: str | None) -> list[tuple]:
 
 def run_all(spark, cfg, source: str, lake: str, checkpoint: str, out: str) -> dict:
     """ingest, validate, score_clip and report, in-process, as the jobs run them."""
-    summary = ingest.run(spark, cfg, source, lake)
-    outcome = validate.run(spark, cfg, lake)
-    spec = score.spec_from(cfg, "tiny-clip", checkpoint, model_config=TINY)
-    scored = score.run(spark, cfg, lake, spec)
-    written = report.write(out, analytics.collect(spark, cfg, lake), cfg.s3)
+    summary = ingest.run(spark, cfg, source, held(lake, cfg))
+    outcome = validate.run(spark, cfg, held(lake, cfg))
+    spec = clip.ScorerSpec.of(cfg, model="tiny-clip", checkpoint=checkpoint, model_config=TINY)
+    scored = score.run(spark, cfg, held(lake, cfg), spec)
+    written = report.write(out, analytics.collect(spark, cfg, lake_at(lake, cfg)), cfg.s3)
     return {"pairs": summary.pairs, "quarantined": summary.quarantined, "docs": outcome.docs_index,
             "scored": scored.scored, "report": written["report"]}
 
@@ -88,7 +94,8 @@ def test_every_job_on_s3_equals_the_same_run_on_disk(spark, cfg, moto, faults_co
         if k.startswith(("lake/", "report/")):
             data = store.get(k)[0]
             assert secret not in data, k
-    assert not any(secret.decode() in str(v) for v in session.session_settings("s3a://lake1/lake", s3).values())
+    settings = session.session_settings(lake_at("s3a://lake1/lake", s3), s3)
+    assert not any(secret.decode() in str(v) for v in settings.values())
 
 
 def _walk(store: Store, rel: str):
@@ -197,13 +204,14 @@ def test_ingest_through_throttling_and_resets_gives_the_same_rows(spark, cfg, mo
     try:
         s3 = s3_cfg(cfg, endpoint, tmp_path)
         session.apply_s3a(spark, s3)
-        summary = ingest.run(spark, s3, "s3://faulty/src", "s3a://faulty/lake")
+        summary = ingest.run(spark, s3, "s3://faulty/src", held("s3a://faulty/lake", s3))
     finally:
         proxy.shutdown()
         session.apply_s3a(spark, s3_cfg(cfg, moto, tmp_path))
     assert counts["slow_down"] > 10 and counts["reset"] > 3 and counts["lost"] > 3, counts
     clean = tmp_path / "clean"           # the same source, read without faults, into a lake on disk
-    assert summary.pairs == ingest.run(spark, s3_cfg(cfg, moto, tmp_path), "s3://faulty/src", str(clean)).pairs > 200
+    s3 = s3_cfg(cfg, moto, tmp_path)
+    assert summary.pairs == ingest.run(spark, s3, "s3://faulty/src", held(str(clean), s3)).pairs > 200
     for name in ("pairs", "images", "quarantine", "ingest_log", "image_index"):
         assert delta_rs_rows("s3a://faulty/lake", name, moto) == delta_rs_rows(str(clean), name, None), name
 
@@ -214,7 +222,7 @@ def job_conf(tmp_path, endpoint: str, base: str | None = None, **sections) -> st
     """A conf file for spark-submit runs: conf/<base> (if any) with moto's endpoint and `sections`."""
     import yaml
 
-    from conftest import REPO
+    from helpers import REPO
 
     data = yaml.safe_load((REPO / "conf" / base).read_text()) if base else {}
     data["s3"] = {"endpoint_url": endpoint, "path_style_access": True}
@@ -236,8 +244,7 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
     import sys
     import time
 
-    from conftest import REPO, run_job
-    from helpers import snapshot
+    from helpers import REPO, run_job, snapshot
 
     store = bucket(moto, "race")
     store.upload_tree(str(faults_corpus), "src")
@@ -276,7 +283,7 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
 
     session.apply_s3a(spark, s3_cfg(cfg, moto, tmp_path))
     clean = tmp_path / "clean"
-    ingest.run(spark, s3_cfg(cfg, moto, tmp_path), "s3://race/src", str(clean))
+    ingest.run(spark, s3_cfg(cfg, moto, tmp_path), "s3://race/src", held(str(clean), s3_cfg(cfg, moto, tmp_path)))
     for name in ("pairs", "images", "quarantine", "image_index", "ingest_log"):
         drop = ("ingest_run_id", "ingested_at")
         assert snapshot(spark, "s3a://race/lake2", name, drop) == snapshot(spark, clean, name, drop), name
@@ -290,7 +297,8 @@ def test_one_writer_per_s3_lake_kill_9_and_expiry_then_rerun_equals_a_clean_run(
     assert "Data Docs s3a://race/lake/_quality/data_docs/index.html" in _last_line(v.stderr)
     assert store.get("lake/_quality/data_docs/index.html") is not None
     assert store.get("lake/_lease.json") is None
-    sql = subprocess.run([sys.executable, "-m", "s1mmalign.sqlshell", "--lake", "s3://race/lake", "--conf", conf, "-S",
+    sql = subprocess.run([sys.executable, "-m", "s1mmalign.report.sqlshell", "--lake", "s3://race/lake", "--conf", conf,
+                          "-S",
                           "-e", "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.duplicates"],
                          capture_output=True, text=True, timeout=300, cwd=REPO,
                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
@@ -310,8 +318,7 @@ def test_standalone_cluster_with_the_lake_on_s3(spark, cfg, moto, faults_corpus,
     slices to S3 and the tables through S3A, with the credentials of their environment."""
     import sys
 
-    from conftest import REPO
-    from helpers import assert_image_bytes, assert_invariant, manifest
+    from helpers import REPO, assert_image_bytes, assert_invariant, manifest
 
     bucket(moto, "clus")
     conf = job_conf(tmp_path, moto, base="cluster.yaml")

@@ -1,7 +1,8 @@
 import hashlib
 import json
 
-from s1mmalign import sample, schemas
+from s1mmalign.ingest import sample
+from s1mmalign.lake import schemas
 
 
 def digest_tree(root):

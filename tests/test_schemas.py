@@ -1,7 +1,7 @@
 import pyarrow as pa
 from pyspark.sql import types as T
 
-from s1mmalign import schemas
+from s1mmalign.lake import schemas
 
 
 def test_spark_and_arrow_schemas_agree():

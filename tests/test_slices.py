@@ -6,40 +6,41 @@ import os
 import pyarrow as pa
 
 from helpers import header_bomb
-from s1mmalign import ingest, schemas, tasks
-from s1mmalign.storage import LocalStore
+from s1mmalign.ingest import slices, tasks
+from s1mmalign.lake import image_files, schemas
+from s1mmalign.lake.storage import LocalStore
 
 
 def _slices(folder, key, blobs, limit):
-    writer = tasks._SliceWriter(LocalStore(str(folder)), "slices", key, limit)
+    writer = slices.Writer(LocalStore(str(folder)), "slices", key, limit)
     where = [writer.add(f"images/{i}.png", blob, i) for i, blob in enumerate(blobs)]
     writer.close()
     return where
 
 
 def test_only_complete_slices_of_this_runs_archives_are_taken_once(tmp_path):
-    key = tasks.slice_key("arxiv", "arxiv/images_2024.tar.gz")
+    key = slices.key("arxiv", "arxiv/images_2024.tar.gz")
     _slices(tmp_path, key, [b"a" * 10, b"b" * 10, b"c" * 10], limit=15)      # two complete slices
     folder = tmp_path / "slices"
-    (folder / f"{key}-000002{tasks.SLICE_SUFFIX}.tmp99").write_bytes(b"half written")
-    (folder / f"{tasks.slice_key('arxiv', 'other.tar.gz')}-000000{tasks.SLICE_SUFFIX}").write_bytes(b"x")
+    (folder / f"{key}-000002{slices.SUFFIX}.tmp99").write_bytes(b"half written")
+    (folder / f"{slices.key('arxiv', 'other.tar.gz')}-000000{slices.SUFFIX}").write_bytes(b"x")
     owners = {key: ("arxiv", "arxiv/images_2024.tar.gz")}
     taken: set[str] = set()
     scratch = LocalStore(str(tmp_path))
 
-    first = ingest._complete_slices(scratch, "slices", owners, taken)
+    first = slices.complete(scratch, "slices", owners, taken)
     assert [d["slice"] for d in first] == [f"slices/{key}-000000.arrow", f"slices/{key}-000001.arrow"]
     assert {(d["source"], d["archive"]) for d in first} == {("arxiv", "arxiv/images_2024.tar.gz")}
-    assert ingest._complete_slices(scratch, "slices", owners, taken) == []        # never handed out twice
+    assert slices.complete(scratch, "slices", owners, taken) == []        # never handed out twice
 
-    os.replace(folder / f"{key}-000002{tasks.SLICE_SUFFIX}.tmp99", folder / f"{key}-000002.arrow")
-    later = ingest._complete_slices(scratch, "slices", owners, taken)
+    os.replace(folder / f"{key}-000002{slices.SUFFIX}.tmp99", folder / f"{key}-000002.arrow")
+    later = slices.complete(scratch, "slices", owners, taken)
     assert [os.path.basename(d["slice"]) for d in later] == [f"{key}-000002.arrow"]
 
 
 def test_write_images_takes_each_rows_bytes_from_its_slice_into_files_per_discipline(tmp_path, monkeypatch):
     """The images files a task writes: every row's own bytes (taken from its slice, rows in any order),
-    one file per discipline (a new one past IMAGE_FILE_BYTES), row groups of about BATCH_BYTES, and the
+    one file per discipline (a new one past image_files.FILE_BYTES), row groups of about BATCH_BYTES, and the
     row each file is committed from (path, size, rows, Delta stats)."""
     import json
 
@@ -50,7 +51,7 @@ def test_write_images_takes_each_rows_bytes_from_its_slice_into_files_per_discip
     assert len({w[0] for w in where}) > 2
     order = list(range(40))[::-1][:25] + list(range(15))[::3]                  # interleaved, repeats
     monkeypatch.setattr(tasks, "BATCH_BYTES", 5000)                            # several row groups
-    monkeypatch.setattr(tasks, "IMAGE_FILE_BYTES", 20000)                      # several files
+    monkeypatch.setattr(image_files, "FILE_BYTES", 20000)                      # several files
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     schema = schemas.table("images").arrow()
     disciplines = ["physics", "cs", "a b/c"]                                   # one needs quoting in a path
@@ -95,9 +96,9 @@ def test_write_images_takes_each_rows_bytes_from_its_slice_into_files_per_discip
 
 
 def test_a_hard_link_gets_the_bytes_of_the_member_it_names_wherever_they_are(tmp_path):
-    """_SliceWriter.read: the last member of a name, from the pending batch, a flushed batch of the open
+    """slices.Writer.read: the last member of a name, from the pending batch, a flushed batch of the open
     slice (completed first) or a completed slice file; None for a name never stored."""
-    writer = tasks._SliceWriter(LocalStore(str(tmp_path)), "slices", "k", 25_000)
+    writer = slices.Writer(LocalStore(str(tmp_path)), "slices", "k", 25_000)
     blobs = [os.urandom(6000 + i) for i in range(9)]
     for i, blob in enumerate(blobs[:8]):
         writer.add(f"images/{i}.png", blob, i)
@@ -157,7 +158,7 @@ def test_split_archives_logs_an_archive_with_a_header_bomb_bad_header(tmp_path, 
     import json
     import tarfile
 
-    from s1mmalign import archives
+    from s1mmalign.ingest import archives
 
     ok = tarfile.TarInfo("images/a.png")
     ok.size = 3

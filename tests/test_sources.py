@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from s1mmalign.sources import discover, group_archives
-from s1mmalign.storage import FileInfo, LocalStore, SourceError, StoreError, TooLarge
+from s1mmalign.ingest.sources import discover, group_archives
+from s1mmalign.lake.storage import FileInfo, LocalStore, SourceError, StoreError, TooLarge
 
 
 def info(rel):
@@ -144,5 +144,5 @@ def test_names_that_are_not_utf8_are_refused_under_an_escaped_name(tmp_path):
     tuer = plan.source("t%FCr")             # ... also when it holds no file to refuse: its tree is not read
     assert (tuer.jsonl, tuer.archives, tuer.refused, tuer.has_tree) == ((), (), (), False)
     assert sorted(r.file.rel for r in muell.refused) == ["m%FCll/images_1.tar.gz", "m%FCll/jsonl/a.jsonl"]
-    from s1mmalign.records import escape_name
+    from s1mmalign.ingest.records import escape_name
     assert escape_name("50%\udce9") == "50%25%E9"        # lossless: a '%' of the name is escaped too

@@ -3,13 +3,14 @@
 import pytest
 
 from helpers import chunked
-from s1mmalign.sources import discover
-from s1mmalign.storage import S3Store, SourceError, TooLarge
+from s1mmalign.config import S3Conf
+from s1mmalign.ingest.sources import discover
+from s1mmalign.lake.storage import S3Store, SourceError, TooLarge
 
 
 @pytest.fixture(scope="module")
 def s3(moto):
-    store = S3Store("bucket", "root", moto, "us-east-1")
+    store = S3Store("bucket", "root", S3Conf(endpoint_url=moto))
     store.client.create_bucket(Bucket="bucket")
     return store
 
@@ -39,4 +40,4 @@ def test_listing_and_reads(s3):
     with pytest.raises(TooLarge, match="3 bytes > 2"):
         s3.read("src/images/p1/fig1.png", 2)
     with pytest.raises(SourceError, match="no-such-bucket"):
-        discover(S3Store("no-such-bucket", "", s3.endpoint_url, "us-east-1"))
+        discover(S3Store("no-such-bucket", "", s3.s3))

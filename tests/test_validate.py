@@ -18,9 +18,13 @@ import pytest
 from delta.tables import DeltaTable
 from PIL import Image
 
-from helpers import browse
-from s1mmalign import delta_io, ingest, quality, sample, schemas, sources, validate
-from s1mmalign.storage import Store
+from helpers import browse, held, lake_at
+from s1mmalign.ingest import pipeline as ingest
+from s1mmalign.ingest import sample, sources
+from s1mmalign.lake import schemas
+from s1mmalign.lake.storage import Store
+from s1mmalign.validate import pipeline as validate
+from s1mmalign.validate import quality
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def clean_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean_lake(spark, cfg, clean_corpus, tmp_path_factory) -> Path:
     lake = tmp_path_factory.mktemp("clean-lake") / "lake"
-    summary = ingest.run(spark, cfg, str(clean_corpus), str(lake))
+    summary = ingest.run(spark, cfg, str(clean_corpus), held(str(lake), cfg))
     assert summary.quarantined == 0 and summary.pairs > 100
     return lake
 
@@ -68,12 +72,12 @@ def expected_count(with_clip: bool) -> int:
 
 
 def table(spark, lake, name):
-    return delta_io.read(spark, str(lake), name)
+    return lake_at(str(lake)).read(spark, name)
 
 
 def test_clean_lake_passes_every_suite(spark, strict_cfg, lake_copy, tmp_path):
     docs = tmp_path / "docs"
-    outcome = validate.run(spark, strict_cfg, str(lake_copy), out=str(docs))
+    outcome = validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg), out=str(docs))
     assert failed(outcome) == set(), [(r.key, r.describe(), r.details) for r in outcome.results if not r.success]
     assert len(outcome.results) == expected_count(with_clip=False)
     assert table(spark, lake_copy, "duplicates").count() == 0
@@ -88,23 +92,23 @@ def test_clean_lake_passes_every_suite(spark, strict_cfg, lake_copy, tmp_path):
 
 
 def _append_copy_of_a_pair(spark, lake):
-    pairs = delta_io.table_path(str(lake), "pairs")
+    pairs = lake_at(str(lake)).path("pairs")
     spark.read.format("delta").load(pairs).orderBy("pair_id").limit(1).write.format("delta").mode("append").save(pairs)
 
 
 def _delete_an_image_row(spark, lake):
     sha = table(spark, lake, "pairs").orderBy("pair_id").first().image_sha256
-    DeltaTable.forPath(spark, delta_io.table_path(str(lake), "images")).delete(f"image_sha256 = '{sha}'")
+    DeltaTable.forPath(spark, lake_at(str(lake)).path("images")).delete(f"image_sha256 = '{sha}'")
 
 
 def _dotdot_path(spark, lake):
     pid = table(spark, lake, "pairs").where("source = 'arxiv'").orderBy("pair_id").first().pair_id
-    DeltaTable.forPath(spark, delta_io.table_path(str(lake), "pairs")).update(
+    DeltaTable.forPath(spark, lake_at(str(lake)).path("pairs")).update(
         f"pair_id = '{pid}'", {"image_path": "regexp_replace(image_path, '^images/', 'images/../')"})
 
 
 def _unknown_flood(spark, lake):
-    DeltaTable.forPath(spark, delta_io.table_path(str(lake), "pairs")).update(
+    DeltaTable.forPath(spark, lake_at(str(lake)).path("pairs")).update(
         "pair_id < '4'", {"discipline": "'unknown'"})
 
 
@@ -115,14 +119,14 @@ def _quarantine_flood(spark, lake):
         "source", "source_file", (F.col("source_line") + 1_000_000).alias("source_line"), F.lit("{").alias("raw"),
         F.lit(None).cast("string").alias("image_path"), F.lit("malformed_json").alias("reason"),
         F.lit("planted").alias("detail"), "ingest_run_id", "ingested_at")
-    flood.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "quarantine"))
+    flood.write.format("delta").mode("append").save(lake_at(str(lake)).path("quarantine"))
 
 
 def _clip_scores(spark, lake, out_of_range=False, doubled=False):
     from pyspark.sql import functions as F
 
     tdef = schemas.table("clip_scores")
-    (DeltaTable.createIfNotExists(spark).location(delta_io.table_path(str(lake), "clip_scores"))
+    (DeltaTable.createIfNotExists(spark).location(lake_at(str(lake)).path("clip_scores"))
      .addColumns(tdef.spark()).partitionedBy(*tdef.partition_by).execute())
     scores = (table(spark, lake, "pairs").select(
         "pair_id", "discipline", F.lit("ViT-B-32@test").alias("model"),
@@ -135,7 +139,7 @@ def _clip_scores(spark, lake, out_of_range=False, doubled=False):
                                    .otherwise(F.col("score_caption")))
     if doubled:
         scores = scores.unionByName(first)
-    scores.write.format("delta").mode("append").save(delta_io.table_path(str(lake), "clip_scores"))
+    scores.write.format("delta").mode("append").save(lake_at(str(lake)).path("clip_scores"))
 
 
 def _cut_a_commit(spark, lake):
@@ -175,7 +179,7 @@ PLANTS = {
 def test_each_planted_violation_fails_exactly_its_expectation(spark, nodocs_cfg, lake_copy, plant):
     do, expected = PLANTS[plant]
     do(spark, lake_copy)
-    outcome = validate.run(spark, nodocs_cfg, str(lake_copy))
+    outcome = validate.run(spark, nodocs_cfg, held(str(lake_copy), nodocs_cfg))
     assert failed(outcome) == expected and outcome.docs_index is None
     assert bool(outcome.critical_failures) is True    # each of these is critical: the job exits 1
     assert expected <= {r.key for r in outcome.critical_failures}
@@ -194,30 +198,30 @@ def test_rows_lost_from_a_table_are_named_and_the_next_ingest_reads_their_file_a
     _cut_a_commit(spark, lake_copy)
     lost = before - {r.pair_id for r in table(spark, lake_copy, "pairs").select("pair_id").collect()}
     assert lost
-    outcome = validate.run(spark, nodocs_cfg, str(lake_copy))
+    outcome = validate.run(spark, nodocs_cfg, held(str(lake_copy), nodocs_cfg))
     (result,) = [r for r in outcome.critical_failures if r.key == RECONCILED]
     log_rows = {r.source_file: r for r in table(spark, lake_copy, "ingest_log").collect()}
     marked = {f for f, r in log_rows.items() if r.status == "incomplete"}
     assert marked and all(f in result.details for f in marked)
     assert all("ingest_log counted" in log_rows[f].detail and outcome.run_id in log_rows[f].detail for f in marked)
     _, listed = sources.discover(Store.from_uri(str(clean_corpus)))
-    todo_jsonl, todo_archives, _ = ingest.changed(str(lake_copy), listed)
+    todo_jsonl, todo_archives, _ = ingest.changed(lake_at(lake_copy), listed)
     assert {f.rel for _, f in todo_jsonl} == marked and todo_archives == []
-    ingest.run(spark, cfg, str(clean_corpus), str(lake_copy))
+    ingest.run(spark, cfg, str(clean_corpus), held(str(lake_copy), cfg))
     assert {r.pair_id for r in table(spark, lake_copy, "pairs").select("pair_id").collect()} == before
-    again = validate.run(spark, nodocs_cfg, str(lake_copy))
+    again = validate.run(spark, nodocs_cfg, held(str(lake_copy), nodocs_cfg))
     assert RECONCILED not in failed(again)
 
 
 def test_a_data_file_the_log_names_but_the_store_lacks_is_one_lake_damaged_line(lake_copy):
-    from conftest import run_job
+    from helpers import run_job
     from s1mmalign.errors import LakeError
 
-    delta_io.require_intact(str(lake_copy), validate.NEEDED)          # whole: nothing to say
+    lake_at(str(lake_copy)).require_intact(validate.NEEDED)          # whole: nothing to say
     victim = sorted((lake_copy / "pairs").rglob("*.parquet"))[0]
     victim.unlink()
     with pytest.raises(LakeError, match=r"is damaged: 1 data file\(s\) .* are missing \(pairs/"):
-        delta_io.require_intact(str(lake_copy), validate.NEEDED)
+        lake_at(str(lake_copy)).require_intact(validate.NEEDED)
     proc = run_job("validate", "--lake", str(lake_copy), submit=False)
     assert proc.returncode == 2, proc.stderr
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("validate:")]
@@ -226,7 +230,7 @@ def test_a_data_file_the_log_names_but_the_store_lacks_is_one_lake_damaged_line(
 
 def test_clean_clip_scores_pass(spark, strict_cfg, lake_copy):
     _clip_scores(spark, lake_copy)
-    outcome = validate.run(spark, strict_cfg, str(lake_copy))
+    outcome = validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg))
     assert failed(outcome) == set()
     assert {r.suite for r in outcome.results} >= {"schema.clip_scores", "schema_values.clip_scores"}
 
@@ -260,8 +264,8 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     shutil.copytree(clean_corpus, corpus)
     planted = _plant_duplicate_images(corpus)
     lake = tmp_path / "lake"
-    ingest.run(spark, cfg, str(corpus), str(lake))
-    outcome = validate.run(spark, strict_cfg, str(lake))
+    ingest.run(spark, cfg, str(corpus), held(str(lake), cfg))
+    outcome = validate.run(spark, strict_cfg, held(str(lake), strict_cfg))
     assert failed(outcome) == {"deduplication.pairs:exact_duplicate_share",
                                "deduplication.images:near_duplicate_share"}
     assert outcome.critical_failures == []          # duplicate shares are warnings: the job exits 0
@@ -277,7 +281,7 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
                                                             for r in near)
     assert outcome.stats.exact_groups == 1 and outcome.stats.near_clusters == 1
     # the default thresholds tolerate one duplicate in ~120 pairs: nothing fails
-    again = validate.run(spark, cfg, str(lake))
+    again = validate.run(spark, cfg, held(str(lake), cfg))
     assert failed(again) == set()
     assert table(spark, lake, "duplicates").count() == 4         # rebuilt, not doubled
     results = table(spark, lake, "quality_results")
@@ -291,12 +295,12 @@ def test_missing_tables_are_a_clear_error(tmp_path, lake_copy):
 
     missing = r"no pairs, images, quarantine, ingest_log table\(s\): run jobs/ingest.py first"
     with pytest.raises(LakeError, match=missing):
-        delta_io.require_tables(str(tmp_path / "empty-lake"), validate.NEEDED)
+        lake_at(str(tmp_path / "empty-lake")).require(validate.NEEDED)
     shutil.rmtree(lake_copy / "quarantine")
     with pytest.raises(LakeError, match=r"has no quarantine table\(s\)") as caught:
-        delta_io.require_tables(str(lake_copy), validate.NEEDED)
+        lake_at(str(lake_copy)).require(validate.NEEDED)
     assert isinstance(caught.value, JobError)                   # cli.main: one line, exit 2
-    delta_io.require_tables(str(lake_copy), ("pairs", "images", "ingest_log"))
+    lake_at(str(lake_copy)).require(("pairs", "images", "ingest_log"))
 
 
 def _text(dom: str) -> str:
@@ -326,7 +330,7 @@ def test_data_docs_show_the_results_offline_and_nothing_leaves(spark, strict_cfg
 
     monkeypatch.setattr(socket.socket, "connect", watched)
     docs = tmp_path / "docs"
-    outcome = validate.run(spark, strict_cfg, str(lake_copy), out=str(docs))
+    outcome = validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg), out=str(docs))
     monkeypatch.undo()
     assert outside == []
     assert outcome.docs_index == str(docs / "index.html") and outcome.docs_note == "offline"

@@ -1,4 +1,6 @@
-"""What every job's entry point shares: flags, logging, one clear line and an exit code on failure."""
+"""What every job's entry point shares: the job template (Job, job: flags, logging, config with the flags as
+overrides, the Lake, the tables it needs, the session, the run, the summary line, the exit code), and one
+clear line and an exit code on failure."""
 
 from __future__ import annotations
 
@@ -7,38 +9,23 @@ import logging
 import os
 import re
 import sys
-from typing import Callable
-from urllib.parse import urlparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from s1mmalign import stages
-from s1mmalign.errors import JobError, UsageError
-from s1mmalign.storage import hadoop_uri, remote
-
-
-def lake_uri(lake: str, *, existing: bool = True) -> str:
-    """--lake as the jobs use it: a local folder (existing: it must be one already), or s3://bucket/prefix
-    (given to Spark as s3a://); UsageError otherwise."""
-    if remote(lake):
-        parsed = urlparse(lake)
-        if parsed.scheme not in ("s3", "s3a") or not parsed.netloc:
-            raise UsageError(f"--lake {lake}: use a local folder or s3://bucket/prefix")
-        return hadoop_uri(lake).rstrip("/")
-    if existing and not os.path.isdir(lake):
-        raise UsageError(f"--lake {lake} is not a folder")
-    if os.path.exists(lake) and not os.path.isdir(lake):
-        raise UsageError(f"--lake {lake} exists and is not a folder")
-    return lake
+from s1mmalign.errors import JobError, Stopped, UsageError
+from s1mmalign.lake.storage import remote
 
 
 def discover_source(source: str, cfg):
     """--source listed before Spark starts (sources.discover's (store, plan)): a path that is not a folder,
     or a root with no sources, fails fast in one line."""
-    from s1mmalign import sources
-    from s1mmalign.storage import Store
+    from s1mmalign.ingest import sources
+    from s1mmalign.lake.storage import Store
 
-    if "://" not in source and not os.path.isdir(source):
+    if not remote(source) and not os.path.isdir(source):
         raise UsageError(f"--source {source} is not a folder")
-    return sources.discover(Store.from_uri(source, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.archive_suffix)
+    return sources.discover(Store.from_uri(source, cfg.s3), cfg.ingest.archive_suffix)
 
 
 def require_out_folder(out: str | None) -> str | None:
@@ -59,7 +46,7 @@ def out_of_memory(exc: BaseException) -> str | None:
     JVM heap exhausted as java.lang.OutOfMemoryError in the error's text, an executor killed by it as
     exit code 52, and a local-mode JVM that died of it by that exit code of the process itself.
     """
-    from s1mmalign.session import jvm_exit_code
+    from s1mmalign.lake.session import jvm_exit_code
 
     stage = getattr(exc, "stage", None)
     where = f" in stage {stage}" if stage else ""
@@ -111,6 +98,8 @@ def main(prog: str, body: Callable[[], int]) -> None:
     stages.watch_signals(prog)
     try:
         code = body()
+    except Stopped as exc:           # a signal (its line printed then): 128 + its number
+        code = 128 + exc.args[0]
     except BaseException as exc:     # noqa: BLE001 (each kind gets its one line below)
         code = _exit_code(prog, exc)
     sys.exit(code)
@@ -132,3 +121,88 @@ def _exit_code(prog: str, exc: BaseException) -> int:
     logging.getLogger(prog).debug("failure", exc_info=True)  # anything else: still one line, with the type
     print(f"{prog}: {out_of_memory(exc) or f'failed: {one_line(exc)}'}", file=sys.stderr)
     return 1
+
+
+# --------------------------------------------------------------------------------------- the job template
+
+@dataclass
+class Context:
+    """What a job's steps get: its flags, its conf (flags already in it), its lake and, once built, the
+    Spark session; `state` carries what `prepare` found for `run`."""
+    args: argparse.Namespace
+    cfg: Any
+    lake: Any
+    spark: Any = None
+    state: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: what jobs/<name>.py declares, and `job()` runs the same way for all of them.
+
+    flags        adds the job's own flags to the parser (--lake, --conf, --log-level are every job's)
+    overrides    the flags given, as config overrides ({"section": {"key": value}}): config.load applies them
+                 with the same checks as the conf files, so a flag's default lives only in its section
+    existing     whether --lake must already be a folder (ingest and plan make a new lake)
+    prepare      checks before Spark starts (files, suites, the model); may set ctx.state, or ctx.cfg
+    needs        tables that must exist (Lake.require), before Spark starts
+    intact       tables whose data files must all be there (Lake.require_intact)
+    writes       whether the job takes the lake's lease (a function of the Context when it depends)
+    spark        False: the job runs without a session (plan)
+    run          the work; returns what `summary` turns into the job's line(s) and exit code
+    summary      after the session stopped: prints the summary line(s), returns the exit code (default 0)
+    """
+    name: str
+    doc: str
+    run: Callable[[Context], Any]
+    flags: Callable[[argparse.ArgumentParser], None] | None = None
+    overrides: Callable[[argparse.Namespace], dict] | None = None
+    existing: bool = True
+    prepare: Callable[[Context], None] | None = None
+    needs: Sequence[str] = ()
+    intact: Sequence[str] = ()
+    writes: bool | Callable[[Context], bool] = True
+    spark: bool = True
+    summary: Callable[[Context, Any], int | None] | None = None
+
+
+def flag_overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> dict:
+    """The flags of `names` that were given (not None), as overrides of conf `section`."""
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return {section: given} if given else {}
+
+
+def job(spec: Job) -> None:
+    """Run a job as its jobs/<name>.py declares it (the process exits with its code)."""
+    main(spec.name, lambda: _run(spec))
+
+
+def _run(spec: Job) -> int:
+    from s1mmalign import config
+    from s1mmalign.lake.root import Lake
+
+    p = parser(spec.name, spec.doc.strip().splitlines()[0])
+    if spec.flags:
+        spec.flags(p)
+    args = p.parse_args()
+    setup_logging(args.log_level)
+    cfg = config.load(args.conf, overrides=spec.overrides(args) if spec.overrides else None)
+    ctx = Context(args, cfg, Lake.open(args.lake, cfg, existing=spec.existing))
+    if spec.prepare:
+        spec.prepare(ctx)
+    ctx.lake.require(spec.needs)
+    if spec.intact:
+        ctx.lake.require_intact(spec.intact)
+    if not spec.spark:
+        result = spec.run(ctx)
+    else:
+        from s1mmalign.lake import session
+
+        writes = spec.writes(ctx) if callable(spec.writes) else spec.writes
+        ctx.spark = session.build(ctx.lake, ctx.cfg, write=writes, job=spec.name)
+        try:
+            result = spec.run(ctx)
+        finally:
+            session.stop(ctx.spark)
+    code = spec.summary(ctx, result) if spec.summary else None
+    return code or 0

@@ -113,6 +113,7 @@ class ClipConf:
     image_decode: str = "auto"            # auto (torch on CUDA, else pil) | pil | torch
     torch_threads: int = 0                # 0: torch's default
     cache_dir: str = "~/.cache/s1mmalign/checkpoints"
+    model_config: str | None = None       # an open_clip JSON model config, for a model that is not built in
     # e.g. GPU scheduling, for score_clip only (not part of a scorer's identity: left out of its hash)
     spark_extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -131,7 +132,17 @@ class ReportConf:
 
 @dataclass(frozen=True)
 class ExportConf:
-    shard_size: str = "512MB"             # default --shard-size
+    # The export's spec (export.Spec.of): each a flag of jobs/export.py, these its defaults
+    where: str | None = None              # a Spark SQL condition over pairs (and the model's scores)
+    dedup: str = "none"                   # none | exact | near
+    model: str | None = None              # a clip_scores model (name or id): its scores in each sample
+    min_score: float | None = None        # keep pairs whose model score is at least this
+    score_field: str | None = None        # caption | recaption (default: that of text; caption for both)
+    text: str = "recaption"               # recaption | caption | both
+    format: str = "webdataset"            # webdataset | parquet
+    shard_size: str = "512MB"             # bytes per shard (KB/MB/GB powers of 1000, KiB/MiB/GiB of 1024)
+    image: str = "original"               # original | thumbnail
+    order: str = "storage"                # storage | pair_id
     batch_rows: int = 64                  # rows per Arrow batch into a shard task (bounded in bytes too:)
     batch_bytes: int = 67108864           # bytes per Arrow batch into a shard task
     row_group_bytes: int = 67108864       # Parquet shards: a row group holds about this many bytes
@@ -175,7 +186,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, 3_600_000),
     "lease.ttl_seconds": (2, 7 * 86_400), "lease.heartbeat_seconds": (1, 86_400),
     "maintain.vacuum_retention_hours": (168, 87_600),
-    "export.batch_rows": (1, 1_000_000), "export.batch_bytes": (1024, 2**31 - 1),
+    "export.min_score": (-1.0, 1.0), "export.batch_rows": (1, 1_000_000), "export.batch_bytes": (1024, 2**31 - 1),
     "export.row_group_bytes": (1, 2 * GIB - 1), "export.broadcast_pairs": (0, 10**9),
     "report.short_chars": (0, 1_000_000), "report.review_pairs": (0, 10_000),
     "report.preview_chars": (0, 1_000_000), "report.score_bin_width": (1e-6, 1),
@@ -189,6 +200,9 @@ LAKE_FILES = ("_lease.json", "_delta_log")      # the lake root's own files, bes
 CHOICES: dict[str, tuple[str, ...]] = {
     "clip.text_strategy": ("truncate", "chunk_mean"), "clip.device": ("auto", "cpu", "cuda"),
     "clip.image_decode": ("auto", "pil", "torch"), "quality.data_docs": ("offline", "cdn", "off"),
+    "export.dedup": ("none", "exact", "near"), "export.text": ("recaption", "caption", "both"),
+    "export.format": ("webdataset", "parquet"), "export.image": ("original", "thumbnail"),
+    "export.order": ("storage", "pair_id"), "export.score_field": ("caption", "recaption"),
 }
 
 
@@ -244,9 +258,7 @@ def lake_folder_problem(value: str, tables: Sequence[str]) -> str | None:
 
 def _check_lake_folders(values: Mapping[str, str]) -> None:
     """ConfigError unless every lake folder setting is a folder of its own under the lake (LAKE_FOLDERS)."""
-    from s1mmalign import schemas
-
-    tables = schemas.lake_tables()
+    tables = resources.table_names()
     for key, value in values.items():
         problem = lake_folder_problem(value, tables)
         if problem:

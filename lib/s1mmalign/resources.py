@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pkgutil
 from pathlib import Path
 
@@ -33,3 +34,17 @@ def list_names(kind: str, suffix: str = "") -> list[str]:
 def repo_root() -> Path:
     """The checkout this package was imported from (meaningless inside a zip)."""
     return _REPO
+
+
+@functools.lru_cache(maxsize=None)
+def tables_yaml() -> dict:
+    """schemas/tables.yaml, parsed once (lake/schemas.py builds the schemas from it)."""
+    import yaml
+
+    return yaml.safe_load(read_text("schemas", "tables.yaml"))
+
+
+def table_names() -> list[str]:
+    """The Delta tables a lake holds (the entries of tables.yaml with a key), not the intermediates: what
+    config checks the lake folders against and lake/schemas.py lists."""
+    return [n for n, s in tables_yaml().items() if isinstance(s, dict) and "key" in s]

@@ -11,7 +11,7 @@ version at once can silently lose a commit. So a writing job first takes the lak
   - a lease past its expiry (its holder died: kill -9, a lost node), or one left on this host by a
     process that no longer runs, is taken over by a put conditional on the version read, said in one
     line; of two jobs taking over at once, one wins;
-  - before every commit the job checks that it still holds the lease (delta_io calls check()): a job
+  - before every commit the job checks that it still holds the lease (every write of root.Lake calls check()): a job
     that lost it (a heartbeat refused, or its expiry passed without renewal) stops there (LeaseLost).
 Read-only jobs (spark-sql, the report's queries) take no lease.
 """
@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from s1mmalign.errors import JobError
-from s1mmalign.storage import Conflict, Store
+from s1mmalign.lake.storage import Conflict, Store
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ class Lease:
                 except Exception as exc:
                     log.warning("lake %s: lease not released (%s); it expires in %.0fs", self.lake, exc, self.ttl)
             self.version = None
+            self.lost = self.lost or "released"      # given back: a write after it must not pass check()
 
     def __enter__(self) -> "Lease":
         return self.acquire()
@@ -238,14 +239,6 @@ def hold(store: Store, lake: str, ttl: float, heartbeat: float, job: str | None 
     if lake not in _held:
         _held[lake] = Lease(store, lake, ttl, heartbeat, job).acquire()
     return _held[lake]
-
-
-def check(lake: str) -> None:
-    """LeaseLost when this process took the lake's lease and no longer holds it; nothing when it holds
-    it, or never took it (in-process callers: tests, the benches)."""
-    lease = _held.get(lake)
-    if lease is not None:
-        lease.check()
 
 
 def release_all() -> None:

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from s1mmalign.records import escape_name, storable
-from s1mmalign.storage import FileInfo, SourceError, Store
+from s1mmalign.ingest.records import escape_name, storable
+from s1mmalign.lake.storage import FileInfo, SourceError, Store
 
 _PART = re.compile(r"^(?P<archive>.+)\.part(?P<suffix>[a-z]{2,})$")
 

@@ -1,4 +1,4 @@
-"""spark-sql over a lake's catalog: `python -m s1mmalign.sqlshell --lake LAKE [spark-sql args...]`.
+"""spark-sql over a lake's catalog: `python -m s1mmalign.report.sqlshell --lake LAKE [spark-sql args...]`.
 
 The jobs register their tables as s1mmalign.<table> in a Hive metastore kept under a local lake; this
 starts Spark's own spark-sql CLI on that metastore, e.g. `... -e "SELECT count(*) FROM s1mmalign.pairs"`.
@@ -14,11 +14,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from s1mmalign import config, delta_io, schemas, session
-from s1mmalign.storage import SourceError, hadoop_uri, remote
+from s1mmalign import config
+from s1mmalign.lake import schemas, session
+from s1mmalign.lake.root import Lake
+from s1mmalign.lake.storage import SourceError
 
 
-def command(lake: str, cfg: config.Config, extra: list[str]) -> list[str]:
+def command(lake: Lake, cfg: config.Config, extra: list[str]) -> list[str]:
     """The spark-sql command line for a lake."""
     import pyspark
 
@@ -30,13 +32,13 @@ def command(lake: str, cfg: config.Config, extra: list[str]) -> list[str]:
     return cmd + extra
 
 
-def _init_script(lake: str, cfg: config.Config, tables: list[str]) -> str:
+def _init_script(lake: Lake, cfg: config.Config, tables: list[str]) -> str:
     """A spark-sql init file that registers the lake's tables in the session's catalog."""
     import tempfile
 
     db = cfg.catalog.database
     lines = [f"CREATE DATABASE IF NOT EXISTS {db};"]
-    lines += [delta_io.register_statement(lake, db, t) + ";" for t in tables]
+    lines += [lake.register_statement(t) + ";" for t in tables]
     fd, path = tempfile.mkstemp(prefix="s1mmalign-sql-", suffix=".sql")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -44,15 +46,14 @@ def _init_script(lake: str, cfg: config.Config, tables: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="s1mmalign.sqlshell", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="s1mmalign.report.sqlshell", description=__doc__.splitlines()[0])
     p.add_argument("--lake", required=True)
     p.add_argument("--conf", default=None)
     args, extra = p.parse_known_args(argv)
     cfg = config.load(args.conf)
-    lake = hadoop_uri(args.lake) if remote(args.lake) else args.lake
+    lake = Lake(args.lake, cfg.s3, cfg.catalog.database)     # reads only: no lease
     try:
-        tables = [t for t in schemas.lake_tables() if schemas.table(t).catalog
-                  and delta_io.exists(None, lake, t, cfg.s3)]
+        tables = [t for t in schemas.lake_tables() if schemas.table(t).catalog and lake.exists(t)]
     except SourceError as exc:
         print(f"sqlshell: error: {exc}", file=sys.stderr)
         return 2
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sqlshell: error: no lake at {args.lake} (run jobs/ingest.py first)", file=sys.stderr)
         return 2
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if remote(lake):
+    if lake.remote:
         extra = ["-i", _init_script(lake, cfg, tables)] + extra
     cmd = command(lake, cfg, extra)
     os.execv(cmd[0], cmd)

@@ -10,15 +10,14 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from itertools import groupby
-from operator import itemgetter
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from s1mmalign import archives, images, records, schemas
 from s1mmalign.config import IngestConf
-from s1mmalign.storage import Store, TooLarge
+from s1mmalign.ingest import archives, images, records, slices
+from s1mmalign.lake import image_files, schemas
+from s1mmalign.lake.storage import Store, TooLarge
 
 BATCH_ROWS = 64
 BATCH_BYTES = 8 << 20      # image bytes per Arrow batch handed to the JVM (a member may exceed it alone)
@@ -188,7 +187,7 @@ def parse_chunks(store: Store, ctx_args: dict) -> Callable:
     Whatever a line holds, it becomes one row: a record or a reject with its reason; lines over
     ingest.max_line_bytes are quarantined from their first bytes, never held whole.
     """
-    from s1mmalign.disciplines import DisciplineMap
+    from s1mmalign.ingest.disciplines import DisciplineMap
 
     schema = schemas.table("parsed_lines").arrow()
     disciplines = DisciplineMap.from_conf(ctx_args["disciplines"])
@@ -230,97 +229,6 @@ def _facts_row(source: str, image_path: str, container: str, facts: images.Image
     }
 
 
-SLICE_SCHEMA = pa.schema([pa.field("image_path", pa.string(), False), pa.field("content", pa.binary(), False),
-                          pa.field("member", pa.int64())])
-SLICE_BATCH_BYTES = 8 << 20       # member bytes per record batch of a slice file
-
-
-SLICE_SUFFIX = ".arrow"
-
-
-def slice_key(source: str, archive: str) -> str:
-    """The name prefix of an archive's slice files (no '-' in it: the slice number follows one)."""
-    return hashlib.sha256(f"{source}\x00{archive}".encode()).hexdigest()[:20]
-
-
-class _SliceWriter:
-    """Member bytes of one archive into Arrow IPC files of about `limit` bytes each under `folder` of the
-    scratch store, each written aside (a local spool file) and published whole when complete: renamed on
-    a local or shared disk, uploaded on S3 (a retried or speculative task rewrites the same names with
-    the same bytes)."""
-
-    def __init__(self, scratch: Store, folder: str, key: str, limit: int):
-        self.scratch, self.folder, self.key, self.limit = scratch, folder, key, limit
-        self.done: list[tuple[str, int, int]] = []     # (name, members, bytes) of complete slices
-        self._names: list[str] = []
-        self._blobs: list[bytes] = []
-        self._ordinals: list[int | None] = []
-        self._pending = 0                               # bytes in _names/_blobs
-        self._writer = self._sink = self._path = self._tmp = None
-        self._members = self._bytes = 0
-        self._where: dict[str, tuple[str, int]] = {}    # member name -> its slice and row (the last of a name)
-
-    def read(self, name: str) -> bytes | None:
-        """The bytes of the member of this name stored last, or None (a hard link's target)."""
-        where = self._where.get(name)
-        if where is None:
-            return None
-        path, row = where
-        if path == self._path and self._writer is not None:      # the open slice
-            first_pending = self._members - len(self._names)
-            if row >= first_pending:
-                return self._blobs[row - first_pending]
-            self.close()        # its batch is in the open file: complete the file to read it back
-        with self.scratch.local_copy(path) as local, pa.memory_map(local) as source:
-            reader = pa.ipc.open_file(source)
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                if row < batch.num_rows:
-                    return batch.column(1)[row].as_py()
-                row -= batch.num_rows
-        return None
-
-    def add(self, name: str, data: bytes, ordinal: int | None = None) -> tuple[str, int]:
-        """Store one member; returns the slice file (its name in the scratch store) and row that hold it."""
-        if self._writer is None:
-            self._path = f"{self.folder}/{self.key}-{len(self.done):06d}{SLICE_SUFFIX}"
-            self._tmp = self.scratch.spool(self._path)
-            self._sink = pa.OSFile(self._tmp, "wb")
-            self._writer = pa.ipc.new_file(self._sink, SLICE_SCHEMA)
-        where = (self._path, self._members)
-        self._where[name] = where
-        self._names.append(name)
-        self._blobs.append(data)
-        self._ordinals.append(ordinal)
-        self._pending += len(data)
-        self._members += 1
-        self._bytes += len(data)
-        if self._pending >= SLICE_BATCH_BYTES:
-            self._flush()
-        if self._bytes >= self.limit:
-            self.close()
-        return where
-
-    def _flush(self) -> None:
-        if self._names:
-            self._writer.write_batch(pa.RecordBatch.from_arrays(
-                [pa.array(self._names, pa.string()), pa.array(self._blobs, pa.binary()),
-                 pa.array(self._ordinals, pa.int64())], schema=SLICE_SCHEMA))
-            self._names, self._blobs, self._ordinals, self._pending = [], [], [], 0
-
-    def close(self) -> None:
-        """Complete the open slice, if any."""
-        if self._writer is None:
-            return
-        self._flush()
-        self._writer.close()
-        self._sink.close()
-        self.scratch.put_file(self._path, self._tmp)
-        self.done.append((self._path, self._members, self._bytes))
-        self._writer = self._sink = None
-        self._members = self._bytes = 0
-
-
 def split_archives(store: Store, max_bytes: int, scratch: Store, slice_dir: str, slice_bytes: int) -> Callable:
     """Stream whole archives (one per input row) and cut their members into slices for analysis tasks.
 
@@ -336,23 +244,23 @@ def split_archives(store: Store, max_bytes: int, scratch: Store, slice_dir: str,
             parts = [archives.PartStats(p["rel"], p["size"]) for p in json.loads(d["parts"])]
             stream = archives.ChainedParts(parts, store.open)
             result = archives.StreamResult()
-            slices = _SliceWriter(scratch, slice_dir, slice_key(d["source"], d["archive"]), slice_bytes)
+            held = slices.Writer(scratch, slice_dir, slices.key(d["source"], d["archive"]), slice_bytes)
             for member in archives.iter_members(stream, max_bytes, result):
                 if member.link is not None:
-                    data = slices.read(member.link)
+                    data = held.read(member.link)
                     if data is None:
                         yield _facts_row(d["source"], member.name, d["archive"], images.ImageFacts(
                             "image_missing", f"a hard link to {member.link}, which is no member read before it"),
                             ordinal=member.ordinal)
                     else:
-                        slices.add(member.name, data, member.ordinal)
+                        held.add(member.name, data, member.ordinal)
                 elif member.data is None:
                     yield _facts_row(d["source"], member.name, d["archive"],
                                      images.ImageFacts(member.problem, member.detail), ordinal=member.ordinal)
                 else:
-                    slices.add(member.name, member.data, member.ordinal)
-            slices.close()
-            for path, members, size in slices.done:
+                    held.add(member.name, member.data, member.ordinal)
+            held.close()
+            for path, members, size in held.done:
                 yield {"kind": "slice", "source": d["source"], "image_path": path, "container": d["archive"],
                        "status": "ok", "image_bytes": size, "members": members}
             broken_at = stream.current.rel if result.status != "ok" and stream.current else None
@@ -431,7 +339,7 @@ def read_tree(store: Store, policy: IngestConf, scratch: Store, slice_dir: str,
     def rows(batches):
         ctx = TaskContext.get()
         key = f"tree-{ctx.stageId()}-{ctx.partitionId()}" if ctx is not None else f"tree-{os.getpid()}"
-        slices = _SliceWriter(scratch, slice_dir, key, slice_bytes)
+        held = slices.Writer(scratch, slice_dir, key, slice_bytes)
         for d in _descriptors(batches):
             try:
                 data = store.read(f"{d['source']}/{d['image_path']}", policy.max_image_bytes)
@@ -445,96 +353,24 @@ def read_tree(store: Store, policy: IngestConf, scratch: Store, slice_dir: str,
                 yield _facts_row(d["source"], d["image_path"], "tree", unread)
                 continue
             facts = images.analyze(data, policy)
-            where = slices.add(d["image_path"], data) if facts.status == "ok" else None
+            where = held.add(d["image_path"], data) if facts.status == "ok" else None
             yield _facts_row(d["source"], d["image_path"], "tree", facts, where)
-        slices.close()
+        held.close()
 
     def run(batches):
         yield from _batched(rows(batches), schema, 16)
     return run
 
 
-def _with_content(scratch: Store, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """images rows without `content` but with (slice, slice_row) in; the same rows with the original bytes
-    read back from the slice files of the scratch store out, in batches of about BATCH_BYTES of images.
-
-    Columnar: each batch takes its bytes from the memory-mapped slices with one Arrow `take` per run of
-    rows from the same slice; no value becomes a Python object.
-    """
-    reader = None
-    try:
-        for batch in batches:
-            for part in _byte_bounded(batch, "image_bytes", BATCH_BYTES):
-                pieces = []
-                runs = zip(part.column("slice").to_pylist(), part.column("slice_row").to_pylist(), strict=True)
-                for path, run_rows in groupby(runs, key=itemgetter(0)):    # one take per slice file run
-                    if reader is None or reader.path != path:
-                        if reader is not None:
-                            reader.close()
-                        reader = _SliceReader(scratch, path)
-                    pieces.append(reader.take([row for _, row in run_rows]))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.concat_arrays(pieces) if f.name == "content" else part.column(f.name).cast(f.type)
-                     for f in schema], schema=schema)
-    finally:
-        if reader is not None:
-            reader.close()
-
-
-IMAGE_FILE_BYTES = 256 << 20     # an images table file is closed once it holds about this many bytes
-# Columns of an images file with Parquet statistics and Delta data-skipping stats (min/max): the keys and
-# numbers, not the image bytes, the paths (any length) or the timestamp (Delta keeps it in milliseconds).
-IMAGE_STATS_COLUMNS = ("image_sha256", "discipline", "format", "width", "height", "image_bytes", "image_dhash",
-                       "thumbnail_width", "thumbnail_height", "ingest_run_id")
-
-
-class _ImagesFile:
-    """One Parquet file of the images table being written (a spool file until it is complete)."""
-
-    def __init__(self, table: Store, rel: str, schema: pa.Schema):
-        import pyarrow.parquet as pq
-
-        self.table, self.rel = table, rel
-        self.local = table.spool(rel)
-        keys = [c for c in schema.names if c in IMAGE_STATS_COLUMNS]
-        self.writer = pq.ParquetWriter(self.local, schema, compression="none", use_dictionary=keys,
-                                       write_statistics=keys)
-        self.rows = self.bytes = 0
-        self.low: dict = {}
-        self.high: dict = {}
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        import pyarrow.compute as pc
-
-        self.writer.write_batch(batch, row_group_size=batch.num_rows)   # one row group per bounded batch
-        self.rows += batch.num_rows
-        self.bytes += batch.nbytes
-        for c in IMAGE_STATS_COLUMNS:
-            got = pc.min_max(batch.column(c)).as_py()
-            if got["min"] is not None:
-                self.low[c] = got["min"] if c not in self.low else min(self.low[c], got["min"])
-                self.high[c] = got["max"] if c not in self.high else max(self.high[c], got["max"])
-
-    def close(self, discipline: str) -> dict:
-        """Complete the file (published whole); its images_files row."""
-        self.writer.close()
-        size = os.path.getsize(self.local)
-        self.table.put_file(self.rel, self.local)
-        stats = {"numRecords": self.rows, "minValues": self.low, "maxValues": self.high,
-                 "nullCount": {c: 0 for c in IMAGE_STATS_COLUMNS}}
-        return {"path": self.rel, "discipline": discipline, "bytes": size, "rows": self.rows,
-                "stats": json.dumps(stats, separators=(",", ":"))}
-
-
 def write_images(scratch: Store, folder: Store, name_prefix: str) -> Callable:
     """images rows without `content` but with (slice, slice_row) in (their discipline chosen); written, with
     the original bytes read back from the slice files, as Parquet files of the images table (`folder`: its
     root), one open file per discipline, row groups of about BATCH_BYTES and files of about
-    IMAGE_FILE_BYTES; out: an images_files row per file written (path in the table, discipline, size,
+    image_files.FILE_BYTES; out: an images_files row per file written (path in the table, discipline, size,
     rows, Delta stats).
 
     The image bytes never pass through the JVM. Nothing here touches the Delta log: the driver commits the
-    files of every task at once (delta_io.add_files); the files of a task that fails are never committed
+    files of every task at once (Lake.add_files); the files of a task that fails are never committed
     (VACUUM removes them), and a retried task writes files of new names.
     """
     import uuid
@@ -549,50 +385,20 @@ def write_images(scratch: Store, folder: Store, name_prefix: str) -> Callable:
     def run(batches):
         ctx = TaskContext.get()
         task = ctx.taskAttemptId() if ctx is not None else os.getpid()
-        files: dict[str, _ImagesFile] = {}
+        files: dict[str, image_files.ImagesFile] = {}
         done = []
-        for batch in _with_content(scratch, batches, images):
+        for batch in slices.with_content(scratch, batches, images, BATCH_BYTES):
             column = batch.column("discipline")
             for discipline in sorted(set(column.to_pylist())):
                 if discipline not in files:
                     name = f"{name_prefix}-{task}-{uuid.uuid4().hex}.parquet"
-                    files[discipline] = _ImagesFile(folder, f"discipline={quote(discipline, safe='')}/{name}",
-                                                    images)
+                    files[discipline] = image_files.ImagesFile(
+                        folder, f"discipline={quote(discipline, safe='')}/{name}", images)
                 files[discipline].write(batch.filter(pc.equal(column, discipline)))
-                if files[discipline].bytes >= IMAGE_FILE_BYTES:
+                if files[discipline].bytes >= image_files.FILE_BYTES:
                     done.append(files.pop(discipline).close(discipline))
         for discipline, f in sorted(files.items()):
             done.append(f.close(discipline))
         if done:
             yield pa.RecordBatch.from_pylist(done, schema=out_schema)
     return run
-
-
-def _byte_bounded(batch: pa.RecordBatch, size_column: str, limit: int) -> Iterator[pa.RecordBatch]:
-    """batch in consecutive non-empty pieces, each ending at the row that brings the sum of size_column
-    to limit (a row larger than limit is a piece alone)."""
-    start, held = 0, 0
-    for i, size in enumerate(batch.column(size_column).to_pylist()):
-        held += size
-        if held >= limit:
-            yield batch.slice(start, i + 1 - start)
-            start, held = i + 1, 0
-    if start < batch.num_rows:
-        yield batch.slice(start)
-
-
-class _SliceReader:
-    """Rows of one slice file by number (memory-mapped: reading rows costs only their bytes; a slice on
-    S3 is downloaded once, to a local file, for as long as the reader is open)."""
-
-    def __init__(self, scratch: Store, path: str):
-        self.path = path
-        self._copy = scratch.local_copy(path)
-        self.table = pa.ipc.open_file(pa.memory_map(self._copy.__enter__())).read_all()
-
-    def take(self, rows: list[int]) -> pa.Array:
-        return self.table.column(1).take(pa.array(rows, pa.int64())).combine_chunks()
-
-    def close(self) -> None:
-        self.table = None
-        self._copy.__exit__(None, None, None)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from s1mmalign import records
+from s1mmalign.ingest import records
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def generate(root: str | Path, n_pairs: int = 1000, seed: int = 7, faults: bool 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="s1mmalign.sample", description="write a sample S1-MMAlign corpus")
+    p = argparse.ArgumentParser(prog="s1mmalign.ingest.sample", description="write a sample S1-MMAlign corpus")
     p.add_argument("--out", required=True, help="folder to write the corpus into")
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--seed", type=int, default=7)

@@ -11,8 +11,8 @@ from pathlib import Path
 from s1mmalign import stages
 from s1mmalign.config import Config
 from s1mmalign.errors import JobError
+from s1mmalign.lake.root import Lake
 from s1mmalign.resources import repo_root
-from s1mmalign.storage import remote
 
 
 def delta_jars() -> list[str]:
@@ -21,14 +21,14 @@ def delta_jars() -> list[str]:
     return sorted(str(p) for p in folder.glob("*.jar")) if folder.is_dir() else []
 
 
-def catalog_settings(lake: str, cfg: Config) -> dict[str, str]:
+def catalog_settings(lake: Lake, cfg: Config) -> dict[str, str]:
     """Catalog settings for jobs and spark-sql alike. A local lake keeps a Hive metastore (embedded Derby)
     beside its tables, so a later spark-sql session sees them; an object-store lake cannot hold Derby's
     files, so each session registers the tables in Spark's in-memory catalog (delta_io.ensure_tables;
     sqlshell does it with an init script)."""
-    if remote(lake):
+    if lake.remote:
         return {"spark.sql.catalogImplementation": "in-memory"}
-    meta = Path(lake, cfg.catalog.metastore_dir).resolve()
+    meta = Path(lake.path(cfg.catalog.metastore_dir))
     return {
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": str(meta / "warehouse"),
@@ -41,7 +41,8 @@ def catalog_settings(lake: str, cfg: Config) -> dict[str, str]:
 
 def s3a_settings(cfg: Config) -> dict[str, str]:
     """Spark's S3A file system (hadoop-aws, from build.sh's jars) for s3:// and s3a:// paths, set as boto3
-    is: endpoint and region from conf or AWS_ENDPOINT_URL, retries with back-off. Credentials are never
+    is (storage.S3Store): endpoint (conf or AWS_ENDPOINT_URL, read by config.load), region, path style, attempts
+    with back-off, connection timeout. Credentials are never
     set here: S3A reads them from the AWS chain (environment, profile, instance or pod role)."""
     s3 = cfg.s3
     attempts = str(s3.max_attempts)
@@ -64,7 +65,7 @@ def s3a_settings(cfg: Config) -> dict[str, str]:
     return settings
 
 
-def session_settings(lake: str, cfg: Config) -> dict[str, str]:
+def session_settings(lake: Lake, cfg: Config) -> dict[str, str]:
     """Every Spark setting a job needs, as one mapping (config extras win)."""
     settings = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -113,17 +114,13 @@ class LakeBusy(JobError):
     """The lake is written by another job, cannot be written at all, or has a damaged Delta log."""
 
 
-def take_lease(lake: str, cfg: Config) -> None:
-    """Hold the lake's lease for this process (lease.py): a second writer stops here with one line
-    naming the holder, before Spark starts; so does a lake that cannot be written."""
-    from s1mmalign import lease
-    from s1mmalign.storage import Store
+def take_lease(lake: Lake, job: str | None = None) -> None:
+    """Hold the lake's lease for this process (Lake.hold, lease.py): a second writer stops here with one
+    line naming the holder, before Spark starts; so does a lake that cannot be written."""
+    from s1mmalign.lake import lease
 
     try:
-        if not remote(lake):
-            os.makedirs(lake, exist_ok=True)
-        lease.hold(Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region), lake,
-                   cfg.lease.ttl_seconds, cfg.lease.heartbeat_seconds)
+        lake.hold(job)
     except lease.LeaseHeld as exc:
         raise LakeBusy(str(exc)) from None
     except OSError as exc:
@@ -133,23 +130,21 @@ def take_lease(lake: str, cfg: Config) -> None:
     atexit.register(lease.release_all)
 
 
-def check_logs(lake: str) -> None:
+def check_logs(lake: Lake) -> None:
     """LakeBusy when a table's Delta log under a local lake is damaged (delta_io.damaged_logs)."""
-    from s1mmalign.delta_io import damaged_logs
-
-    damaged = damaged_logs(lake)
+    damaged = lake.damaged_logs()
     if damaged:
         raise LakeBusy(f"lake {lake} has a damaged Delta log: {', '.join(damaged)} is not valid JSON; "
                        f"restore it from a copy (Delta cannot read the table past it)")
 
 
-def build(lake: str, cfg: Config, write: bool = True):
-    """Get or create the session for a job over `lake` (a URI from storage.hadoop_uri); a job that
-    writes holds the lake's lease first (take_lease)."""
+def build(lake: Lake, cfg: Config, write: bool = True, job: str | None = None):
+    """Get or create the session for a job over `lake`; a job that writes holds the lake's lease first
+    (take_lease, as `job`)."""
     from pyspark.sql import SparkSession
 
     if write:
-        take_lease(lake, cfg)
+        take_lease(lake, job)
     check_logs(lake)
 
     # Python workers run the driver's interpreter, and so see the same packages (unless set otherwise).
@@ -159,14 +154,14 @@ def build(lake: str, cfg: Config, write: bool = True):
         builder = builder.master(cfg.spark.master)
     for key, value in session_settings(lake, cfg).items():
         builder = builder.config(key, value)
-    if remote(lake):
+    if lake.remote:
         spark = builder.getOrCreate()
         stages.watch_signals()       # Spark's context took SIGINT for itself: one line again, the job's
         return spark
     spark = builder.enableHiveSupport().getOrCreate()
     stages.watch_signals()
     # Derby (the embedded metastore) boots on first catalog use: keep its log beside the catalog.
-    meta = Path(lake, cfg.catalog.metastore_dir).resolve()
+    meta = Path(lake.path(cfg.catalog.metastore_dir))
     meta.mkdir(parents=True, exist_ok=True)
     spark.sparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", str(meta / "derby.log"))
     return spark
@@ -175,7 +170,7 @@ def build(lake: str, cfg: Config, write: bool = True):
 def stop(spark) -> None:
     """Stop the session and give the lake's lease back; a JVM that already died (e.g. out of memory)
     leaves nothing to stop, and must not hide the error that the job is about to report."""
-    from s1mmalign import lease
+    from s1mmalign.lake import lease
 
     try:
         spark.stop()

@@ -26,10 +26,13 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import dedup, delta_io, quality, resources, schemas, storage
+from s1mmalign import resources
 from s1mmalign.config import Config
+from s1mmalign.lake import schemas, storage
+from s1mmalign.lake.root import Lake
+from s1mmalign.lake.storage import remote
 from s1mmalign.stages import Stage, new_run_id
-from s1mmalign.storage import Store, remote
+from s1mmalign.validate import dedup, quality
 
 log = logging.getLogger(__name__)
 
@@ -177,39 +180,37 @@ def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
 
 
 @contextlib.contextmanager
-def _quality_folders(cfg: Config, lake: str, out: str | None):
+def _quality_folders(cfg: Config, lake: Lake, out: str | None):
     """(Great Expectations' project folder, Data Docs folder, where the docs end up) on local disk. A local
     lake keeps the project under itself; an object-store lake's project is copied down for the run and
     back up after it, and Data Docs built for an s3:// target are uploaded when the block ends."""
-    s3 = cfg.s3
     q = cfg.quality
-    target = out or (f"{lake}/{q.docs_dir}" if remote(lake) else str(Path(lake, q.docs_dir).resolve()))
+    target = out or lake.path(q.docs_dir)
     if not remote(target):
         target = str(Path(target).resolve())
     with contextlib.ExitStack() as stack:
-        if remote(lake):
-            store = Store.from_uri(lake, s3.endpoint_url, s3.region)
+        if lake.remote:
             context = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="s1mmalign-gx-")), "gx")
-            store.download_tree(q.context_dir, context)
+            lake.store().download_tree(q.context_dir, context)
         else:
-            context = str(Path(lake, q.context_dir).resolve())
-        docs = stack.enter_context(storage.output_folder(target, s3.endpoint_url, s3.region))
+            context = lake.path(q.context_dir)
+        docs = stack.enter_context(storage.output_folder(target, cfg.s3))
         yield context, docs, target
-        if remote(lake):
-            store.upload_tree(context, q.context_dir)
+        if lake.remote:
+            lake.store().upload_tree(context, q.context_dir)
 
 
-def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
+def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
         run_id: str | None = None) -> Outcome:
-    """Validate the lake's tables (NEEDED: the caller checks they exist, delta_io.require_tables): the
+    """Validate the lake's tables (NEEDED: the caller checks they exist, Lake.require): the
     stages dedup, frames, suites and results, each one log line; returns the Outcome."""
     started = time.monotonic()
     outcome = Outcome(run_id or new_run_id("validate"))
-    delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="validate")
+    lake.ensure_tables(spark, job="validate")
     now = datetime.now(timezone.utc)
-    raw = {t: delta_io.read(spark, lake, t) for t in NEEDED}
-    if delta_io.exists(spark, lake, "clip_scores"):
-        raw["clip_scores"] = delta_io.read(spark, lake, "clip_scores")
+    raw = {t: lake.read(spark, t) for t in NEEDED}
+    if lake.exists("clip_scores", spark):
+        raw["clip_scores"] = lake.read(spark, "clip_scores")
 
     duplicates = _dedup(spark, cfg, lake, raw, outcome, now)
     frames = _frames(cfg, raw, duplicates)
@@ -231,12 +232,12 @@ def run(spark: SparkSession, cfg: Config, lake: str, out: str | None = None,
     return outcome
 
 
-def _dedup(spark: SparkSession, cfg: Config, lake: str, raw: dict, outcome: Outcome, now: datetime) -> DataFrame:
+def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime) -> DataFrame:
     """Stage dedup: exact groups and near-duplicate clusters, written to `duplicates` (replaced whole)."""
     with Stage("dedup", log) as st:
         rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality)
         outcome.stats = stats
-        delta_io.replace_all(spark, lake, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
+        lake.replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
                              .withColumn("computed_at", F.lit(now)))
         st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
                 f"{stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} near clusters "
@@ -262,7 +263,7 @@ def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFram
     return frames
 
 
-def _reread(spark: SparkSession, cfg: Config, lake: str, ingest_log: DataFrame, bad: dict[str, str],
+def _reread(spark: SparkSession, cfg: Config, lake: Lake, ingest_log: DataFrame, bad: dict[str, str],
             run_id: str) -> None:
     """Mark the files whose rows disagree with ingest_log's counts (bad: file -> what disagrees, from the
     source_files frame) incomplete in ingest_log, so that the next ingest reads them again. The expectation
@@ -275,7 +276,7 @@ def _reread(spark: SparkSession, cfg: Config, lake: str, ingest_log: DataFrame, 
     marked = (ingest_log.where(F.col("source_file").isin(list(bad)))
               .withColumn("status", F.lit("incomplete"))
               .withColumn("detail", F.concat(F.lit(f"validate {run_id}: "), detail, F.lit(": read again"))))
-    delta_io.merge_on_key(spark, lake, "ingest_log", marked, s3=cfg.s3)
+    lake.merge(spark, "ingest_log", marked)
 
 
 def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcome: Outcome) -> None:
@@ -300,9 +301,9 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcom
         st.done(len(outcome.results), "expectations")
 
 
-def _write_results(spark: SparkSession, lake: str, outcome: Outcome, now: datetime) -> None:
+def _write_results(spark: SparkSession, lake: Lake, outcome: Outcome, now: datetime) -> None:
     """outcome's results as quality_results rows (merged on their key: a re-run of the same id converges)."""
     tdef = schemas.table("quality_results")
     rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r)) for r in outcome.results]
     results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in rows], tdef.spark())
-    delta_io.merge_on_key(spark, lake, "quality_results", results_df)
+    lake.merge(spark, "quality_results", results_df)

@@ -15,20 +15,15 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from s1mmalign import clip, delta_io, schemas
 from s1mmalign.config import Config
+from s1mmalign.lake import schemas
+from s1mmalign.lake.root import Lake
+from s1mmalign.score import clip
 from s1mmalign.stages import Stage
 
 log = logging.getLogger(__name__)
 
 NEEDED = ("pairs", "images")
-
-
-def spec_from(cfg: Config, model: str | None = None, checkpoint: str | None = None,
-              random_weights: bool = False, model_config: str | None = None) -> clip.ScorerSpec:
-    """The scorer's spec: conf (clip section) overridden by the job's flags."""
-    return clip.ScorerSpec.of(cfg, model=model, checkpoint=checkpoint, random_weights=random_weights,
-                              model_config=model_config)
 
 
 def score_task(spec: clip.ScorerSpec, model_id: str):
@@ -66,17 +61,17 @@ def score_task(spec: clip.ScorerSpec, model_id: str):
     return run
 
 
-def unscored(spark: SparkSession, lake: str, model_id: str) -> DataFrame:
+def unscored(spark: SparkSession, lake: Lake, model_id: str) -> DataFrame:
     """Pairs with no clip_scores row for model_id (no thumbnails yet)."""
-    done = delta_io.read(spark, lake, "clip_scores").where(F.col("model") == model_id).select("pair_id")
-    return (delta_io.read(spark, lake, "pairs").select("pair_id", "discipline", "arxiv_id", "caption", "recaption",
+    done = lake.read(spark, "clip_scores").where(F.col("model") == model_id).select("pair_id")
+    return (lake.read(spark, "pairs").select("pair_id", "discipline", "arxiv_id", "caption", "recaption",
                                                        "image_sha256")
             .join(done, "pair_id", "left_anti"))
 
 
-def with_thumbnails(spark: SparkSession, lake: str, todo: DataFrame) -> DataFrame:
+def with_thumbnails(spark: SparkSession, lake: Lake, todo: DataFrame) -> DataFrame:
     """todo plus each pair's thumbnail (null when its image row is gone: scored as image_unreadable)."""
-    thumbs = delta_io.read(spark, lake, "images").select("image_sha256", "thumbnail")
+    thumbs = lake.read(spark, "images").select("image_sha256", "thumbnail")
     return todo.join(thumbs, "image_sha256", "left").drop("image_sha256")
 
 
@@ -90,16 +85,16 @@ class ScoreSummary:
     seconds: float = 0.0
 
 
-def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec,
+def run(spark: SparkSession, cfg: Config, lake: Lake, spec: clip.ScorerSpec,
         model_id: str | None = None) -> ScoreSummary:
     """Score every pair not yet scored by spec's model (stages plan and score). The caller checks that the
-    NEEDED tables exist (delta_io.require_tables).
+    NEEDED tables exist (Lake.require).
 
     model_id: clip.model_id(spec) when the caller has it already (it hashes the whole checkpoint).
     """
     started = time.monotonic()
     summary = ScoreSummary(model_id or clip.model_id(spec))   # reads (for s3://, downloads) the checkpoint
-    delta_io.ensure_tables(spark, lake, cfg.catalog.database, job="score_clip")
+    lake.ensure_tables(spark, job="score_clip")
     with Stage("plan", log) as st:
         todo = unscored(spark, lake, summary.model).localCheckpoint()     # small: ids and captions, no bytes
         n = todo.count()
@@ -110,9 +105,9 @@ def run(spark: SparkSession, cfg: Config, lake: str, spec: clip.ScorerSpec,
             parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_size - 1) // spec.batch_size))
             scored = with_thumbnails(spark, lake, todo.repartition(parts)).mapInArrow(
                 score_task(spec, summary.model), schemas.table("clip_scores").spark())
-            metrics = delta_io.merge_on_key(spark, lake, "clip_scores", scored, s3=cfg.s3)
+            metrics = lake.merge(spark, "clip_scores", scored)
             summary.scored = int(metrics.get("numTargetRowsInserted", 0))
-            summary.statuses = {r["status"]: r["count"] for r in delta_io.read(spark, lake, "clip_scores")
+            summary.statuses = {r["status"]: r["count"] for r in lake.read(spark, "clip_scores")
                                 .where(F.col("model") == summary.model).groupBy("status").count().collect()}
             st.done(summary.scored, "pairs scored", "statuses for this model: "
                     + ", ".join(f"{k}={v}" for k, v in sorted(summary.statuses.items())))

@@ -10,7 +10,7 @@ its headings and nothing else, and online every view tells those hosts who looke
   crossorigin attributes dropped), any other absolute URL a tag or a style would load is disabled (logged), and a
   Content-Security-Policy meta lets the page load nothing but files of its own site.
 
-`python -m s1mmalign.docs_offline --fetch DIR` fetches; `--check` says whether DIR holds every file.
+`python -m s1mmalign.validate.docs_offline --fetch DIR` fetches; `--check` says whether DIR holds every file.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def localize(site: str | os.PathLike, assets_dir: str | os.PathLike) -> dict[str
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s1mmalign.docs_offline", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m s1mmalign.validate.docs_offline", description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--fetch", metavar="DIR", help="download the assets of conf/data_docs_assets.yaml into DIR")
     g.add_argument("--check", metavar="DIR", help="exit 1 unless DIR holds every asset")

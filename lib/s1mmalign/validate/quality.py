@@ -5,7 +5,7 @@ A suite file is Great Expectations' own suite JSON (`ExpectationSuite.to_json_di
 (the frame it runs on) and, on every expectation, a stable `meta.name` and a `severity` (critical or
 warning). Thresholds are `{"$PARAMETER": "<name>"}`, filled from conf (quality.thresholds) at run time.
 The `schema.<table>.json` suites (columns and types) are generated from schemas/tables.yaml:
-`python -m s1mmalign.quality --write-schema-suites` rewrites them, and a test fails when they drift.
+`python -m s1mmalign.validate.quality --write-schema-suites` rewrites them, and a test fails when they drift.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from s1mmalign import docs_offline, resources, schemas
+from s1mmalign import resources
 from s1mmalign.config import QualityConf
 from s1mmalign.errors import JobError
+from s1mmalign.lake import schemas
+from s1mmalign.validate import docs_offline
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,8 @@ def schema_suite(table: str) -> dict:
              for c in tdef.columns]
     return {"name": f"schema.{table}", "expectations": exps,
             "meta": {"group": "schema_values", "table": table,
-                     "generated_from": "schemas/tables.yaml (python -m s1mmalign.quality --write-schema-suites)"}}
+                     "generated_from": "schemas/tables.yaml "
+                                       "(python -m s1mmalign.validate.quality --write-schema-suites)"}}
 
 
 def _check(spec: Mapping, file: str) -> Suite:
@@ -258,7 +261,7 @@ def write_schema_suites(folder: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m s1mmalign.quality", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m s1mmalign.validate.quality", description=__doc__.splitlines()[0])
     p.add_argument("--write-schema-suites", action="store_true",
                    help="rewrite expectations/schema.<table>.json from schemas/tables.yaml")
     args = p.parse_args(argv)

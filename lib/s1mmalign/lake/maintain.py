@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from s1mmalign import delta_io, lease, schemas
 from s1mmalign.config import Config, ConfigError
+from s1mmalign.lake import schemas
+from s1mmalign.lake.root import Lake
 from s1mmalign.stages import clear_staging
-from s1mmalign.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ class TableReport:
                 f"{self.bytes_after:,} bytes ({how}, vacuumed); version {self.version}")
 
 
-def _files(spark, lake: str, name: str) -> tuple[int, int]:
+def _files(spark, lake: Lake, name: str) -> tuple[int, int]:
     from delta.tables import DeltaTable
 
-    d = DeltaTable.forPath(spark, delta_io.table_path(lake, name)).detail().first()
+    d = DeltaTable.forPath(spark, lake.path(name)).detail().first()
     return int(d.numFiles or 0), int(d.sizeInBytes or 0)
 
 
@@ -61,30 +61,30 @@ def zorder_columns(cfg: Config) -> dict[str, tuple[str, ...]]:
     return dict(cfg.maintain.zorder)
 
 
-def run(spark: SparkSession, cfg: Config, lake: str) -> list[TableReport]:
+def run(spark: SparkSession, cfg: Config, lake: Lake) -> list[TableReport]:
     """Maintain every table the lake holds; returns a report per table."""
     from delta.tables import DeltaTable
 
     zorders = zorder_columns(cfg)
     reports = []
     for name in schemas.lake_tables():
-        if not delta_io.exists(spark, lake, name):
+        if not lake.exists(name, spark):
             continue
         t0 = time.monotonic()
         files_before, bytes_before = _files(spark, lake, name)
-        table = DeltaTable.forPath(spark, delta_io.table_path(lake, name))
+        table = DeltaTable.forPath(spark, lake.path(name))
         zorder = zorders.get(name, ())
-        lease.check(lake)
+        lake.check_lease()
         if zorder:
             table.optimize().executeZOrderBy(*zorder)
         else:
             table.optimize().executeCompaction()
-        lease.check(lake)
+        lake.check_lease()
         table.vacuum(float(cfg.maintain.vacuum_retention_hours))
         files_after, bytes_after = _files(spark, lake, name)
         report = TableReport(name, files_before, bytes_before, files_after, bytes_after,
-                             delta_io.version(spark, lake, name), zorder)
+                             lake.version(name, spark), zorder)
         log.info("%s (%.1fs)", report.line(), time.monotonic() - t0)
         reports.append(report)
-    clear_staging(Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.staging_dir)
+    clear_staging(lake.store(), cfg.ingest.staging_dir)
     return reports

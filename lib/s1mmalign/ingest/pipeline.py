@@ -27,11 +27,13 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from s1mmalign import delta_io, schemas, tasks
 from s1mmalign.config import Config
-from s1mmalign.sources import Archive, Refused, SourcePlan, discover
+from s1mmalign.ingest import slices, tasks
+from s1mmalign.ingest.sources import Archive, Refused, SourcePlan, discover
+from s1mmalign.lake import delta_io, schemas
+from s1mmalign.lake.root import Lake
+from s1mmalign.lake.storage import FileInfo, Store
 from s1mmalign.stages import Stage, clear_staging, new_run_id, start_staging
-from s1mmalign.storage import FileInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ def _descriptors(spark: SparkSession, rows: list[dict], schema, weight: str | No
             .join(F.broadcast(binned), "_task").drop("_task"))
 
 
-def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: str | None = None,
+def run(spark: SparkSession, cfg: Config, source_uri: str, lake: Lake, run_id: str | None = None,
         discovered: tuple[Store, SourcePlan] | None = None) -> RunSummary:
     """Ingest every changed file under source_uri into the lake; returns what the run did.
 
@@ -93,12 +95,12 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     t_start = time.perf_counter()
     run_id = run_id or new_run_id("ingest")
     summary = RunSummary(run_id)
-    delta_io.ensure_tables(spark, lake, cfg.catalog.database)
+    lake.ensure_tables(spark)
 
     with Stage("plan", log) as st:
-        store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3.endpoint_url, cfg.s3.region),
+        store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3),
                                              cfg.ingest.archive_suffix)
-        todo_jsonl, todo_archives, refused = changed(lake, plan, cfg.s3)
+        todo_jsonl, todo_archives, refused = changed(lake, plan)
         names = ", ".join(r.file.rel for _, r in refused[:5])
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
                 f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, {len(plan.sources)} sources"
@@ -106,18 +108,18 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
     summary.jsonl_files, summary.archives = len(todo_jsonl), len(todo_archives)
     if not todo_jsonl and not todo_archives:
         if refused:
-            delta_io.merge_on_key(spark, lake, "ingest_log", spark.createDataFrame(
+            lake.merge(spark, "ingest_log", spark.createDataFrame(
                 [refused_row(r, run_id, datetime.now(timezone.utc)) for r in refused],
-                schemas.table("ingest_log").spark()), s3=cfg.s3)
+                schemas.table("ingest_log").spark()))
             log.info("no file to read; %d refused file(s) logged in ingest_log", len(refused))
         else:
             log.info("nothing changed since the last run: no file read, no row written")
         summary.seconds = time.perf_counter() - t_start
         return summary
 
-    staging = delta_io.table_path(lake, f"{cfg.ingest.staging_dir}/{run_id}")
+    staging = lake.path(f"{cfg.ingest.staging_dir}/{run_id}")
     job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc), staging,
-                    Store.from_uri(staging, cfg.s3.endpoint_url, cfg.s3.region), summary, todo_jsonl, todo_archives,
+                    lake.store(f"{cfg.ingest.staging_dir}/{run_id}"), summary, todo_jsonl, todo_archives,
                     refused)
     _clear_staging(lake, cfg)
     start_staging(job.scratch, run_id)
@@ -139,12 +141,12 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: str, run_id: st
 
 # --- plan -----------------------------------------------------------------------------------------
 
-def changed(lake: str, plan: SourcePlan, s3=None) -> tuple[list[tuple[str, FileInfo]], list[Archive],
-                                                           list[tuple[str, Refused]]]:
+def changed(lake: Lake, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive],
+                                               list[tuple[str, Refused]]]:
     """JSONL files, archives and refused files (sources.Refused) whose fingerprints differ from ingest_log's
-    (its metadata columns, read without Spark: s3 is the S3 settings of a lake there)."""
+    (its metadata columns, read without Spark)."""
     seen = {r["source_file"]: (None if r["status"] == "incomplete" else r["fingerprint"])
-            for r in delta_io.rows(lake, "ingest_log", ("source_file", "fingerprint", "status"), s3)}
+            for r in lake.rows("ingest_log", ("source_file", "fingerprint", "status"))}
     archives = [a for s in plan.sources for a in s.archives
                 if any(seen.get(p.rel) != p.fingerprint for p in a.parts)]
     touched = {a.source for a in archives}
@@ -171,24 +173,10 @@ def refused_row(refused: tuple[str, Refused], run_id: str, now: datetime) -> dic
                    detail=Refused.DETAIL)
 
 
-def _clear_staging(lake: str, cfg: Config) -> None:
+def _clear_staging(lake: Lake, cfg: Config) -> None:
     """Remove every run's staging under the lake (this run's, and any a crashed run left): only the folders
     ingest made (stages.clear_staging)."""
-    clear_staging(Store.from_uri(lake, cfg.s3.endpoint_url, cfg.s3.region), cfg.ingest.staging_dir)
-
-
-def _complete_slices(scratch: Store, folder: str, owners: dict[str, tuple[str, str]],
-                     taken: set[str]) -> list[dict]:
-    """Slice files complete under folder of the scratch store (published whole: a listed slice name is a
-    complete file) that are not taken yet, as descriptors (source, archive, slice); marks them taken."""
-    ready = []
-    for f in scratch.list_dir(folder)[1]:
-        name = f.rel.rsplit("/", 1)[-1]
-        owner = owners.get(name.split("-", 1)[0])
-        if name.endswith(tasks.SLICE_SUFFIX) and owner and f.rel not in taken:
-            taken.add(f.rel)
-            ready.append({"source": owner[0], "archive": owner[1], "slice": f.rel})
-    return ready
+    clear_staging(lake.store(), cfg.ingest.staging_dir)
 
 
 def _last_of_each_name(members: DataFrame) -> DataFrame:
@@ -216,7 +204,7 @@ class IngestRun:
     cfg: Config
     store: Store
     plan: SourcePlan
-    lake: str
+    lake: Lake
     run_id: str
     now: datetime
     staging: str                                # this run's staging folder under the lake (a path or URI)
@@ -264,14 +252,14 @@ class IngestRun:
                 tasks.split_archives(self.store, self.cfg.ingest.max_image_bytes, self.scratch, self.SLICES,
                                      self.cfg.ingest.archive_slice_bytes),
                 facts_schema.spark())
-            owners = {tasks.slice_key(a.source, a.name): (a.source, a.name) for a in self.todo_archives}
+            owners = {slices.key(a.source, a.name): (a.source, a.name) for a in self.todo_archives}
             taken: set[str] = set()
             with ThreadPoolExecutor(2) as pool:
                 split = pool.submit(delta_io.write_staging, streamed, streamed_dir, "image_facts")
                 jobs: list = []
                 while not wait([split], timeout=SLICE_POLL_SECONDS).done:
                     if all(j.done() for j in jobs):     # one analysis job at a time while the split runs
-                        ready = _complete_slices(self.scratch, self.SLICES, owners, taken)
+                        ready = slices.complete(self.scratch, self.SLICES, owners, taken)
                         if ready:
                             jobs.append(pool.submit(self._analyse_slices, ready, len(jobs)))
                 split.result()
@@ -366,7 +354,7 @@ class IngestRun:
 
             # Repeats: the first line (by file, line) of a pair wins, and a pair already owned by a file
             # this run does not touch keeps its owner.
-            owners = (delta_io.read(self.spark, self.lake, "pairs")
+            owners = (self.lake.read(self.spark, "pairs")
                       .where(f"NOT ({_in_list('source_file', self.todo_files)})")
                       .select("pair_id", F.concat_ws(":", "source_file", "source_line").alias("owner")))
             order = Window.partitionBy("pair_id").orderBy("source_file", "source_line")
@@ -383,7 +371,7 @@ class IngestRun:
             # Image lookup: this run's archive members, then the index of earlier runs.
             fact_cols = ["status", "detail", "image_sha256", "image_format", "width", "height", "image_bytes",
                          "image_dhash", "container"]
-            index = delta_io.read(self.spark, self.lake, "image_index")
+            index = self.lake.read(self.spark, "image_index")
             known = (members.select("source", "image_path", *fact_cols)
                      .unionByName(index.join(members.select("source", "image_path"), ["source", "image_path"],
                                              "left_anti").select("source", "image_path", *fact_cols)))
@@ -468,18 +456,14 @@ class IngestRun:
             # The four tables are independent: commit them concurrently (Spark runs jobs from threads).
             # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
             writes = [
-                lambda: delta_io.add_files(self.lake, "images", [r.asDict() for r in new_images.collect()],
-                                           self.cfg.s3),
-                lambda: delta_io.merge_on_key(self.spark, self.lake, "pairs", pairs,
-                                              update_when="t.row_hash <> s.row_hash",
-                                              delete_unmatched_when=_in_list("t.source_file", self.todo_files),
-                                              s3=self.cfg.s3),
-                lambda: delta_io.replace_slice(self.spark, self.lake, "quarantine", quarantine,
-                                               _in_list("source_file", self.todo_files), s3=self.cfg.s3),
+                lambda: self.lake.add_files("images", [r.asDict() for r in new_images.collect()]),
+                lambda: self.lake.merge(self.spark, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
+                                        delete_unmatched_when=_in_list("t.source_file", self.todo_files)),
+                lambda: self.lake.replace(self.spark, "quarantine", quarantine,
+                                          _in_list("source_file", self.todo_files)),
             ]
             if self.todo_archives:
-                writes.append(lambda: delta_io.merge_on_key(self.spark, self.lake, "image_index", out.image_index,
-                                                            s3=self.cfg.s3))
+                writes.append(lambda: self.lake.merge(self.spark, "image_index", out.image_index))
             with ThreadPoolExecutor(len(writes)) as pool:
                 for future in [pool.submit(w) for w in writes]:
                     future.result()
@@ -489,9 +473,8 @@ class IngestRun:
                         .join(quarantine.groupBy("source_file").agg(F.count("*").alias("quarantined")),
                               "source_file", "full").fillna(0).collect()}
             log_rows = self._log_rows(parts, chunks, per_file)
-            delta_io.merge_on_key(self.spark, self.lake, "ingest_log",
-                                  self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()),
-                                  s3=self.cfg.s3)
+            self.lake.merge(self.spark, "ingest_log",
+                            self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()))
             n_pairs = sum(a for a, _ in per_file.values())
             n_quarantine = sum(q for _, q in per_file.values())
             st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")
@@ -513,7 +496,7 @@ class IngestRun:
                  .select("image_sha256", "k.source", "k.image_path"))
         used = pairs.groupBy("image_sha256").agg(
             F.min(F.struct("pair_id", "discipline")).getField("discipline").alias("discipline"))
-        stored = delta_io.read(self.spark, self.lake, "images").select("image_sha256")
+        stored = self.lake.read(self.spark, "images").select("image_sha256")
         chosen = (first.join(stored, "image_sha256", "left_anti").join(used, "image_sha256", "left")
                   .withColumn("discipline", F.coalesce("discipline",
                                                        F.lit(self.cfg.disciplines.get("fallback", "unknown")))))
@@ -532,7 +515,7 @@ class IngestRun:
 
     @property
     def images_folder(self) -> Store:
-        return Store.from_uri(delta_io.table_path(self.lake, "images"), self.cfg.s3.endpoint_url, self.cfg.s3.region)
+        return self.lake.store("images")
 
     def _log_rows(self, parts, chunks, per_file) -> list[dict]:
         """ingest_log rows: one per JSONL file and per archive part read this run."""

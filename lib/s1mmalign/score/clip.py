@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from s1mmalign.config import ClipConf, Config
+from s1mmalign.config import ClipConf, Config, S3Conf
 from s1mmalign.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,13 @@ class ScorerSpec(ClipConf):
     """The clip conf section (its defaults live there, config.ClipConf) with what one run adds to it."""
 
     random_weights: bool = False         # testing only: the model id then says so
-    model_config: str | None = None      # an open_clip JSON config for a model that is not built in
-    s3_endpoint_url: str | None = None   # where an s3:// checkpoint is read from (the s3 conf section)
-    s3_region: str = "us-east-1"
+    s3: S3Conf = S3Conf()                # where an s3:// checkpoint is read from (the s3 conf section)
 
     @classmethod
     def of(cls, cfg: Config, **flags) -> ScorerSpec:
         """cfg's clip section and S3 settings, with the job's flags (those given: not None) over them."""
         values = {f.name: getattr(cfg.clip, f.name) for f in fields(ClipConf)}
-        values.update(s3_endpoint_url=cfg.s3.endpoint_url, s3_region=cfg.s3.region)
+        values.update(s3=cfg.s3)
         values.update({k: v for k, v in flags.items() if v is not None})
         return cls(**values)
 
@@ -80,11 +78,12 @@ def local_checkpoint(spec: ScorerSpec) -> Path:
         if not path.is_file():
             raise ClipError(f"checkpoint {spec.checkpoint} is not a file")
         return path
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from s1mmalign.lake.storage import Store
+
     bucket, _, key = spec.checkpoint.split("://", 1)[1].partition("/")
-    client = boto3.client("s3", endpoint_url=spec.s3_endpoint_url, region_name=spec.s3_region)
+    client = Store.from_uri(f"s3://{bucket}", spec.s3).client
     try:
         etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
         digest = hashlib.sha256(f"{bucket}/{key}@{etag}".encode()).hexdigest()[:24]

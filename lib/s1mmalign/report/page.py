@@ -15,8 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from s1mmalign import storage
-from s1mmalign.storage import remote
+from s1mmalign.lake import storage
+from s1mmalign.lake.storage import remote
 
 CAPTION, RECAPTION = "#d95f02", "#1b9e77"     # one colour per field on every plot
 FIELD_LABEL = {"caption": "raw caption", "recaption": "recaption (AI)"}
@@ -425,7 +425,7 @@ def write(out: str, summary: dict, s3=None) -> dict[str, str]:
     whole); s3: the S3 settings."""
     plots = make_plots(summary)
     summary = {**summary, "plots": sorted(plots)}
-    with storage.output_folder(out, getattr(s3, "endpoint_url", None), getattr(s3, "region", None)) as local:
+    with storage.output_folder(out, s3) as local:
         folder = Path(local)
         for name, png in plots.items():
             _write_atomic(folder / name, png)

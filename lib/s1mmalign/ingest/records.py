@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from s1mmalign import arxiv
-from s1mmalign.disciplines import DisciplineMap
+from s1mmalign.ingest import arxiv
+from s1mmalign.ingest.disciplines import DisciplineMap
 
 BOM = b"\xef\xbb\xbf"
 KNOWN_TOP = frozenset({"image_path", "caption", "recaption", "metadata",

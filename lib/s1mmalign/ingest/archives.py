@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from s1mmalign.records import normalize_path, path_problem, storable
+from s1mmalign.ingest.records import normalize_path, path_problem, storable
 
 
 @dataclass

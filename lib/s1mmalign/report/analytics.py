@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 
-from s1mmalign import delta_io, resources, schemas
+from s1mmalign import resources
 from s1mmalign.config import Config
 from s1mmalign.errors import JobError
+from s1mmalign.lake import schemas
+from s1mmalign.lake.root import Lake
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +96,14 @@ class Views:
     unavailable: dict[str, str]     # view name -> why it was not created
 
 
-def create_views(spark, cfg: Config, lake: str) -> Views:
+def create_views(spark, cfg: Config, lake: Lake) -> Views:
     """Create (or replace) every view whose tables exist; drop the others. Idempotent."""
     params = parameters(cfg)
     db = cfg.catalog.database
-    delta_io.register_tables(spark, lake, db)
+    lake.register_tables(spark)
     created, unavailable = [], {}
     for view in load_views(cfg):
-        missing = [t for t in view.requires if not delta_io.exists(spark, lake, t)]
+        missing = [t for t in view.requires if not lake.exists(t, spark)]
         if missing:
             spark.sql(f"DROP VIEW IF EXISTS {db}.{view.name}")
             unavailable[view.name] = "no {} table yet: run {}".format(
@@ -129,12 +131,12 @@ def _sort_key(row: dict, key: tuple[str, ...]):
     return tuple((row[c] is None, row[c] if row[c] is not None else 0) for c in key)
 
 
-def collect(spark, cfg: Config, lake: str, views: Views | None = None) -> dict:
+def collect(spark, cfg: Config, lake: Lake, views: Views | None = None) -> dict:
     """Create the views, then read every one of them (but the base) into one JSON-ready summary."""
     views = views or create_views(spark, cfg, lake)
     db = cfg.catalog.database
     summary = {"generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "lake": lake, "database": db, "parameters": parameters(cfg),
+               "lake": lake.uri, "database": db, "parameters": parameters(cfg),
                "views": {}, "unavailable": dict(views.unavailable), "seconds": {},
                "descriptions": {v.name: v.description for v in views.created}}
     del summary["parameters"]["db"]

@@ -6,7 +6,6 @@ import functools
 from dataclasses import dataclass
 
 import pyarrow as pa
-import yaml
 from pyspark.sql import types as T
 
 from s1mmalign import resources
@@ -63,9 +62,8 @@ def _parse_column(spec: str) -> Column:
     return Column(parts[0], parts[1], nullable)
 
 
-@functools.lru_cache(maxsize=None)
 def _load() -> dict:
-    return yaml.safe_load(resources.read_text("schemas", "tables.yaml"))
+    return resources.tables_yaml()
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,8 +84,7 @@ def table(name: str) -> TableDef:
 
 def lake_tables(job: str | None = None) -> list[str]:
     """Names of the Delta tables under a lake root (not the intermediates); those `job` creates if given."""
-    return [n for n, s in _load().items()
-            if isinstance(s, dict) and "key" in s and (job is None or s.get("job") == job)]
+    return [n for n in resources.table_names() if job is None or _load()[n].get("job") == job]
 
 
 def producer(name: str) -> str:

@@ -14,8 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
+from s1mmalign.config import S3Conf
 from s1mmalign.errors import JobError
 
 
@@ -154,13 +155,13 @@ class Store:
         return count
 
     @staticmethod
-    def from_uri(uri: str, endpoint_url: str | None = None, region: str | None = None) -> "Store":
-        """A LocalStore for a path or file:// URI, an S3Store for s3://bucket/prefix."""
+    def from_uri(uri: str, s3: S3Conf | None = None) -> "Store":
+        """A LocalStore for a path or file:// URI, an S3Store for s3://bucket/prefix (s3: its settings)."""
         parsed = urlparse(uri)
         if parsed.scheme in ("s3", "s3a"):
             if not parsed.netloc:
                 raise SourceError(f"no bucket in {uri}")
-            return S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url, region)
+            return S3Store(parsed.netloc, parsed.path.strip("/"), s3 or S3Conf())
         if parsed.scheme not in ("", "file"):
             raise SourceError(f"unsupported source scheme {parsed.scheme!r} in {uri} (use a path or s3://)")
         path = parsed.path if parsed.scheme == "file" else uri
@@ -183,7 +184,7 @@ def hadoop_uri(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def output_folder(out: str, endpoint_url: str | None = None, region: str | None = None):
+def output_folder(out: str, s3: S3Conf | None = None):
     """A local folder to write a job's output files into: `out` itself when local; for s3:// a temporary
     folder whose files are uploaded to `out` (each object whole) when the block ends without error."""
     if not remote(out):
@@ -192,7 +193,7 @@ def output_folder(out: str, endpoint_url: str | None = None, region: str | None 
         return
     with tempfile.TemporaryDirectory(prefix="s1mmalign-out-") as folder:
         yield folder
-        Store.from_uri(out, endpoint_url, region).upload_tree(folder, "")
+        Store.from_uri(out, s3).upload_tree(folder, "")
 
 
 class LocalStore(Store):
@@ -360,9 +361,8 @@ class LocalStore(Store):
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, region: str | None):
-        self.bucket, self.prefix = bucket, prefix
-        self.endpoint_url, self.region = endpoint_url, region
+    def __init__(self, bucket: str, prefix: str, s3: S3Conf):
+        self.bucket, self.prefix, self.s3 = bucket, prefix, s3
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
         self._client = None
 
@@ -377,15 +377,18 @@ class S3Store(Store):
             import boto3
             from botocore.config import Config
 
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
-                                        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}))
+            s3 = self.s3     # as S3A has them (session.s3a_settings): attempts, path style, connect timeout
+            self._client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=Config(
+                retries={"total_max_attempts": s3.max_attempts, "mode": "adaptive"},
+                s3={"addressing_style": "path" if s3.path_style_access else "auto"},
+                connect_timeout=s3.connection_timeout_ms / 1000))
         return self._client
 
     def parent(self) -> "Store":
-        return S3Store(self.bucket, self.prefix.rpartition("/")[0], self.endpoint_url, self.region)
+        return S3Store(self.bucket, self.prefix.rpartition("/")[0], self.s3)
 
     def child(self, rel: str) -> "Store":
-        return S3Store(self.bucket, self._key(rel), self.endpoint_url, self.region)
+        return S3Store(self.bucket, self._key(rel), self.s3)
 
     def get(self, rel: str) -> tuple[bytes, str] | None:
         from botocore.exceptions import ClientError
@@ -552,3 +555,15 @@ def arrow_s3(endpoint: str | None, region: str, path_style: bool):
     return fs.S3FileSystem(region=region, endpoint_override=endpoint,
                            scheme="http" if endpoint and endpoint.startswith("http://") else "https",
                            force_virtual_addressing=bool(endpoint) and not path_style)
+
+
+def open_data_file(uri: str, s3: S3Conf):
+    """A data file of a Delta table as its log or Spark names it (a path, file:/..., s3://, s3a://bucket/key),
+    opened for pyarrow: a local file, or an input stream of pyarrow's S3 file system."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return open(unquote(parsed.path), "rb")
+    if parsed.scheme in ("s3", "s3a", "s3n"):
+        return arrow_s3(s3.endpoint_url, s3.region, s3.path_style_access).open_input_file(
+            f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
+    raise StoreError(f"{uri}: no reader for its scheme {parsed.scheme}")

@@ -1,0 +1,1 @@
+"""Export: curated training shards from one consistent snapshot of the lake."""

@@ -1,0 +1,1 @@
+"""Ingest: source trees (JSONL records, image archives) into the lake's tables."""

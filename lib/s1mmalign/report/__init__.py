@@ -1,0 +1,1 @@
+"""Report: SQL views on caption quality, the HTML page and its plots, the spark-sql shell."""

@@ -1,0 +1,1 @@
+"""Score: CLIP image/caption alignment as batch inference inside Spark."""

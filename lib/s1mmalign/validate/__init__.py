@@ -1,0 +1,1 @@
+"""Validate: Great Expectations suites over the lake's tables, duplicates, Data Docs."""
