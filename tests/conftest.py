@@ -32,7 +32,8 @@ COST = {"e2e": 100, "cluster": 100, "spark": 10}
 
 def pytest_collection_modifyitems(items):
     """Tiers: a test that starts a JVM (it uses the `spark` fixture, or runs jobs: e2e, cluster) is marked
-    `spark`, so `./build.sh test -m "not spark"` runs the pure-Python tests alone.
+    `spark`, so `./build.sh test -m "not spark"` runs the pure-Python tests alone; one that needs the CLIP
+    stack is marked `clip` (`-m "not spark and not clip"`: no JVM, no torch).
 
     Then whole files are ordered by their tests' rough cost, heaviest first (a stable sort: the order
     within a file stays): with build.sh's two xdist workers (`--dist loadfile --no-loadscope-reorder`)
@@ -40,6 +41,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()) or any(item.get_closest_marker(m) for m in ("e2e", "cluster")):
             item.add_marker(pytest.mark.spark)
+        if "tiny_checkpoint" in getattr(item, "fixturenames", ()) or item.nodeid.startswith("tests/test_clip.py"):
+            item.add_marker(pytest.mark.clip)
     cost: dict[str, int] = {}
     for item in items:
         mark = next((m for m in COST if item.get_closest_marker(m)), None)
@@ -100,9 +103,10 @@ def spark(tmp_path_factory, cfg):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny-clip model (helpers.TINY) with random weights (seed 3), saved as safetensors."""
-    import open_clip
-    import torch
+    """A tiny-clip model (helpers.TINY) with random weights (seed 3), saved as safetensors (skips where the
+    CLIP stack is not installed: `-m "not clip"` leaves those tests out)."""
+    open_clip = pytest.importorskip("open_clip", reason="the CLIP stack is not installed (pip install -e '.[clip]')")
+    torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
 
     from helpers import TINY
@@ -139,6 +143,31 @@ def faults_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faults") / "corpus"
     sample.generate(root, n_pairs=300, seed=11, faults=True, processes=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def clean_corpus(tmp_path_factory) -> Path:
+    """A 120-pair corpus without faults (seed 23)."""
+    from s1mmalign.ingest import sample
+
+    root = tmp_path_factory.mktemp("clean") / "corpus"
+    sample.generate(root, n_pairs=120, seed=23, faults=False, processes=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def clean_lake(spark, cfg, clean_corpus, tmp_path_factory) -> Path:
+    """clean_corpus ingested, once per test process, the one ingested sample the in-process tests share:
+    read it as it is; to write, take a copy (helpers.copy_lake)."""
+    from helpers import held
+    from s1mmalign.ingest import pipeline as ingest
+    from s1mmalign.lake import lease
+
+    lake = tmp_path_factory.mktemp("clean-lake") / "lake"
+    summary = ingest.run(spark, cfg, str(clean_corpus), held(lake, cfg))
+    lease.release_all()                 # read-only from here: no lease file left to copy with it
+    assert summary.quarantined == 0 and summary.pairs > 100
+    return lake
 
 
 @pytest.fixture()

@@ -27,20 +27,27 @@ TINY = str(Path(__file__).parent / "data" / "tiny-clip.json")     # a tiny open_
 TEST_SECRET = "s1mmalign-test-secret-never-logged"
 
 
-def lake_at(path, cfg=None, s3=None):
+def lake_at(path, cfg=None, s3=None, database: str | None = None):
     """A Lake over a test's folder (or s3:// URI: then with cfg's or these S3 settings), for reads: it holds
     no lease, so a write through it fails (root.NoLease)."""
     from s1mmalign import config
     from s1mmalign.lake.root import Lake
 
     cfg = cfg or config.load()
-    return Lake(str(path), s3 or cfg.s3, cfg.catalog.database, cfg.lease.ttl_seconds, cfg.lease.heartbeat_seconds)
+    return Lake(str(path), s3 or cfg.s3, database or cfg.catalog.database, cfg.lease.ttl_seconds,
+                cfg.lease.heartbeat_seconds)
 
 
-def held(path, cfg=None, s3=None):
+def copy_lake(lake: Path, dest: Path) -> Path:
+    """A private copy of a local lake's tables (not its Great Expectations project, nor a lease) to write to."""
+    shutil.copytree(lake, dest, ignore=shutil.ignore_patterns("_quality", "_lease.json*"))
+    return dest
+
+
+def held(path, cfg=None, s3=None, database: str | None = None):
     """A Lake over a test's folder whose lease this process holds (once per lake; conftest releases every
     lease after each test), for writes in-process as a job makes them."""
-    return lake_at(path, cfg, s3).hold("test")
+    return lake_at(path, cfg, s3, database).hold("test")
 
 
 def manifest(root: Path) -> dict[tuple[str, int], dict]:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from helpers import lake_at
+from helpers import lake_at, run_job
 from s1mmalign import cli
 from s1mmalign.stages import Stage
 
@@ -185,3 +185,56 @@ def test_a_signal_is_one_line_of_the_jobs_own_and_128_plus_its_number(signum, na
     assert err.splitlines() == [f"demo: stopped by {name}: nothing after its last complete commit is kept; run it "
                                 f"again to finish (a re-run converges to one clean run's tables)"], err
     assert signal.Signals(signum).name == name
+
+
+# --- bad flags: one line and exit 2, before any JVM starts (plain python, as spark-submit would run them) ---
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "L"], "the following arguments are required: --source"),
+    (["--source", "/nonexistent/corpus", "--lake", "L"], "is not a folder"),
+    (["--source", ".", "--lake", "L", "--conf", "/nonexistent.yaml"], "config file not found"),
+    (["--source", ".", "--lake", "L", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_are_one_clear_line(args, message, tmp_path):
+    proc = run_job("ingest", *args, submit=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_folder_without_sources_is_one_clear_line(tmp_path):
+    proc = run_job("ingest", "--source", str(tmp_path), "--lake", str(tmp_path / "lake"), submit=False)
+    assert proc.returncode == 2
+    assert "no S1-MMAlign sources under" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "/nonexistent/lake"], "--lake /nonexistent/lake is not a folder"),
+    (["--lake", "TMP"], "table(s): run jobs/ingest.py first"),
+    (["--lake", "TMP", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--lake", "TMP", "--conf", "/nonexistent.yaml"], "config file not found"),
+    (["--lake", "ftp://host/lake"], "--lake ftp://host/lake: use a local folder or s3://bucket/prefix"),
+    (["--lake", "s3:///lake"], "use a local folder or s3://bucket/prefix"),
+])
+def test_validate_bad_flags_are_one_clear_line(args, message, tmp_path):
+    proc = run_job("validate", *[str(tmp_path) if a == "TMP" else a for a in args], submit=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "_catalog").exists(), "Spark started for a lake it cannot validate"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lake", "TMP"], "--out DIR is required (or --views-only)"),
+    (["--lake", "/nonexistent/lake", "--out", "OUT"], "--lake /nonexistent/lake is not a folder"),
+    (["--lake", "TMP", "--out", "OUT"], "no pairs, quarantine table(s): run jobs/ingest.py first"),
+])
+def test_report_bad_flags_are_one_clear_line(args, message, tmp_path):
+    proc = run_job("report", *[str(tmp_path) if a == "TMP" else str(tmp_path / "out") if a == "OUT" else a
+                               for a in args], submit=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "_catalog").exists()

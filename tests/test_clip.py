@@ -9,15 +9,17 @@ import os
 import subprocess
 import tarfile
 
-import open_clip
 import pytest
-import torch
-from PIL import Image
 
-from helpers import BIN, TINY, free_port, wait_port
-from s1mmalign.config import IngestConf, S3Conf
-from s1mmalign.ingest import images
-from s1mmalign.score import clip
+open_clip = pytest.importorskip("open_clip", reason="the CLIP stack is not installed (pip install -e '.[clip]')")
+torch = pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from helpers import BIN, TINY, free_port, wait_port  # noqa: E402
+from s1mmalign.config import IngestConf, S3Conf  # noqa: E402
+from s1mmalign.ingest import images  # noqa: E402
+from s1mmalign.score import clip  # noqa: E402
 
 open_clip.add_model_config(TINY)
 

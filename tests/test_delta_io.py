@@ -1,4 +1,5 @@
-"""Lake writes: MERGE on the key from schemas/, and each table's writer options from schemas/."""
+"""Lake writes (root.Lake over delta_io): MERGE on the key from schemas/, each table's writer options from
+schemas/, files committed by delta-rs, and no write at all through a Lake whose job holds no lease."""
 
 from __future__ import annotations
 
@@ -61,6 +62,43 @@ def test_image_bytes_are_stored_without_compression(spark, tmp_path):
     assert codecs == {"images": {"UNCOMPRESSED"}, "image_index": {"SNAPPY"}}
 
 
+def image_row(sha: str) -> dict:
+    return {"image_sha256": sha * 64, "discipline": "physics", "format": "PNG", "width": 1, "height": 1,
+            "image_bytes": 3, "image_dhash": 0, "content": b"abc", "thumbnail": b"xyz", "thumbnail_width": 1,
+            "thumbnail_height": 1, "first_source": "arxiv", "first_image_path": "a.png", "ingest_run_id": "r1",
+            "ingested_at": datetime.now(timezone.utc)}
+
+
+def test_no_write_passes_through_a_lake_whose_job_holds_no_lease(spark, tmp_path):
+    """Every write of a Lake checks the lease before it commits: without one (a job that never took it, or
+    gave it back) each is refused, and the table keeps its version and rows."""
+    from s1mmalign.lake import lease
+    from s1mmalign.lake.root import NoLease
+
+    lake = tmp_path / "lake"
+    writer = held(lake)
+    writer.ensure_tables(spark)
+    writer.append(spark, "images", spark.createDataFrame([image_row("1")], schemas.table("images").spark()))
+    lease.release_all()
+    bare = lake_at(lake)
+    before = bare.version("images")
+    rows = spark.createDataFrame([image_row("2")], schemas.table("images").spark())
+    writes = {"append": lambda: bare.append(spark, "images", rows),
+              "merge": lambda: bare.merge(spark, "images", rows),
+              "replace": lambda: bare.replace(spark, "images", rows),
+              "replace where": lambda: bare.replace(spark, "images", rows, "discipline = 'physics'"),
+              "add_files": lambda: bare.add_files("images", [{"path": "x.parquet", "bytes": 1, "rows": 1,
+                                                              "discipline": "physics", "stats": "{}"}])}
+    for name, write in writes.items():
+        try:
+            write()
+        except NoLease:
+            continue
+        raise AssertionError(f"{name} through a lake without the lease was not refused")
+    assert bare.version("images") == before and [r.image_sha256 for r in bare.read(spark, "images").collect()] \
+        == ["1" * 64]
+
+
 def test_a_write_that_commits_nothing_never_reports_the_previous_commits_metrics(spark, tmp_path, caplog):
     lake = str(tmp_path / "lake")
     held(lake).ensure_tables(spark)
@@ -70,7 +108,7 @@ def test_a_write_that_commits_nothing_never_reports_the_previous_commits_metrics
            "thumbnail_height": 1, "first_source": "arxiv", "first_image_path": "a.png", "ingest_run_id": "r1",
            "ingested_at": datetime.now(timezone.utc)}
     assert held(lake).append(spark, "images", spark.createDataFrame([row], schema))["numOutputRows"] == "1"
-    caplog.set_level("INFO", logger="s1mmalign.lake.delta_io")
+    caplog.set_level("INFO", logger="s1mmalign.lake.root")
     assert held(lake).append(spark, "images", spark.createDataFrame([], schema)) == {}   # Delta commits nothing
     assert "write images: append (no commit: nothing to write)" in caplog.text
 

@@ -31,20 +31,20 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def clean_lake(tmp_path_factory, faults_corpus):
+def submitted_lake(tmp_path_factory, faults_corpus):
     """One clean spark-submit run over the faults corpus: what every other run must equal."""
     lake = tmp_path_factory.mktemp("clean") / "lake"
     ok(run_job("ingest", "--source", str(faults_corpus), "--lake", str(lake)))
     return lake
 
 
-def test_spark_submit_on_faults_corpus(spark, clean_lake, faults_corpus):
-    pairs, _ = assert_invariant(spark, clean_lake, manifest(faults_corpus))
-    assert_image_bytes(spark, clean_lake, pairs)
+def test_spark_submit_on_faults_corpus(spark, submitted_lake, faults_corpus):
+    pairs, _ = assert_invariant(spark, submitted_lake, manifest(faults_corpus))
+    assert_image_bytes(spark, submitted_lake, pairs)
 
 
-def test_spark_sql_in_a_new_session_sees_the_catalog(clean_lake, faults_corpus):
-    proc = subprocess.run([sys.executable, "-m", "s1mmalign.report.sqlshell", "--lake", str(clean_lake), "-S", "-e",
+def test_spark_sql_in_a_new_session_sees_the_catalog(submitted_lake, faults_corpus):
+    proc = subprocess.run([sys.executable, "-m", "s1mmalign.report.sqlshell", "--lake", str(submitted_lake), "-S", "-e",
                            "SELECT count(*) FROM s1mmalign.pairs; SELECT count(*) FROM s1mmalign.quarantine"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     ok(proc)
@@ -152,7 +152,7 @@ def test_one_archive_larger_than_the_driver_heap(spark, tmp_path):
     assert groups and max(groups) < 48 << 20, max(groups)
 
 
-def test_stopped_and_killed_mid_ingest_then_rerun_equals_one_clean_run(spark, clean_lake, faults_corpus, tmp_path):
+def test_stopped_and_killed_mid_ingest_then_rerun_equals_one_clean_run(spark, submitted_lake, faults_corpus, tmp_path):
     lake = tmp_path / "lake"
     args = ["--source", str(faults_corpus), "--lake", str(lake)]
     # Ctrl-C and a scheduler's SIGTERM mid-run: one line of the job's own each, exit 130 and 143, no traceback
@@ -170,7 +170,7 @@ def test_stopped_and_killed_mid_ingest_then_rerun_equals_one_clean_run(spark, cl
     assert snapshot(spark, lake, "pairs") and not snapshot(spark, lake, "ingest_log")
     ok(run_job("ingest", *args))
     for table in ("pairs", "images", "quarantine", "image_index", "ingest_log"):
-        assert snapshot(spark, lake, table) == snapshot(spark, clean_lake, table), table
+        assert snapshot(spark, lake, table) == snapshot(spark, submitted_lake, table), table
 
 
 def test_source_on_s3(spark, faults_corpus, tmp_path, moto):
@@ -205,27 +205,6 @@ def test_source_on_s3(spark, faults_corpus, tmp_path, moto):
     assert bad.returncode != 0 and "no-such-bucket" in bad.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lake", "L"], "the following arguments are required: --source"),
-    (["--source", "/nonexistent/corpus", "--lake", "L"], "is not a folder"),
-    (["--source", ".", "--lake", "L", "--conf", "/nonexistent.yaml"], "config file not found"),
-    (["--source", ".", "--lake", "L", "--bogus"], "unrecognized arguments: --bogus"),
-])
-def test_bad_flags_are_one_clear_line(args, message, tmp_path):
-    proc = run_job("ingest", *args, submit=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_a_folder_without_sources_is_one_clear_line(tmp_path):
-    proc = run_job("ingest", "--source", str(tmp_path), "--lake", str(tmp_path / "lake"), submit=False)
-    assert proc.returncode == 2
-    assert "no S1-MMAlign sources under" in proc.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in proc.stderr
-
-
 def _relaxed_conf(tmp_path) -> str:
     """The faults corpus quarantines about a quarter of its lines by design: let that share pass."""
     conf = tmp_path / "relaxed.yaml"
@@ -240,9 +219,9 @@ def verdict(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, clean_lake, tmp_path):
+def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, submitted_lake, tmp_path):
     lake = tmp_path / "lake"
-    shutil.copytree(clean_lake, lake)
+    shutil.copytree(submitted_lake, lake)
     # (exit 0 is checked on scifig300 above; with the default 10% the faults corpus fails
     # quarantined_share: tested in-process, and shown by ./build.sh sample)
     from delta.tables import DeltaTable
@@ -269,26 +248,9 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, c
     assert [int(x) for x in proc.stdout.split()] == [1, 1, 0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lake", "/nonexistent/lake"], "--lake /nonexistent/lake is not a folder"),
-    (["--lake", "TMP"], "table(s): run jobs/ingest.py first"),
-    (["--lake", "TMP", "--bogus"], "unrecognized arguments: --bogus"),
-    (["--lake", "TMP", "--conf", "/nonexistent.yaml"], "config file not found"),
-    (["--lake", "ftp://host/lake"], "--lake ftp://host/lake: use a local folder or s3://bucket/prefix"),
-    (["--lake", "s3:///lake"], "use a local folder or s3://bucket/prefix"),
-])
-def test_validate_bad_flags_are_one_clear_line(args, message, tmp_path):
-    proc = run_job("validate", *[str(tmp_path) if a == "TMP" else a for a in args], submit=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert message in lines[-1], proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "_catalog").exists(), "Spark started for a lake it cannot validate"
-
-
-def test_score_clip_through_spark_submit(spark, clean_lake, tmp_path, tiny_checkpoint):
+def test_score_clip_through_spark_submit(spark, submitted_lake, tmp_path, tiny_checkpoint):
     lake = tmp_path / "lake"
-    shutil.copytree(clean_lake, lake)
+    shutil.copytree(submitted_lake, lake)
     args = ["--lake", str(lake), "--model", "tiny-clip", "--model-config", TINY, "--checkpoint", str(tiny_checkpoint)]
     first = run_job("score_clip", *args)
     ok(first)
@@ -302,9 +264,9 @@ def test_score_clip_through_spark_submit(spark, clean_lake, tmp_path, tiny_check
     assert "Traceback" not in refused.stderr
 
 
-def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(spark, clean_lake, tmp_path):
+def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(spark, submitted_lake, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "report"
-    shutil.copytree(clean_lake, lake)
+    shutil.copytree(submitted_lake, lake)
     proc = run_job("report", "--lake", str(lake), "--out", str(out))
     ok(proc)
     import json
@@ -327,16 +289,3 @@ def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(sp
     ok(proc)
     assert proc.stdout.split() == [str(pairs)] + [str(x) for f in ("caption", "recaption")
                                                   for x in (f, overall[f]["present"], overall[f]["words_p50"])]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--lake", "TMP"], "--out DIR is required (or --views-only)"),
-    (["--lake", "/nonexistent/lake", "--out", "OUT"], "--lake /nonexistent/lake is not a folder"),
-    (["--lake", "TMP", "--out", "OUT"], "no pairs, quarantine table(s): run jobs/ingest.py first"),
-])
-def test_report_bad_flags_are_one_clear_line(args, message, tmp_path):
-    proc = run_job("report", *[str(tmp_path) if a == "TMP" else str(tmp_path / "out") if a == "OUT" else a
-                               for a in args], submit=False)
-    assert proc.returncode == 2
-    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "_catalog").exists()

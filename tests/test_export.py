@@ -86,10 +86,10 @@ def lake(spark, cfg, tmp_path_factory):
     ingest.run(spark, tcfg, str(root), held(lake, tcfg))
     pairs, images = lake_at(lake).read(spark, "pairs"), lake_at(lake).read(spark, "images")
     rows, _ = dedup.find(pairs, images, cfg.quality)
-    held(lake).ensure_tables(spark, job="validate")
+    held(lake, tcfg).ensure_tables(spark, job="validate")
     held(lake).replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit("v-test"))
                          .withColumn("computed_at", F.current_timestamp()))
-    held(lake).ensure_tables(spark, job="score_clip")
+    held(lake, tcfg).ensure_tables(spark, job="score_clip")
     scores = spark.createDataFrame(
         [(r.pair_id, r.discipline, MODEL, r.arxiv_id, known_score(r.pair_id), 1 - known_score(r.pair_id), "ok")
          for r in pairs.select("pair_id", "discipline", "arxiv_id").collect()],

@@ -114,8 +114,13 @@ def test_a_lease_left_here_by_a_process_that_is_gone_is_taken_at_once(store):
     gone = subprocess.Popen(["true"])
     gone.wait()
     _plant(store, host=socket.gethostname(), pid=gone.pid)
-    with Lease(store, "L", ttl=60, heartbeat=20) as taken:
+    with Lease(store, "L", ttl=60, heartbeat=20, job="taker", run_id="after") as taken:
         taken.check()
+        now = json.loads(store.get(LEASE_FILE)[0])          # who holds it after the takeover: this process
+        assert (now["host"], now["pid"], now["job"], now["run_id"]) == (socket.gethostname(), os.getpid(),
+                                                                        "taker", "after")
+        assert now["expires"] > time.time()
+    assert store.get(LEASE_FILE) is None                     # and gives it back when done
 
 
 def test_heartbeat_renews_and_a_holder_that_lost_its_lease_stops_before_committing(store):

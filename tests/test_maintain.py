@@ -8,11 +8,9 @@ import shutil
 
 import pytest
 
-from helpers import held, lake_at, snapshot
+from helpers import copy_lake, held, lake_at, snapshot
 from s1mmalign import config, stages
 from s1mmalign.config import ConfigError
-from s1mmalign.ingest import pipeline as ingest
-from s1mmalign.ingest import sample
 from s1mmalign.lake import maintain
 
 TABLES = ("pairs", "images", "quarantine", "ingest_log", "image_index")
@@ -32,13 +30,10 @@ def files_read(df) -> int:
 
 
 @pytest.fixture(scope="module")
-def lake(spark, cfg, tmp_path_factory):
+def lake(spark, clean_lake, tmp_path_factory):
     """An ingested lake whose pairs are spread over many small files per discipline, each holding arXiv
     ids from all over (as many incremental runs leave them): rewritten by 8 random tasks."""
-    root = tmp_path_factory.mktemp("maintain") / "corpus"
-    sample.generate(root, n_pairs=360, seed=21, faults=False, processes=2)
-    lake = tmp_path_factory.mktemp("maintain-lake") / "lake"
-    ingest.run(spark, cfg, str(root), held(str(lake), cfg))
+    lake = copy_lake(clean_lake, tmp_path_factory.mktemp("maintain-lake") / "lake")
     path = lake_at(str(lake)).path("pairs")
     rows = lake_at(str(lake)).read(spark, "pairs").localCheckpoint()
     rows.repartition(8).write.format("delta").mode("overwrite").save(path)
@@ -49,7 +44,7 @@ def test_maintain_keeps_rows_compacts_zorders_and_respects_the_retention(spark, 
     path = lake_at(str(lake)).path("pairs")
     before = {t: snapshot(spark, lake, t) for t in TABLES}
     version_before = lake_at(str(lake)).version("pairs", spark)
-    files_before, _ = maintain._files(spark, str(lake), "pairs")
+    files_before, _ = maintain._files(spark, lake_at(lake), "pairs")
     some_id = sorted(r.arxiv_id for r in lake_at(str(lake)).read(spark, "pairs").select("arxiv_id").collect()
                      if r.arxiv_id)[len(before["pairs"]) // 2]
     leftover = lake / "_staging" / "20260101T000000Z-0badc0de" / "slices"

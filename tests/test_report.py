@@ -92,7 +92,7 @@ def write_table(spark, lake: str, name: str, rows: list[dict]) -> None:
 
 def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_duplicates: bool = True) -> None:
     for job in ("ingest",) + (("score_clip",) if with_clip else ()) + (("validate",) if with_duplicates else ()):
-        held(lake).ensure_tables(spark, job=job)
+        held(lake, database=database).ensure_tables(spark, job=job)
     pairs = []
     for n, (pid, (source, disc, run, paper, cap, recap)) in enumerate(sorted(PAIRS.items()), start=1):
         pairs.append(dict(pair_id=pid, source=source, discipline=disc, paper_id=paper,

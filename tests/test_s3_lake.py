@@ -115,7 +115,7 @@ def fault_proxy(target: str, seed: int = 7, slow_down: float = 0.08, reset: floa
     rng = random.Random(seed)
     host, port = target.split("://", 1)[1].split(":")
     lock = threading.Lock()
-    counts = {"requests": 0, "slow_down": 0, "reset": 0, "lost": 0}
+    counts = {"requests": 0, "slow_down": 0, "reset": 0, "lost": 0, "paths": []}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -146,6 +146,7 @@ def fault_proxy(target: str, seed: int = 7, slow_down: float = 0.08, reset: floa
             body = self._body()
             with lock:
                 counts["requests"] += 1
+                counts["paths"].append(self.path)
                 draw = rng.random()
             if draw < slow_down:
                 with lock:
@@ -195,6 +196,31 @@ def fault_proxy(target: str, seed: int = 7, slow_down: float = 0.08, reset: floa
     server = _FaultyProxy(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}", counts
+
+
+@pytest.mark.parametrize("attempts", [3, 5])
+def test_boto3_takes_attempts_and_path_style_from_the_s3_conf(moto, attempts):
+    """The lake's boto3 client (Lake.store, as every job's) makes s3.max_attempts attempts of a throttled
+    request, addressed path style when s3.path_style_access says so: the conf, not a constant of its own."""
+    from botocore.exceptions import ClientError
+
+    from s1mmalign import config
+    from s1mmalign.lake.root import Lake
+
+    proxy, endpoint, counts = fault_proxy(moto, slow_down=1.0, reset=0.0, lost=0.0)     # every request 503
+    try:
+        cfg = config.load(overrides={"s3": {"endpoint_url": endpoint, "max_attempts": attempts,
+                                            "path_style_access": True}}, environ={})
+        store = Lake.open("s3://conf-bucket/lake", cfg).store()
+        with pytest.raises(ClientError, match="SlowDown"):
+            store.get("_lease.json")
+        assert counts["requests"] == attempts
+        assert counts["paths"] and all(p.startswith("/conf-bucket/lake/_lease.json") for p in counts["paths"])
+        assert store.client.meta.config.s3["addressing_style"] == "path"
+        virtual = Lake.open("s3://conf-bucket/lake", config.load(environ={})).store()
+        assert virtual.client.meta.config.s3["addressing_style"] == "auto"
+    finally:
+        proxy.shutdown()
 
 
 def test_ingest_through_throttling_and_resets_gives_the_same_rows(spark, cfg, moto, faults_corpus, tmp_path):

@@ -8,21 +8,15 @@ import dataclasses
 import pytest
 from delta.tables import DeltaTable
 
-from helpers import TINY, held, lake_at
-from s1mmalign.ingest import pipeline as ingest
-from s1mmalign.ingest import sample
+from helpers import TINY, copy_lake, held, lake_at
 from s1mmalign.score import clip
 from s1mmalign.score import pipeline as score
 from s1mmalign.validate import pipeline as validate
 
 
 @pytest.fixture(scope="module")
-def lake(spark, cfg, tmp_path_factory):
-    root = tmp_path_factory.mktemp("score") / "corpus"
-    sample.generate(root, n_pairs=60, seed=5, faults=False, processes=2)
-    lake = tmp_path_factory.mktemp("score-lake") / "lake"
-    ingest.run(spark, cfg, str(root), held(str(lake), cfg))
-    return lake
+def lake(clean_lake, tmp_path_factory):
+    return copy_lake(clean_lake, tmp_path_factory.mktemp("score-lake") / "lake")
 
 
 def rows(spark, lake):

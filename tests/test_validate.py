@@ -18,9 +18,9 @@ import pytest
 from delta.tables import DeltaTable
 from PIL import Image
 
-from helpers import browse, held, lake_at
+from helpers import browse, copy_lake, held, lake_at
 from s1mmalign.ingest import pipeline as ingest
-from s1mmalign.ingest import sample, sources
+from s1mmalign.ingest import sources
 from s1mmalign.lake import schemas
 from s1mmalign.lake.storage import Store
 from s1mmalign.validate import pipeline as validate
@@ -35,21 +35,6 @@ def strict_cfg(cfg):
 
 
 @pytest.fixture(scope="module")
-def clean_corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clean") / "corpus"
-    sample.generate(root, n_pairs=120, seed=23, faults=False, processes=2)
-    return root
-
-
-@pytest.fixture(scope="module")
-def clean_lake(spark, cfg, clean_corpus, tmp_path_factory) -> Path:
-    lake = tmp_path_factory.mktemp("clean-lake") / "lake"
-    summary = ingest.run(spark, cfg, str(clean_corpus), held(str(lake), cfg))
-    assert summary.quarantined == 0 and summary.pairs > 100
-    return lake
-
-
-@pytest.fixture(scope="module")
 def nodocs_cfg(strict_cfg):
     """strict_cfg without Data Docs, for the runs that check verdicts only (the pages: the tests that read them)."""
     return dataclasses.replace(strict_cfg, quality=dataclasses.replace(strict_cfg.quality, data_docs="off"))
@@ -57,9 +42,7 @@ def nodocs_cfg(strict_cfg):
 
 @pytest.fixture()
 def lake_copy(clean_lake, tmp_path) -> Path:
-    dest = tmp_path / "lake"
-    shutil.copytree(clean_lake, dest, ignore=shutil.ignore_patterns("_quality"))
-    return dest
+    return copy_lake(clean_lake, tmp_path / "lake")
 
 
 def failed(outcome) -> set[str]:

@@ -199,7 +199,7 @@ def _run(spec: Job) -> int:
         from s1mmalign.lake import session
 
         writes = spec.writes(ctx) if callable(spec.writes) else spec.writes
-        ctx.spark = session.build(ctx.lake, ctx.cfg, write=writes, job=spec.name)
+        ctx.spark = session.build(ctx.lake, ctx.cfg, write=writes)      # the lease names the job by its script
         try:
             result = spec.run(ctx)
         finally:

@@ -18,14 +18,24 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from s1mmalign.export import manifest, plan, select, snapshot, write
-from s1mmalign.export.spec import ExportError, Result, Spec, parse_size  # noqa: F401 (the job's names)
+from s1mmalign.export.spec import ExportError, Spec, parse_size  # noqa: F401 (the job's names)
 from s1mmalign.lake.root import Lake
 from s1mmalign.lake.storage import Store, remote
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    samples: int
+    shards: int
+    written: int           # shards written by this run (the others were kept from an earlier one)
+    bytes: int
+    seconds: float
+    manifest: dict
 
 
 def run(spark, cfg, lake: Lake, out: str, spec: Spec, *, model_name: str | None = None,

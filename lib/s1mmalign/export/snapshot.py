@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from s1mmalign.export.spec import ExportError, Spec
+from s1mmalign.lake import schemas
 from s1mmalign.lake.root import Lake
 
 log = logging.getLogger(__name__)
@@ -14,8 +15,6 @@ log = logging.getLogger(__name__)
 
 def snapshot(spark, lake: Lake, spec: Spec) -> dict[str, int]:
     """The newest version of every table the export reads."""
-    from s1mmalign.lake import schemas
-
     needed = ["pairs", "images"] + (["duplicates"] if spec.dedup != "none" else [])
     needed += ["clip_scores"] if spec.model else []
     missing = [t for t in needed if not lake.exists(t)]

@@ -93,15 +93,3 @@ class Spec:
     @property
     def suffix(self) -> str:
         return "tar" if self.format == "webdataset" else "parquet"
-
-
-@dataclass
-class Result:
-    samples: int
-    shards: int
-    written: int           # shards written by this run (the others were kept from an earlier one)
-    bytes: int
-    seconds: float
-    manifest: dict
-
-

@@ -16,11 +16,11 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import random
 import tarfile
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -346,7 +346,9 @@ def generate(root: str | Path, n_pairs: int = 1000, seed: int = 7, faults: bool 
     builder = _Builder(n_pairs, seed, faults)
     builder.build()
     jobs = [(k, seed, fmt) for k, fmt in builder.formats.items()]
-    with Pool(processes or os.cpu_count() or 2) as pool:
+    # forkserver, not fork: a caller with threads (a Spark driver, delta-rs's runtime, jemalloc's) would
+    # leave a forked worker waiting forever on a lock one of them held at the fork
+    with multiprocessing.get_context("forkserver").Pool(processes or os.cpu_count() or 2) as pool:
         images = dict(pool.imap_unordered(_render_job, jobs, chunksize=32))
     lost: set[tuple[str, str]] = set()
     for name, files in builder.files.items():

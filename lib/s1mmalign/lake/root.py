@@ -90,13 +90,14 @@ class Lake:
 
     def delta_rs(self, name: str) -> tuple[str, dict[str, str]]:
         """The URI and storage options under which delta-rs reaches table `name` (s3a:// is s3:// there;
-        endpoint, region and path style as S3A has them; credentials from the same AWS chain). One writer
+        endpoint, region, path style and attempts as S3A has them; credentials from the same AWS chain). One writer
         per lake holds its lease, so delta-rs may commit by copy-if-absent without a lock service."""
         path = self.path(name)
         if not self.remote:
             return path, {}
         s3 = self.s3
-        options = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true", "AWS_REGION": s3.region}
+        options = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true", "AWS_REGION": s3.region,
+                   "max_retries": str(s3.max_attempts - 1)}         # object_store's: retries after the first
         if s3.endpoint_url:
             options["AWS_ENDPOINT_URL"] = s3.endpoint_url
             if s3.endpoint_url.startswith("http://"):
@@ -218,9 +219,9 @@ class Lake:
             os.makedirs(self.uri, exist_ok=True)
         self._database(spark)
         for name in schemas.lake_tables(job):
-            path = self.path(name)
-            fresh = not self.remote and os.path.isfile(os.path.join(path, "_delta_log", f"{0:020d}.json"))
-            delta_io.ensure_table(spark, path, schemas.table(name), created=fresh)
+            path = self.path(name)      # fast path: a local table whose first commit exists (a crash leaves none)
+            made = not self.remote and os.path.isfile(os.path.join(path, "_delta_log", f"{0:020d}.json"))
+            delta_io.ensure_table(spark, path, schemas.table(name), created=made)
             if schemas.table(name).catalog and not spark.catalog.tableExists(f"{self.database}.{name}"):
                 spark.sql(self.register_statement(name))
 

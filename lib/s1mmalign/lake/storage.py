@@ -547,14 +547,18 @@ class _Limited:
 
 
 @functools.lru_cache(maxsize=4)
-def arrow_s3(endpoint: str | None, region: str, path_style: bool):
-    """One pyarrow S3FileSystem per process and endpoint (it holds the connection pool and the credentials
-    it resolved from the AWS chain), reused by every file read through it."""
+def arrow_s3(s3: S3Conf):
+    """One pyarrow S3FileSystem per process and S3 settings (it holds the connection pool and the credentials
+    it resolved from the AWS chain), reused by every file read through it; endpoint, region, path style and
+    attempts as boto3 and S3A have them."""
     from pyarrow import fs
 
-    return fs.S3FileSystem(region=region, endpoint_override=endpoint,
+    endpoint = s3.endpoint_url
+    return fs.S3FileSystem(region=s3.region, endpoint_override=endpoint,
                            scheme="http" if endpoint and endpoint.startswith("http://") else "https",
-                           force_virtual_addressing=bool(endpoint) and not path_style)
+                           force_virtual_addressing=bool(endpoint) and not s3.path_style_access,
+                           connect_timeout=s3.connection_timeout_ms / 1000,
+                           retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=s3.max_attempts))
 
 
 def open_data_file(uri: str, s3: S3Conf):
@@ -564,6 +568,6 @@ def open_data_file(uri: str, s3: S3Conf):
     if parsed.scheme in ("", "file"):
         return open(unquote(parsed.path), "rb")
     if parsed.scheme in ("s3", "s3a", "s3n"):
-        return arrow_s3(s3.endpoint_url, s3.region, s3.path_style_access).open_input_file(
+        return arrow_s3(s3).open_input_file(
             f"{parsed.netloc}/{unquote(parsed.path.lstrip('/'))}")
     raise StoreError(f"{uri}: no reader for its scheme {parsed.scheme}")
