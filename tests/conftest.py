@@ -41,7 +41,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()) or any(item.get_closest_marker(m) for m in ("e2e", "cluster")):
             item.add_marker(pytest.mark.spark)
-        if "tiny_checkpoint" in getattr(item, "fixturenames", ()) or item.nodeid.startswith("tests/test_clip.py"):
+        if ({"tiny_checkpoint", "tiny_mlm"} & set(getattr(item, "fixturenames", ()))
+                or item.nodeid.startswith(("tests/test_clip.py", "tests/test_fluency.py"))):
             item.add_marker(pytest.mark.clip)
     cost: dict[str, int] = {}
     for item in items:
@@ -117,6 +118,26 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny-clip.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory) -> Path:
+    """A tiny BERT masked-LM (2 layers, 32 wide, 64 positions, random weights, seed 5) with a written
+    WordPiece vocabulary, saved in the Hugging Face layout (config.json, vocab.txt, tokenizer files,
+    model.safetensors): what a SciBERT folder holds, small. Skips without torch and transformers."""
+    torch = pytest.importorskip("torch", reason="the CLIP stack is not installed (pip install -e '.[clip]')")
+    transformers = pytest.importorskip("transformers", reason="no transformers (pip install -e '.[clip]')")
+    from helpers import tiny_vocab
+
+    folder = tmp_path_factory.mktemp("mlm") / "tiny-bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(tiny_vocab()) + "\n", encoding="utf-8")
+    torch.manual_seed(5)
+    conf = transformers.BertConfig(vocab_size=len(tiny_vocab()), hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForMaskedLM(conf).eval().save_pretrained(folder)
+    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,17 @@ BIN = Path(sys.executable).parent
 TINY = str(Path(__file__).parent / "data" / "tiny-clip.json")     # a tiny open_clip model config
 # S3 in tests is moto's server, never AWS: conftest sets these fixed credentials; the secret is a marker that
 # tests look for in what the jobs write and log.
+def tiny_vocab() -> list[str]:
+    """A WordPiece vocabulary for tiny_mlm: special tokens, caption words, characters and their ## pieces."""
+    words = ("the a an of figure fig shows show results result model models data loss accuracy training test "
+             "we our method methods on in for and with by from to is are was at as energy temperature time "
+             "function distribution sample samples image images network layer error rate left right top "
+             "bottom panel curve curves plot plots").split()
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,:;()[]{}$\\^_=+-*/%<>|'\"!?&#@~")
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return list(dict.fromkeys([*special, *words, *chars, *(f"##{c}" for c in chars)]))
+
+
 TEST_SECRET = "s1mmalign-test-secret-never-logged"
 
 

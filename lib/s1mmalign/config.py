@@ -97,7 +97,8 @@ class QualityConf:
     thresholds: Mapping[str, float] = field(default_factory=lambda: {
         "unknown_share_max": 0.05, "exact_duplicate_share_max": 0.02, "near_duplicate_share_max": 0.05,
         "recaption_present_min": 0.99, "quarantined_share_max": 0.1, "caption_chars_max": 20000,
-        "recaption_chars_max": 20000, "unknown_category_share_max": 0.01})
+        "recaption_chars_max": 20000, "unknown_category_share_max": 0.01, "truncated_caption_share_max": 0.9,
+        "truncated_recaption_share_max": 0.05, "non_english_share_max": 0.02, "boilerplate_share_max": 0.05})
     taxonomy_file: str = "arxiv_taxonomy.yaml"
 
 
@@ -119,6 +120,34 @@ class ClipConf:
 
 
 @dataclass(frozen=True)
+class TextConf:
+    # jobs/score_text.py: text signals of every pair (score/text.py says how each is measured)
+    max_chars: int = 1_000_000            # signals read a text's first this many characters (length and end: all)
+    cut_lengths: tuple[int, ...] = (256, 300, 500, 512, 1000, 1024, 2048)   # a text this long with no end: cut
+    open_sentence_words: int = 8          # a last sentence of this many words with no end: truncated
+    lang_min_words: int = 4               # fewer words of letters: no language detected
+    boilerplate_papers: int = 3           # a caption text in this many papers or more is boilerplate
+
+
+@dataclass(frozen=True)
+class FluencyConf:
+    # jobs/score_fluency.py: masked-LM pseudo-perplexity (score/fluency.py)
+    model: str = "scibert_scivocab_uncased"   # the name the scores carry (with the checkpoint's digest)
+    checkpoint: str | None = None         # a Hugging Face folder (config, vocab/tokenizer, safetensors): path or s3://
+    per_stratum: int = 200                # pairs scored per discipline x figure_type (all: every pair)
+    all: bool = False                     # score every pair, not the stratified sample
+    window: int = 512                     # tokens per window (at most the model's); longer texts: overlapping windows
+    batch_tokens: int = 16384             # padded tokens per forward pass (masked copies of several texts)
+    batch_pairs: int = 64                 # pairs per scoring batch (and rows per Arrow batch into the task)
+    max_tokens: int = 8192                # a longer text is not scored (status <field>_too_long)
+    max_chars: int = 200_000              # a longer text is not even tokenized (status <field>_too_long)
+    device: str = "auto"                  # auto | cpu | cuda
+    torch_threads: int = 0                # 0: one per task on CPU
+    cache_dir: str = "~/.cache/s1mmalign/checkpoints"
+    spark_extra: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class ReportConf:
     sql_dir: str = "sql"                  # the view definitions (in the checkout or the package)
     short_chars: int = 20                 # a text under this many characters counts as short
@@ -128,6 +157,9 @@ class ReportConf:
     score_bin_width: float = 0.01         # CLIP score histogram bins
     length_bins_per_decade: int = 10      # word-count histogram bins (log scale)
     quality_runs: int = 20                # validate runs in the quality trend
+    bootstrap_replicates: int = 200       # the caption card's 95% intervals: Poisson bootstrap replicates
+    bootstrap_blocks: int = 4096          # CLIP rows are resampled in this many random blocks per group (sums)
+    worst_examples: int = 5               # pairs listed per text signal
 
 
 @dataclass(frozen=True)
@@ -163,6 +195,8 @@ class Config:
     lease: LeaseConf = field(default_factory=LeaseConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
     export: ExportConf = field(default_factory=ExportConf)
+    text: TextConf = field(default_factory=TextConf)
+    fluency: FluencyConf = field(default_factory=FluencyConf)
 
 
 # Ranges of numeric settings, (lowest, highest): checked when conf loads, so that a bad value is one line
@@ -191,6 +225,13 @@ LIMITS: dict[str, tuple[float, float]] = {
     "report.short_chars": (0, 1_000_000), "report.review_pairs": (0, 10_000),
     "report.preview_chars": (0, 1_000_000), "report.score_bin_width": (1e-6, 1),
     "report.length_bins_per_decade": (1, 1000), "report.quality_runs": (1, 100000),
+    "report.bootstrap_replicates": (1, 10_000), "report.bootstrap_blocks": (1, 1_000_000),
+    "report.worst_examples": (0, 10_000),
+    "text.max_chars": (1000, 2**31 - 1), "text.open_sentence_words": (1, 10_000), "text.lang_min_words": (1, 10_000),
+    "text.boilerplate_papers": (2, 10**9),
+    "fluency.per_stratum": (1, 10**9), "fluency.window": (8, 1_000_000), "fluency.batch_tokens": (64, 10**8),
+    "fluency.batch_pairs": (1, 65_536), "fluency.max_tokens": (1, 10**7), "fluency.max_chars": (1, 2**31 - 1),
+    "fluency.torch_threads": (0, 1024),
 }
 # Folders under the lake that jobs create (and, for staging, empty): each must be a plain relative path
 # below the lake root that names no table, and none may hold another. An empty value or '..' would
@@ -199,7 +240,8 @@ LAKE_FOLDERS = ("ingest.staging_dir", "catalog.metastore_dir", "quality.context_
 LAKE_FILES = ("_lease.json", "_delta_log")      # the lake root's own files, besides the tables
 CHOICES: dict[str, tuple[str, ...]] = {
     "clip.text_strategy": ("truncate", "chunk_mean"), "clip.device": ("auto", "cpu", "cuda"),
-    "clip.image_decode": ("auto", "pil", "torch"), "quality.data_docs": ("offline", "cdn", "off"),
+    "clip.image_decode": ("auto", "pil", "torch"), "fluency.device": ("auto", "cpu", "cuda"),
+    "quality.data_docs": ("offline", "cdn", "off"),
     "export.dedup": ("none", "exact", "near"), "export.text": ("recaption", "caption", "both"),
     "export.format": ("webdataset", "parquet"), "export.image": ("original", "thumbnail"),
     "export.order": ("storage", "pair_id"), "export.score_field": ("caption", "recaption"),
@@ -228,7 +270,9 @@ def _check_value(key: str, value, tp) -> None:
     elif tp is str:
         ok = isinstance(value, str)
     elif origin is tuple:
-        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        ok = isinstance(value, tuple) and all(isinstance(v, args[0]) and not isinstance(v, bool) for v in value)
+        if ok and args[0] is int and not all(0 < v < 2**31 for v in value):
+            raise ConfigError(f"setting {key} must hold numbers between 1 and {2**31 - 1}, got {list(value)!r}")
     else:                       # mappings: their values were made strings or numbers when read
         ok = isinstance(value, Mapping)
     if not ok:
@@ -285,7 +329,7 @@ def _section(cls, values: Mapping | None, name: str):
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown setting(s) in section {name}: {', '.join(sorted(unknown))}")
-    for key in ("formats", "arxiv_sources"):
+    for key in ("formats", "arxiv_sources", "cut_lengths"):
         if key in values and not isinstance(values[key], (list, tuple)):
             raise ConfigError(f"setting {name}.{key} must be a list, got {values[key]!r}")
     for key in ("extra", "spark_extra", "layouts", "thresholds", "zorder"):
@@ -297,6 +341,8 @@ def _section(cls, values: Mapping | None, name: str):
         values["zorder"] = {str(k): tuple(str(c) for c in v) for k, v in (values["zorder"] or {}).items()}
     if "formats" in values:
         values["formats"] = tuple(str(v).upper() for v in values["formats"])
+    if "cut_lengths" in values:
+        values["cut_lengths"] = tuple(values["cut_lengths"])
     if "arxiv_sources" in values:
         values["arxiv_sources"] = tuple(str(v) for v in values["arxiv_sources"])
     for key in ("extra", "spark_extra"):
@@ -371,6 +417,8 @@ def load(conf_file: str | None = None, overrides: Mapping | None = None,
         lease=lease,
         maintain=_section(MaintainConf, merged.get("maintain"), "maintain"),
         export=_section(ExportConf, merged.get("export"), "export"),
+        text=_section(TextConf, merged.get("text"), "text"),
+        fluency=_section(FluencyConf, merged.get("fluency"), "fluency"),
     )
     _check_lake_folders({key: getattr(getattr(made, key.split(".")[0]), key.split(".")[1]) for key in LAKE_FOLDERS})
     return made

@@ -1,8 +1,14 @@
-"""CLIP scoring inside Spark: pairs not yet scored by a model, joined with their thumbnails, scored in
-Python workers (one model per worker, reused across batches) and MERGEd into clip_scores.
+"""Scoring inside Spark, three jobs of one shape: the pairs a table lacks, scored in Python workers
+(mapInArrow), MERGEd into the table.
 
-Incremental and idempotent: pairs that already have a row for this model id (name + checkpoint digest)
-are not read again; a re-run, or a re-run after a crash, inserts only what is missing.
+- score_clip (`run`): CLIP alignment of pairs joined with their thumbnails (one model per worker) -> clip_scores.
+- score_fluency (`run_fluency`): masked-LM pseudo-perplexity of a stratified sample (or every pair) ->
+  fluency_scores.
+- score_text (`run_text`): text signals of every pair, no model -> text_signals.
+
+Incremental and idempotent: pairs that already have a row for this model id (name + checkpoint digest),
+or for text signals a row of the same row_hash and signals version, are not read again; a re-run, or a
+re-run after a crash, writes only what is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pyspark.sql import functions as F
 from s1mmalign.config import Config
 from s1mmalign.lake import schemas
 from s1mmalign.lake.root import Lake
-from s1mmalign.score import clip
+from s1mmalign.score import clip, fluency, text
 from s1mmalign.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -108,6 +114,162 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, spec: clip.ScorerSpec,
             metrics = lake.merge(spark, "clip_scores", scored)
             summary.scored = int(metrics.get("numTargetRowsInserted", 0))
             summary.statuses = {r["status"]: r["count"] for r in lake.read(spark, "clip_scores")
+                                .where(F.col("model") == summary.model).groupBy("status").count().collect()}
+            st.done(summary.scored, "pairs scored", "statuses for this model: "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(summary.statuses.items())))
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+# -- text signals ----------------------------------------------------------------------------------------
+
+TEXT_NEEDED = ("pairs",)
+
+
+def text_task(cfg: Config):
+    """The mapInArrow function: rows (pair_id, discipline, arxiv_id, row_hash, caption, recaption) -> text_signals."""
+    out_schema = schemas.table("text_signals").arrow()
+    conf, label = cfg.text, cfg.report.figure_label_regex
+
+    def run(batches):
+        import pyarrow as pa
+
+        signals = text.Signals(conf, label)
+        for batch in batches:
+            now = datetime.now(timezone.utc)
+            rows = []
+            for r in batch.to_pylist():
+                rows.append({"pair_id": r["pair_id"], "discipline": r["discipline"], "arxiv_id": r["arxiv_id"],
+                             "row_hash": r["row_hash"], "version": text.VERSION,
+                             **text.row(signals.pair(r["caption"], r["recaption"])), "computed_at": now})
+            yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+    return run
+
+
+@dataclass
+class TextSummary:
+    """What one score_text run did."""
+
+    computed: int = 0          # pairs whose signals were (re)computed
+    pairs: int = 0             # rows of text_signals after the run
+    seconds: float = 0.0
+
+
+def run_text(spark: SparkSession, cfg: Config, lake: Lake) -> TextSummary:
+    """Signals of every pair that has none of its current row_hash and signals version (stages plan, signals)."""
+    started = time.monotonic()
+    summary = TextSummary()
+    lake.ensure_tables(spark, job="score_text")
+    with Stage("plan", log) as st:
+        done = (lake.read(spark, "text_signals").where(F.col("version") == text.VERSION)
+                .select("pair_id", "row_hash"))
+        todo = (lake.read(spark, "pairs").select("pair_id", "discipline", "arxiv_id", "row_hash", "caption",
+                                                  "recaption")
+                .join(done, ["pair_id", "row_hash"], "left_anti")).localCheckpoint()
+        n = todo.count()
+        st.done(n, "pairs to compute", f"signals version {text.VERSION}")
+    if n:
+        with Stage("signals", log) as st:
+            parts = max(1, min(spark.sparkContext.defaultParallelism * 4, n // 2000 + 1))
+            out = todo.repartition(parts).mapInArrow(text_task(cfg), schemas.table("text_signals").spark())
+            metrics = lake.merge(spark, "text_signals", out,
+                                 update_when="t.row_hash <> s.row_hash OR t.version <> s.version")
+            summary.computed = int(metrics.get("numTargetRowsInserted", 0)) + int(
+                metrics.get("numTargetRowsUpdated", 0))
+            st.done(summary.computed, "pairs computed")
+    summary.pairs = lake.read(spark, "text_signals").count()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+# -- fluency -----------------------------------------------------------------------------------------------
+
+FLUENCY_NEEDED = ("pairs",)
+# the stratum of a pair besides its discipline: metadata.figure_type, blank or absent -> unknown
+FIGURE_TYPE = "coalesce(nullif(trim(get_json_object(metadata_json, '$.figure_type')), ''), 'unknown')"
+
+
+def fluency_task(spec: fluency.FluencySpec, model_id: str):
+    """The mapInArrow function: rows (pair_id, discipline, arxiv_id, figure_type, sample, caption, recaption)
+    -> fluency_scores."""
+    out_schema = schemas.table("fluency_scores").arrow()
+
+    def run(batches):
+        import pyarrow as pa
+        import torch
+
+        scorer = fluency.scorer_for(spec)
+        if spec.torch_threads or scorer.device.type == "cpu":
+            torch.set_num_threads(spec.torch_threads or 1)
+        if scorer.model_id != model_id:
+            raise fluency.FluencyError(f"checkpoint changed under the job: {scorer.model_id} != {model_id}")
+        for batch in batches:
+            rows = batch.to_pylist()
+            for start in range(0, len(rows), spec.batch_pairs):
+                chunk = rows[start:start + spec.batch_pairs]
+                scores = scorer.score([(r["caption"], r["recaption"]) for r in chunk])
+                now = datetime.now(timezone.utc)
+                yield pa.RecordBatch.from_pylist([
+                    {"pair_id": r["pair_id"], "discipline": r["discipline"], "model": model_id,
+                     "arxiv_id": r["arxiv_id"], "figure_type": r["figure_type"], "sample": r["sample"],
+                     "pll_caption": s.caption.pll, "tokens_caption": s.caption.tokens, "ppl_caption": s.caption.ppl,
+                     "pll_recaption": s.recaption.pll, "tokens_recaption": s.recaption.tokens,
+                     "ppl_recaption": s.recaption.ppl, "status": s.status, "scored_at": now}
+                    for r, s in zip(chunk, scores, strict=True)], schema=out_schema)
+    return run
+
+
+def fluency_sample(spark: SparkSession, lake: Lake, per_stratum: int | None) -> DataFrame:
+    """The pairs to score: per discipline x figure_type the per_stratum pairs of lowest xxhash64(pair_id)
+    (ties by pair_id; the same pairs on every run of the same lake), or every pair (per_stratum None)."""
+    from pyspark.sql import Window
+
+    pairs = (lake.read(spark, "pairs")
+             .select("pair_id", "discipline", "arxiv_id", F.expr(FIGURE_TYPE).alias("figure_type"), "caption",
+                     "recaption"))
+    if per_stratum is None:
+        return pairs.withColumn("sample", F.lit("all"))
+    rank = F.row_number().over(Window.partitionBy("discipline", "figure_type")
+                               .orderBy(F.xxhash64("pair_id"), "pair_id"))
+    return (pairs.withColumn("_rank", rank).where(F.col("_rank") <= per_stratum).drop("_rank")
+            .withColumn("sample", F.lit("stratified")))
+
+
+@dataclass
+class FluencySummary:
+    """What one score_fluency run did."""
+
+    model: str
+    sample: str                # stratified or all
+    scored: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)   # this model's rows by status, after the run
+    seconds: float = 0.0
+
+
+def run_fluency(spark: SparkSession, cfg: Config, lake: Lake, spec: fluency.FluencySpec,
+                model_id: str | None = None) -> FluencySummary:
+    """Score the sample's pairs (or every pair with spec.all) not yet scored by spec's model."""
+    started = time.monotonic()
+    summary = FluencySummary(model_id or fluency.model_id(spec), "all" if spec.all else "stratified")
+    lake.ensure_tables(spark, job="score_fluency")
+    with Stage("plan", log) as st:
+        done = lake.read(spark, "fluency_scores").where(F.col("model") == summary.model).select("pair_id")
+        todo = (fluency_sample(spark, lake, None if spec.all else spec.per_stratum)
+                .join(done, "pair_id", "left_anti")).localCheckpoint()
+        n = todo.count()
+        st.done(n, "pairs to score", f"model {summary.model}, sample {summary.sample}"
+                + ("" if spec.all else f" ({spec.per_stratum} per discipline x figure_type)"))
+    if n:
+        with Stage("score", log) as st:
+            parts = max(1, min(spark.sparkContext.defaultParallelism, (n + spec.batch_pairs - 1) // spec.batch_pairs))
+            # within a task, pairs of similar length together: the masked copies pad less
+            ordered = (todo.repartition(parts, "pair_id")
+                       .sortWithinPartitions(F.coalesce(F.length("caption"), F.lit(0))
+                                             + F.coalesce(F.length("recaption"), F.lit(0))))
+            scored = ordered.mapInArrow(fluency_task(spec, summary.model), schemas.table("fluency_scores").spark())
+            metrics = lake.merge(spark, "fluency_scores", scored)
+            summary.scored = int(metrics.get("numTargetRowsInserted", 0))
+            summary.statuses = {r["status"]: r["count"] for r in lake.read(spark, "fluency_scores")
                                 .where(F.col("model") == summary.model).groupBy("status").count().collect()}
             st.done(summary.scored, "pairs scored", "statuses for this model: "
                     + ", ".join(f"{k}={v}" for k, v in sorted(summary.statuses.items())))
