@@ -47,6 +47,8 @@ PAIRS = {
     "p12": ("biorxiv", "biology", R2, "10.1101/004", "Heat map of correlations",
             "A heat map of pairwise correlations between twenty genes."),
 }
+FIGURE_TYPES = {"p01": "plot", "p02": "plot", "p03": " plot ", "p04": "plot", "p05": "diagram", "p06": "diagram",
+                "p07": "diagram", "p08": "diagram", "p10": "  "}     # the others have none: unknown
 SHARED_IMAGE = {"p12": "p08"}       # p12's image bytes are p08's: an exact duplicate
 # (pair_id, model): (score_caption, score_recaption, status); p06 has no score yet
 SCORES = {
@@ -56,6 +58,16 @@ SCORES = {
     ("p10", M1): (0.3, None, "empty_text"), ("p11", M1): (0.21, 0.33, "ok"), ("p12", M1): (0.19, 0.26, "ok"),
     ("p01", M2): (0.5, 0.6, "ok"), ("p07", M2): (0.4, 0.45, "ok"),
 }
+F1, F2 = "tiny-bert@sha256:cccccccccccccccc", "other-bert@sha256:dddddddddddddddd"
+# (pair_id, model): (ppl_caption, ppl_recaption, status): strata physics/plot 4 pairs (2 scored), physics/diagram
+# 2 (1), biology/diagram 2 (2), biology/unknown 4 (3 scored, p12 not scored: its recaption too long)
+FLUENCY = {
+    ("p01", F1): (120.0, 40.0, "ok"), ("p02", F1): (300.0, 60.0, "ok"), ("p05", F1): (800.0, 90.0, "ok"),
+    ("p07", F1): (150.0, 45.0, "ok"), ("p08", F1): (90.0, 70.0, "ok"), ("p09", F1): (200.0, 55.0, "ok"),
+    ("p10", F1): (60.0, 80.0, "ok"), ("p11", F1): (400.0, 35.0, "ok"), ("p12", F1): (110.0, None, "recaption_too_long"),
+    ("p01", F2): (50.0, 20.0, "ok"),
+}
+BOILERPLATE = ("p01", "p02", "p07", "p09")     # one caption text (key) in 3 papers: 2401.00001 twice, 2402.00001, 10.1101/001
 QUARANTINE = [("arxiv", "arxiv/jsonl/24_recaption.jsonl", 7, "malformed_json", R1),
               ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 9, "image_missing", R1),
               ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 11, "image_missing", R2),
@@ -90,8 +102,31 @@ def write_table(spark, lake: str, name: str, rows: list[dict]) -> None:
     held(lake).append(spark, name, df)
 
 
+def text_signal_rows() -> list[dict]:
+    """text_signals of PAIRS by score/text.py, with planted values the views must aggregate: a boilerplate
+    caption key, a German recaption, a truncated caption, a math-heavy one."""
+    from s1mmalign import config
+    from s1mmalign.score import text
+
+    cfg = config.load()
+    signals = text.Signals(cfg.text, cfg.report.figure_label_regex)
+    rows = []
+    for pid, (_, disc, _, paper, cap, recap) in sorted(PAIRS.items()):
+        row = dict(pair_id=pid, discipline=disc, arxiv_id=None, row_hash=pid, version=text.VERSION,
+                   **text.row(signals.pair(cap, recap)), computed_at=NOW)
+        if pid in BOILERPLATE:
+            row["caption_key"] = "k-boilerplate"
+        rows.append(row)
+    by = {r["pair_id"]: r for r in rows}
+    by["p08"]["recaption_lang"] = "de"
+    by["p06"].update(caption_truncated=True, caption_math_share=0.8)
+    by["p11"].update(recaption_truncated=True, caption_digit_share=0.6)
+    return rows
+
+
 def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_duplicates: bool = True) -> None:
-    for job in ("ingest",) + (("score_clip",) if with_clip else ()) + (("validate",) if with_duplicates else ()):
+    jobs = ("ingest",) + (("score_clip", "score_text", "score_fluency") if with_clip else ())
+    for job in jobs + (("validate",) if with_duplicates else ()):
         held(lake, database=database).ensure_tables(spark, job=job)
     pairs = []
     for n, (pid, (source, disc, run, paper, cap, recap)) in enumerate(sorted(PAIRS.items()), start=1):
@@ -100,6 +135,7 @@ def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_dup
                           caption=cap, recaption=recap, image_sha256=sha(pid), image_format="PNG", width=64,
                           height=48, image_bytes=100, image_dhash=n, image_container="tree",
                           source_file=f"{source}/jsonl/records.jsonl", source_line=n, row_hash=pid,
+                          metadata_json=json.dumps({"figure_type": FIGURE_TYPES[pid]} if pid in FIGURE_TYPES else {}),
                           ingest_run_id=run, ingested_at=NOW))
     write_table(spark, lake, "pairs", pairs)
     write_table(spark, lake, "quarantine", [dict(source=s, source_file=f, source_line=ln, raw="{", reason=r,
@@ -109,6 +145,12 @@ def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_dup
         write_table(spark, lake, "clip_scores", [dict(pair_id=p, discipline=PAIRS[p][1], model=m, score_caption=c,
                                                       score_recaption=r, status=st, scored_at=NOW)
                                                  for (p, m), (c, r, st) in SCORES.items()])
+        write_table(spark, lake, "text_signals", text_signal_rows())
+        write_table(spark, lake, "fluency_scores", [
+            dict(pair_id=p, discipline=PAIRS[p][1], model=m, figure_type="x", sample="stratified", pll_caption=-1.0,
+                 tokens_caption=3, ppl_caption=c, pll_recaption=None if r is None else -1.0,
+                 tokens_recaption=None if r is None else 3, ppl_recaption=r, status=st, scored_at=NOW)
+            for (p, m), (c, r, st) in FLUENCY.items()])
     if with_duplicates:
         dups = [("exact", sha("p08"), ["p08", "p12"]), ("near", sha("p02"), NEAR)]
         write_table(spark, lake, "duplicates", [
@@ -283,11 +325,165 @@ def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
                           failed=", ".join(sorted(failed.suite + ":" + failed.expectation))))
     trend.sort(key=lambda r: r["validated_at"], reverse=True)
     out["quality_trend"] = trend[:rcfg.quality_runs]
+    out.update(expected_card_views(spark, lake, rcfg, pairs, clip))
+    return out
+
+
+def poisson(u: float) -> int:
+    """Poisson(1) by inverting its distribution function at u (as the views do)."""
+    k, cum = 0, math.exp(-1)
+    while u >= cum and k < 8:
+        k += 1
+        cum += math.exp(-1) / math.factorial(k)
+    return k
+
+
+def uniforms(spark, keys: list, reps: int, key_type: str) -> dict[tuple, float]:
+    """(key, rep) -> the uniform draw the views take from Spark's xxhash64 (only the hash function is Spark's)."""
+    rows = spark.sql(
+        f"SELECT k, rep, (xxhash64(CAST(k AS {key_type}), rep) & 9007199254740991) / 9007199254740992.0D AS u "
+        f"FROM (SELECT explode(array({', '.join(repr(k) for k in keys)})) AS k) "
+        f"CROSS JOIN (SELECT explode(sequence(1, {reps})) AS rep)").collect()
+    return {(r.k if key_type == "STRING" else int(r.k), r.rep): r.u for r in rows}
+
+
+def lower_median(values, weights) -> float | None:
+    order = sorted(zip(values, weights, range(len(values))), key=lambda x: (x[0], x[2]))
+    total, cum = sum(w for _, w, _ in order), 0.0
+    for v, w, _ in order:
+        cum += w
+        if w > 0 and cum >= total / 2:
+            return v
+    return None
+
+
+def expected_card_views(spark, lake: str, rcfg, pairs, clip) -> dict[str, list[dict]]:
+    """The caption card's views with pandas and numpy, from the tables read back."""
+    out = {}
+    B = rcfg.bootstrap_replicates
+    meta = [json.loads(m) if isinstance(m, str) else {} for m in pairs.metadata_json]
+    ft = [(m.get("figure_type") or "").strip() or "unknown" for m in meta]
+    strata = pairs.assign(figure_type=ft)[["pair_id", "discipline", "figure_type", "paper_id"]]
+    strata["stratum_pairs"] = strata.groupby(["discipline", "figure_type"]).pair_id.transform("size")
+    levels = [("discipline",), ("figure_type",), ()]
+    # text signals
+    ts = lake_at(lake).read(spark, "text_signals").toPandas().drop(columns=["discipline"]).merge(strata, on="pair_id")
+    papers = ts.dropna(subset=["caption_key"]).groupby("caption_key").paper_id.nunique()
+    ts["caption_key_papers"] = ts.caption_key.map(papers)
+    ts["boilerplate"] = ts.caption_key_papers.fillna(0) >= 3
+    for f in ("caption", "recaption"):
+        ts[f + "_non_english"] = ts[f + "_lang"].notna() & (ts[f + "_lang"] != "en")
+    fields = ("caption", "recaption")
+    out["text_signal_rates"] = grouping_sets(ts, levels, ("discipline", "figure_type"), lambda g: dict(
+        pairs=len(g), boilerplate_share=g.boilerplate.mean(), identical_share=g.identical.mean(),
+        recaption_repeats_share=g.recaption_repeats.mean(), caption_figure_prefix_share=g.caption_figure_prefix.mean(),
+        **{f"{f}_truncated_share": g[f + "_truncated"].mean() for f in fields},
+        **{f"{f}_non_english_share": g[f + "_non_english"].mean() for f in fields},
+        **{f"{f}_{m}_mean": g[f"{f}_{m}"].mean() for f in fields
+           for m in ("math_share", "digit_share", "units", "sentences", "words")}))
+    by_id = pairs.set_index("pair_id")
+    flags = {"boilerplate": (ts.boilerplate, ts.caption_key_papers), "math_heavy": (ts.caption_math_share > 0.5,
+             ts.caption_math_share), "digit_heavy": (ts.caption_digit_share > 0.5, ts.caption_digit_share),
+             "caption_truncated": (ts.caption_truncated, ts.caption_chars),
+             "recaption_truncated": (ts.recaption_truncated, ts.caption_chars),
+             "non_english": (ts.caption_non_english | ts.recaption_non_english, ts.caption_chars),
+             "identical": (ts.identical, ts.caption_chars), "recaption_repeats": (ts.recaption_repeats, ts.caption_chars)}
+    worst = []
+    for signal, (mask, value) in flags.items():
+        chosen = ts.assign(value=value.astype(float))[mask].sort_values(["value", "pair_id"], ascending=[False, True])
+        for rank, r in enumerate(chosen.head(rcfg.worst_examples).itertuples(), start=1):
+            p = by_id.loc[r.pair_id]
+            worst.append(dict(signal=signal, rank=rank, pair_id=r.pair_id, discipline=p.discipline,
+                              paper_id=p.paper_id, value=r.value,
+                              caption=p.caption[:rcfg.preview_chars] if isinstance(p.caption, str) else None,
+                              recaption=p.recaption[:rcfg.preview_chars] if isinstance(p.recaption, str) else None))
+    out["text_signal_worst"] = worst
+    # CLIP: block sums resampled with Poisson weights
+    ok = clip[clip.score_caption.notna() & clip.score_recaption.notna()].drop(columns=["discipline"]).merge(
+        strata, on="pair_id")
+    blocks_of = {r.pair_id: r.b for r in spark.sql(
+        f"SELECT pair_id, pmod(xxhash64(pair_id), {rcfg.bootstrap_blocks}) AS b FROM (SELECT explode(array("
+        + ", ".join(repr(p) for p in sorted(set(ok.pair_id))) + ")) AS pair_id)").collect()}
+    ok["block"] = ok.pair_id.map(blocks_of)
+    u = uniforms(spark, sorted(set(ok.block)), B, "BIGINT")
+
+    def clip_stats(c, r, w):
+        n = w.sum()
+        if n <= 0:
+            return None
+        cm, rm = (w * c).sum() / n, (w * r).sum() / n
+        cv = ((w * c * c).sum() - (w * c).sum() ** 2 / n) / (n - 1) if n > 1 else None
+        rv = ((w * r * r).sum() - (w * r).sum() ** 2 / n) / (n - 1) if n > 1 else None
+        cv, rv = (None if v is None else max(v, 0.0) for v in (cv, rv))
+        return dict(n=n, cm=cm, rm=rm, uplift=100 * (rm - cm) / abs(cm) if cm else None,
+                    vchange=None if cv is None or rv is None or cv == 0 else 100 * (rv - cv) / cv)
+
+    def ci(reps, key):
+        values = [s[key] for s in reps if s is not None and s[key] is not None]
+        return pct(values, [2.5, 97.5]) or [None, None]
+
+    def card(g):
+        c, r = g.score_caption.to_numpy(), g.score_recaption.to_numpy()
+        point = clip_stats(c, r, np.ones(len(g)))
+        reps = [clip_stats(c, r, np.array([poisson(u[(b, k)]) for b in g.block], dtype=float))
+                for k in range(1, B + 1)]
+        vlo, vhi = ci(reps, "vchange")
+        return dict(n=len(g), caption_mean=point["cm"], recaption_mean=point["rm"], uplift_pct=point["uplift"],
+                    variance_change_pct=point["vchange"],
+                    **dict(zip(("caption_mean_lo", "caption_mean_hi"), ci(reps, "cm"), strict=True)),
+                    **dict(zip(("recaption_mean_lo", "recaption_mean_hi"), ci(reps, "rm"), strict=True)),
+                    **dict(zip(("uplift_pct_lo", "uplift_pct_hi"), ci(reps, "uplift"), strict=True)),
+                    variance_change_pct_lo=None if point["vchange"] is None else vlo,
+                    variance_change_pct_hi=None if point["vchange"] is None else vhi)
+    out["clip_card"] = grouping_sets(ok, [("model",) + k for k in levels], ("discipline", "figure_type"), card)
+    # fluency: pairs resampled with Poisson weights, each weighing its stratum over its stratum's scored pairs
+    fl = lake_at(lake).read(spark, "fluency_scores").toPandas().drop(columns=["discipline", "figure_type"])
+    fl = fl[fl.ppl_caption.notna() & fl.ppl_recaption.notna()].merge(strata, on="pair_id")
+    fl["sw"] = fl.stratum_pairs / fl.groupby(["model", "discipline", "figure_type"]).pair_id.transform("size")
+    uf = uniforms(spark, sorted(set(fl.pair_id)), B, "STRING")
+
+    def medians(g, w):
+        mc, mr = lower_median(list(g.ppl_caption), list(w)), lower_median(list(g.ppl_recaption), list(w))
+        return dict(mc=mc, mr=mr, change=None if mc is None or mr is None else 100 * (mr - mc) / mc)
+
+    def fcard(g):
+        point = medians(g, g.sw)
+        reps = [medians(g, g.sw * [poisson(uf[(p, k)]) for p in g.pair_id]) for k in range(1, B + 1)]
+        return dict(n=len(g), ppl_caption_median=point["mc"], ppl_recaption_median=point["mr"],
+                    ppl_change_pct=point["change"],
+                    **dict(zip(("ppl_caption_median_lo", "ppl_caption_median_hi"), ci(reps, "mc"), strict=True)),
+                    **dict(zip(("ppl_recaption_median_lo", "ppl_recaption_median_hi"), ci(reps, "mr"), strict=True)),
+                    **dict(zip(("ppl_change_pct_lo", "ppl_change_pct_hi"), ci(reps, "change"), strict=True)))
+    out["fluency_card"] = grouping_sets(fl, [("model",) + k for k in levels], ("discipline", "figure_type"), fcard)
+    # the card: the most-scoring models' rows beside the rates
+    cm = max((r for r in out["clip_card"] if r["discipline"] == r["figure_type"] == "*"),
+             key=lambda r: (r["n"], [-ord(ch) for ch in r["model"]]))["model"]
+    fm = max((r for r in out["fluency_card"] if r["discipline"] == r["figure_type"] == "*"),
+             key=lambda r: (r["n"], [-ord(ch) for ch in r["model"]]))["model"]
+    cc = {(r["discipline"], r["figure_type"]): r for r in out["clip_card"] if r["model"] == cm}
+    fc = {(r["discipline"], r["figure_type"]): r for r in out["fluency_card"] if r["model"] == fm}
+    rows = []
+    for t in out["text_signal_rates"]:
+        c, f = cc.get((t["discipline"], t["figure_type"]), {}), fc.get((t["discipline"], t["figure_type"]), {})
+        rows.append(dict(
+            discipline=t["discipline"], figure_type=t["figure_type"], pairs=t["pairs"],
+            clip_model=c.get("model"), clip_n=c.get("n"), clip_caption_mean=c.get("caption_mean"),
+            clip_recaption_mean=c.get("recaption_mean"),
+            **{f"clip_{k}": c.get(k) for k in ("uplift_pct", "uplift_pct_lo", "uplift_pct_hi", "variance_change_pct",
+                                                "variance_change_pct_lo", "variance_change_pct_hi")},
+            fluency_model=f.get("model"), fluency_n=f.get("n"),
+            **{k: f.get(k) for k in ("ppl_caption_median", "ppl_recaption_median", "ppl_change_pct",
+                                     "ppl_change_pct_lo", "ppl_change_pct_hi")},
+            **{k: t[k] for k in ("caption_truncated_share", "recaption_truncated_share", "caption_non_english_share",
+                                 "recaption_non_english_share", "boilerplate_share", "identical_share",
+                                 "recaption_repeats_share", "caption_math_share_mean", "recaption_math_share_mean")}))
+    out["caption_card"] = rows
     return out
 
 
 VIEWS = ["overview", "pair_counts", "caption_lengths", "length_ratio", "length_histogram", "clip_stats",
-         "clip_histogram", "clip_lowest", "duplicate_rates", "quarantine_reasons", "quality_latest", "quality_trend"]
+         "clip_histogram", "clip_lowest", "duplicate_rates", "quarantine_reasons", "quality_latest", "quality_trend",
+         "text_signal_rates", "text_signal_worst", "clip_card", "fluency_card", "caption_card"]
 
 
 def assert_rows_equal(view: str, key: tuple[str, ...], got: list[dict], want: list[dict]) -> None:
@@ -357,6 +553,27 @@ def test_known_values_by_hand(known):
             for r in v["quality_trend"]] == [     # in key order here; the page shows the newest first
         (V1, 3, 2, 0, "schema_values.clip_scores:score_caption_range, schema_values.pairs:recaption_present"),
         (V2, 2, 0, 1, "schema_values.pairs:unknown_discipline_share")]
+    # the card: CLIP point figures are clip_stats' own; fluency's medians weigh each stratum by its size
+    card = {(r["model"], r["discipline"], r["figure_type"]): r for r in v["clip_card"]}
+    assert card[(M1, "physics", "*")]["uplift_pct"] == pytest.approx(phys["uplift_pct"])
+    assert card[(M1, "physics", "*")]["variance_change_pct"] == pytest.approx(-75.0)
+    assert card[(M1, "*", "plot")]["n"] == 3 and card[(M1, "*", "unknown")]["n"] == 3    # p01-p03; p09, p11, p12
+    fl = {(r["model"], r["discipline"], r["figure_type"]): r for r in v["fluency_card"]}
+    overall = fl[(F1, "*", "*")]      # weights 2 (physics/plot), 2 (physics/diagram), 1 (biology/diagram), 4/3
+    assert overall["n"] == 8 and (overall["ppl_caption_median"], overall["ppl_recaption_median"]) == (200.0, 60.0)
+    assert overall["ppl_change_pct"] == pytest.approx(-70.0)      # unweighted, the lower medians are 150 and 55
+    for r in [*v["clip_card"], *v["fluency_card"]]:
+        for k in ("uplift_pct", "ppl_change_pct", "caption_mean", "ppl_caption_median"):
+            if r.get(k) is not None and r["n"] > 2:
+                assert r[k + "_lo"] <= r[k] <= r[k + "_hi"] and r[k + "_lo"] < r[k + "_hi"], (r, k)
+    rates = {(r["discipline"], r["figure_type"]): r for r in v["text_signal_rates"]}
+    assert rates[("*", "*")]["boilerplate_share"] == pytest.approx(4 / 12)
+    assert rates[("biology", "*")]["recaption_non_english_share"] == pytest.approx(1 / 6)
+    worst = [(r["signal"], r["pair_id"]) for r in v["text_signal_worst"]]
+    assert ("math_heavy", "p06") in worst and ("digit_heavy", "p11") in worst
+    assert [p for s, p in worst if s == "boilerplate"] == ["p01", "p02", "p07", "p09"]
+    cc = {(r["discipline"], r["figure_type"]): r for r in v["caption_card"]}
+    assert cc[("*", "*")]["clip_model"] == M1 and cc[("*", "*")]["fluency_model"] == F1
     low = [r for r in v["clip_lowest"] if r["model"] == M1 and r["discipline"] == "biology"]
     assert [r["pair_id"] for r in low] == ["p08", "p12", "p09", "p07", "p11"]    # best .18 .26 .29 .31 .33
 
@@ -364,7 +581,7 @@ def test_known_values_by_hand(known):
 def test_views_are_in_the_catalog(spark, known):
     tcfg, _, summary = known
     names = {t.name for t in spark.catalog.listTables("report_known") if t.tableType == "VIEW"}
-    assert names == set(summary["views"]) | {analytics.BASE_VIEW}
+    assert names == set(summary["views"]) | {analytics.BASE_VIEW, "pair_strata", "pair_signals"}
     # the same numbers straight from SQL
     row = spark.sql("SELECT uplift_pct FROM report_known.clip_stats WHERE discipline = 'physics' "
                     f"AND model = '{M1}'").first()

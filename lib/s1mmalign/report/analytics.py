@@ -27,6 +27,8 @@ from s1mmalign.lake.root import Lake
 log = logging.getLogger(__name__)
 
 BASE_VIEW = "pair_text"     # every caption view reads it; not itself part of the summary
+PER_PAIR = ("pair_id",)     # a view of one row per pair (pair_text, pair_strata, pair_signals) is read by
+                            # other views, queried by users, never collected into the summary
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 _HEADER = re.compile(r"^--\s*(view|requires|key):\s*(.*?)\s*$", re.MULTILINE)
@@ -73,7 +75,9 @@ def parameters(cfg: Config) -> dict[str, object]:
     return {"db": cfg.catalog.database, "short_chars": int(r.short_chars),
             "figure_label_regex": r.figure_label_regex, "review_pairs": int(r.review_pairs),
             "preview_chars": int(r.preview_chars), "score_bin_width": float(r.score_bin_width),
-            "length_bins_per_decade": int(r.length_bins_per_decade), "quality_runs": int(r.quality_runs)}
+            "length_bins_per_decade": int(r.length_bins_per_decade), "quality_runs": int(r.quality_runs),
+            "bootstrap_replicates": int(r.bootstrap_replicates), "bootstrap_blocks": int(r.bootstrap_blocks),
+            "worst_examples": int(r.worst_examples), "boilerplate_papers": int(cfg.text.boilerplate_papers)}
 
 
 def render(view: View, params: dict[str, object]) -> str:
@@ -151,13 +155,14 @@ def collect(spark, cfg: Config, lake: Lake, views: Views | None = None) -> dict:
             if view.name in read_by_others:
                 spark.sql(f"CACHE TABLE {db}.{view.name}")
                 cached.append(view.name)
-            if view.name != BASE_VIEW:
+            if view.key != PER_PAIR:
                 rows = [{k: _plain(v) for k, v in r.asDict().items()}
                         for r in spark.table(f"{db}.{view.name}").collect()]
                 summary["views"][view.name] = sorted(rows, key=lambda r: _sort_key(r, view.key))   # stable diffs
             summary["seconds"][view.name] = round(time.monotonic() - start, 3)
             log.info("view %s: %s (%.1fs)", view.name, f"{len(summary['views'][view.name])} rows"
-                     if view.name in summary["views"] else "cached", summary["seconds"][view.name])
+                     if view.name in summary["views"] else "one row per pair, not collected",
+                     summary["seconds"][view.name])
     finally:
         for name in reversed(cached):
             spark.sql(f"UNCACHE TABLE IF EXISTS {db}.{name}")
