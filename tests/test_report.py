@@ -67,7 +67,8 @@ FLUENCY = {
     ("p10", F1): (60.0, 80.0, "ok"), ("p11", F1): (400.0, 35.0, "ok"), ("p12", F1): (110.0, None, "recaption_too_long"),
     ("p01", F2): (50.0, 20.0, "ok"),
 }
-BOILERPLATE = ("p01", "p02", "p07", "p09")     # one caption text (key) in 3 papers: 2401.00001 twice, 2402.00001, 10.1101/001
+# one caption text (its key) in 3 papers: 2401.00001 twice, 2402.00001, 10.1101/001
+BOILERPLATE = ("p01", "p02", "p07", "p09")
 QUARANTINE = [("arxiv", "arxiv/jsonl/24_recaption.jsonl", 7, "malformed_json", R1),
               ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 9, "image_missing", R1),
               ("arxiv", "arxiv/jsonl/24_recaption.jsonl", 11, "image_missing", R2),
@@ -111,7 +112,7 @@ def text_signal_rows() -> list[dict]:
     cfg = config.load()
     signals = text.Signals(cfg.text, cfg.report.figure_label_regex)
     rows = []
-    for pid, (_, disc, _, paper, cap, recap) in sorted(PAIRS.items()):
+    for pid, (_, disc, _, _, cap, recap) in sorted(PAIRS.items()):
         row = dict(pair_id=pid, discipline=disc, arxiv_id=None, row_hash=pid, version=text.VERSION,
                    **text.row(signals.pair(cap, recap)), computed_at=NOW)
         if pid in BOILERPLATE:
@@ -348,7 +349,7 @@ def uniforms(spark, keys: list, reps: int, key_type: str) -> dict[tuple, float]:
 
 
 def lower_median(values, weights) -> float | None:
-    order = sorted(zip(values, weights, range(len(values))), key=lambda x: (x[0], x[2]))
+    order = sorted(zip(values, weights, range(len(values)), strict=True), key=lambda x: (x[0], x[2]))
     total, cum = sum(w for _, w, _ in order), 0.0
     for v, w, _ in order:
         cum += w
@@ -387,7 +388,8 @@ def expected_card_views(spark, lake: str, rcfg, pairs, clip) -> dict[str, list[d
              "caption_truncated": (ts.caption_truncated, ts.caption_chars),
              "recaption_truncated": (ts.recaption_truncated, ts.caption_chars),
              "non_english": (ts.caption_non_english | ts.recaption_non_english, ts.caption_chars),
-             "identical": (ts.identical, ts.caption_chars), "recaption_repeats": (ts.recaption_repeats, ts.caption_chars)}
+             "identical": (ts.identical, ts.caption_chars),
+             "recaption_repeats": (ts.recaption_repeats, ts.caption_chars)}
     worst = []
     for signal, (mask, value) in flags.items():
         chosen = ts.assign(value=value.astype(float))[mask].sort_values(["value", "pair_id"], ascending=[False, True])
