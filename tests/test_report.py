@@ -659,6 +659,19 @@ def test_page_opens_in_headless_chromium_and_shows_the_numbers(known, written, t
     assert re.search(r"<b>3</b> expectations, <b>2</b> failed \(1 critical, 1 warning\)", dom)
     assert [u for u in asked if not u.startswith(("file:", "data:"))] == [], asked
     assert "No CLIP scores" not in dom
+    # the card: overall first, each figure with its interval, the method under the table
+    card = {(r["discipline"], r["figure_type"]): r for r in summary["views"]["caption_card"]}
+    groups = cells(dom, "caption_card", "group")
+    assert groups[0] == "all pairs" and len(groups) == len(card)
+    assert groups[1:3] == ["discipline biology", "discipline physics"] and "figure type unknown" in groups
+    top = card[("*", "*")]
+    assert cells(dom, "caption_card", "ppl")[0] == (f"{top['ppl_change_pct']:+.2f}% [{top['ppl_change_pct_lo']:+.2f}%, "
+                                                    f"{top['ppl_change_pct_hi']:+.2f}%]") == cells(dom, "caption_card",
+                                                                                                  "ppl")[0]
+    assert cells(dom, "caption_card", "ppl")[0].startswith("-70.00% [")
+    assert cells(dom, "caption_card", "boilerplate_share")[0] == "33.33%"
+    assert "Poisson bootstrap replicates" in dom and f"over {summary['parameters']['bootstrap_replicates']} " in dom
+    assert "p06" in cells(dom, "text_signal_worst", "pair_id")
 
 
 def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
@@ -668,8 +681,12 @@ def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
     spark.sql("CREATE OR REPLACE VIEW report_noclip.clip_stats AS SELECT 1 AS stale")   # left by an older run
     summary = analytics.collect(spark, tcfg, lake_at(lake, tcfg))
     assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates",
-                                           "quality_latest", "quality_trend"}
+                                           "quality_latest", "quality_trend", "pair_signals", "text_signal_rates",
+                                           "text_signal_worst", "clip_card", "fluency_card", "caption_card"}
     assert "run jobs/score_clip.py" in summary["unavailable"]["clip_stats"]
+    assert summary["unavailable"]["caption_card"] == (
+        "no clip_scores, fluency_scores, text_signals table yet: run jobs/score_clip.py and jobs/score_fluency.py and "
+        "jobs/score_text.py")
     assert "run jobs/validate.py" in summary["unavailable"]["duplicate_rates"]
     assert not spark.catalog.tableExists("report_noclip.clip_stats"), "a stale view was left in the catalog"
     files = report.write(str(tmp_path / "out"), summary)
@@ -678,6 +695,8 @@ def test_without_clip_scores_the_page_says_so(spark, cfg, tmp_path):
     assert ('<p class="note" id="note-clip_stats">No CLIP scores in this lake: no clip_scores table yet: '
             'run jobs/score_clip.py.</p>') in page
     assert "No duplicate analysis" in page and "clip_" not in " ".join(files["plots"])
+    assert ('<p class="note" id="note-caption_card">No caption quality measures (CLIP, fluency or text signals): no '
+            'clip_scores, fluency_scores, text_signals table yet') in page
     assert "No validation results: no quality_results table yet: run jobs/validate.py." in page
 
 
