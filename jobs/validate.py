@@ -35,5 +35,5 @@ def summary(ctx, outcome) -> int:
 
 if __name__ == "__main__":
     cli.job(cli.Job("validate", __doc__, lambda ctx: pipeline.run(ctx.spark, ctx.cfg, ctx.lake, out=ctx.args.out),
-                    flags=flags, prepare=prepare, needs=pipeline.NEEDED, intact=(*pipeline.NEEDED, "clip_scores"),
+                    flags=flags, prepare=prepare, needs=pipeline.NEEDED, intact=(*pipeline.NEEDED, *pipeline.OPTIONAL),
                     summary=summary))

@@ -49,9 +49,11 @@ def failed(outcome) -> set[str]:
     return {r.key for r in outcome.results if not r.success}
 
 
-def expected_count(with_clip: bool) -> int:
+def expected_count(with_clip: bool = False, present: tuple[str, ...] = ()) -> int:
+    """Expectations of every suite whose table is there (the optional tables' suites are skipped without them)."""
+    there = set(present) | ({"clip_scores"} if with_clip else set())
     return sum(len(s.expectation_names) for s in quality.load_suites()
-               if with_clip or s.table != "clip_scores")
+               if s.table not in validate.OPTIONAL or s.table in there)
 
 
 def table(spark, lake, name):
@@ -62,7 +64,7 @@ def test_clean_lake_passes_every_suite(spark, strict_cfg, lake_copy, tmp_path):
     docs = tmp_path / "docs"
     outcome = validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg), out=str(docs))
     assert failed(outcome) == set(), [(r.key, r.describe(), r.details) for r in outcome.results if not r.success]
-    assert len(outcome.results) == expected_count(with_clip=False)
+    assert len(outcome.results) == expected_count()
     assert table(spark, lake_copy, "duplicates").count() == 0
     stored = table(spark, lake_copy, "quality_results").where(f"validate_run_id = '{outcome.run_id}'")
     assert stored.count() == len(outcome.results) and stored.where("NOT success").count() == 0
@@ -125,6 +127,36 @@ def _clip_scores(spark, lake, out_of_range=False, doubled=False):
     scores.write.format("delta").mode("append").save(lake_at(str(lake)).path("clip_scores"))
 
 
+def _text_signals(spark, lake, doubled=False, math_over_one=False):
+    """text_signals of every pair as score_text writes them, then one row doubled or one share above 1."""
+    from pyspark.sql import functions as F
+
+    from s1mmalign import config
+    from s1mmalign.score import pipeline as score
+
+    score.run_text(spark, config.load(), held(str(lake)))
+    path = lake_at(str(lake)).path("text_signals")
+    first = spark.read.format("delta").load(path).orderBy("pair_id").limit(1)
+    if doubled:
+        first.write.format("delta").mode("append").save(path)
+    if math_over_one:
+        DeltaTable.forPath(spark, path).update(F.col("pair_id") == first.first().pair_id,
+                                               {"caption_math_share": F.lit(1.5)})
+
+
+def _fluency_below_one(spark, lake):
+    from pyspark.sql import functions as F
+
+    held(str(lake)).ensure_tables(spark, job="score_fluency")
+    rows = table(spark, lake, "pairs").select(
+        "pair_id", "discipline", F.lit("bert@test").alias("model"), "arxiv_id", F.lit("unknown").alias("figure_type"),
+        F.lit("stratified").alias("sample"), F.lit(-30.0).alias("pll_caption"), F.lit(10).alias("tokens_caption"),
+        F.when(F.col("pair_id") == table(spark, lake, "pairs").agg(F.min("pair_id")).first()[0], 0.5)
+        .otherwise(20.0).alias("ppl_caption"), F.lit(-20.0).alias("pll_recaption"), F.lit(10).alias("tokens_recaption"),
+        F.lit(7.4).alias("ppl_recaption"), F.lit("ok").alias("status"), F.current_timestamp().alias("scored_at"))
+    rows.write.format("delta").mode("append").save(lake_at(str(lake)).path("fluency_scores"))
+
+
 def _cut_a_commit(spark, lake):
     """A pairs commit cut at a line boundary (its last add action gone), as a careless copy or a full disk
     leaves it: valid JSON lines, so Delta reads the table without the rows of that file."""
@@ -155,6 +187,11 @@ PLANTS = {
                            {"schema_values.clip_scores:score_caption_range"}),
     "score_doubled": (lambda s, lake: _clip_scores(s, lake, doubled=True),
                       {"schema_values.clip_scores:one_row_per_pair_model"}),
+    "signals_doubled": (lambda s, lake: _text_signals(s, lake, doubled=True),
+                        {"schema_values.text_signals:one_row_per_pair"}),
+    "signals_math_over_one": (lambda s, lake: _text_signals(s, lake, math_over_one=True),
+                              {"schema_values.text_signals:caption_math_share_range"}),
+    "fluency_below_one": (_fluency_below_one, {"schema_values.fluency_scores:ppl_caption_at_least_one"}),
 }
 
 
@@ -166,8 +203,8 @@ def test_each_planted_violation_fails_exactly_its_expectation(spark, nodocs_cfg,
     assert failed(outcome) == expected and outcome.docs_index is None
     assert bool(outcome.critical_failures) is True    # each of these is critical: the job exits 1
     assert expected <= {r.key for r in outcome.critical_failures}
-    with_clip = plant.startswith("score")
-    assert len(outcome.results) == expected_count(with_clip)
+    present = {"score": ("clip_scores",), "signals": ("text_signals",), "fluency": ("fluency_scores",)}
+    assert len(outcome.results) == expected_count(present=present.get(plant.split("_")[0], ()))
     summary = outcome.summary_line()
     assert all(key in summary for key in expected)
 
@@ -269,7 +306,7 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     assert table(spark, lake, "duplicates").count() == 4         # rebuilt, not doubled
     results = table(spark, lake, "quality_results")
     assert results.select("validate_run_id").distinct().count() == 2
-    assert results.count() == 2 * expected_count(with_clip=False)
+    assert results.count() == 2 * expected_count()
 
 
 def test_missing_tables_are_a_clear_error(tmp_path, lake_copy):
@@ -328,3 +365,29 @@ def test_data_docs_show_the_results_offline_and_nothing_leaves(spark, strict_cfg
     assert [u for u in asked if not u.startswith("file:")] == [], asked
     assert re.search(rf"Unsuccessful Expectations {bad.unexpected_count}\b", shown), shown[:2000]
     assert planted in shown and re.search(rf"\b{bad.element_count}\b total rows", shown), shown[:4000]
+
+
+def test_text_signal_shares_over_their_thresholds_are_warnings(spark, cfg, nodocs_cfg, lake_copy):
+    """The text signal shares are warnings with thresholds in conf: over them, named; the lake still passes."""
+    from pyspark.sql import functions as F
+
+    _text_signals(spark, lake_copy)
+    outcome = validate.run(spark, nodocs_cfg, held(str(lake_copy), nodocs_cfg))
+    assert failed(outcome) == set() and len(outcome.results) == expected_count(present=("text_signals",))
+    path = lake_at(str(lake_copy)).path("text_signals")
+    pairs = table(spark, lake_copy, "pairs").count()
+    some = [r.pair_id for r in table(spark, lake_copy, "text_signals").orderBy("pair_id").limit(pairs // 10).collect()]
+    DeltaTable.forPath(spark, path).update(F.col("pair_id").isin(some), {
+        "recaption_lang": F.lit("de"), "recaption_truncated": F.lit(True), "caption_key": F.lit("k"),
+        "row_hash": F.lit("stale")})
+    # 10% of pairs: over non_english 0.02 and truncated_recaption 0.05; boilerplate needs 3 papers
+    outcome = validate.run(spark, nodocs_cfg, held(str(lake_copy), nodocs_cfg))
+    assert failed(outcome) == {"schema_values.text_signals:non_english_share",
+                               "schema_values.text_signals:truncated_recaption_share",
+                               "schema_values.text_signals:boilerplate_share",
+                               "schema_values.text_signals:signals_current"}
+    assert outcome.critical_failures == []
+    loose = dataclasses.replace(nodocs_cfg, quality=dataclasses.replace(nodocs_cfg.quality, thresholds={
+        **nodocs_cfg.quality.thresholds, "non_english_share_max": 0.2}))
+    assert "schema_values.text_signals:non_english_share" not in failed(validate.run(spark, loose,
+                                                                                     held(str(lake_copy), loose)))

@@ -37,6 +37,7 @@ from s1mmalign.validate import dedup, quality
 log = logging.getLogger(__name__)
 
 NEEDED = ("pairs", "images", "quarantine", "ingest_log")   # what run() reads; the job checks them first
+OPTIONAL = ("clip_scores", "text_signals", "fluency_scores")   # read when they exist; their suites skipped if not
 UNSAFE_PATH = r"^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)"
 ARXIV_FOLDER = r"^images/([0-9]{4})/([^/]+)\.tar\.gz/"
 
@@ -155,6 +156,23 @@ def checked_images(images: DataFrame, duplicates: DataFrame) -> DataFrame:
             .withColumn("near_duplicate", F.coalesce("_near", F.lit(0))).drop("_near"))
 
 
+def checked_text_signals(signals: DataFrame, pairs: DataFrame, cfg: Config) -> DataFrame:
+    """The frame the text_signals suite runs on: the pairs' signals as 0/1 columns (shares are their means),
+    boilerplate from the papers that share each caption key, current = computed from the pair's row as it is."""
+    p = pairs.select("pair_id", "paper_id", F.col("row_hash").alias("pair_row_hash"))
+    s = signals.join(p, "pair_id")
+    papers = (s.where(F.col("caption_key").isNotNull()).groupBy("caption_key")
+              .agg(F.countDistinct("paper_id").alias("papers")))
+    flag = lambda c: F.when(c, 1).otherwise(0)      # noqa: E731
+    return (s.join(papers, "caption_key", "left").select(
+        "pair_id", "caption_math_share", "recaption_math_share",
+        flag(F.col("caption_truncated")).alias("caption_truncated"),
+        flag(F.col("recaption_truncated")).alias("recaption_truncated"),
+        flag(F.coalesce(F.col("recaption_lang") != "en", F.lit(False))).alias("recaption_non_english"),
+        flag(F.coalesce(F.col("papers") >= cfg.text.boilerplate_papers, F.lit(False))).alias("boilerplate"),
+        flag(F.col("row_hash") == F.col("pair_row_hash")).alias("current")))
+
+
 def source_files(ingest_log: DataFrame, pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
     """One row per JSONL file that ingest_log names or that rows come from: its logged counts against the
     rows the lake holds, and `mismatch` (what disagrees, in words; null when all agree). A file read whole
@@ -209,8 +227,7 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     lake.ensure_tables(spark, job="validate")
     now = datetime.now(timezone.utc)
     raw = {t: lake.read(spark, t) for t in NEEDED}
-    if lake.exists("clip_scores", spark):
-        raw["clip_scores"] = lake.read(spark, "clip_scores")
+    raw.update({t: lake.read(spark, t) for t in OPTIONAL if lake.exists(t, spark)})
 
     duplicates = _dedup(spark, cfg, lake, raw, outcome, now)
     frames = _frames(cfg, raw, duplicates)
@@ -258,6 +275,10 @@ def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFram
         }
         if "clip_scores" in raw:
             frames["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
+        if "text_signals" in raw:
+            frames["text_signals"] = checked_text_signals(raw["text_signals"], raw["pairs"], cfg)
+        if "fluency_scores" in raw:
+            frames["fluency_scores"] = raw["fluency_scores"].select("pair_id", "model", "ppl_caption", "ppl_recaption")
         counts = {name: frames[name].count() for name in ("pairs", "images")}
         st.done(counts["pairs"], "pairs checked", f"{counts['images']} images")
     return frames
@@ -287,9 +308,9 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcom
             schema_suite = suite.name.startswith("schema.")
             frame = raw.get(suite.table) if schema_suite else frames.get(suite.table)
             if frame is None:
-                if suite.table != "clip_scores":
+                if suite.table not in OPTIONAL:
                     raise quality.SuiteError(f"suite {suite.name}: no frame named {suite.table!r}")
-                log.info("suite %s: skipped (no clip_scores table yet)", suite.name)
+                log.info("suite %s: skipped (no %s table yet)", suite.name, suite.table)
                 continue
             results = runner.run(suite, frame, params, outcome.run_id)
             outcome.results += results

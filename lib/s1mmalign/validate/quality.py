@@ -34,7 +34,7 @@ _SPARK_TYPE = {"string": "StringType", "int": "IntegerType", "bigint": "LongType
                "float": "FloatType", "boolean": "BooleanType", "timestamp": "TimestampType",
                "binary": "BinaryType", "array<string>": "ArrayType"}
 # Tables whose columns and types are checked (clip_scores only when it exists).
-SCHEMA_TABLES = ("pairs", "images", "quarantine", "ingest_log", "clip_scores")
+SCHEMA_TABLES = ("pairs", "images", "quarantine", "ingest_log", "clip_scores", "text_signals", "fluency_scores")
 
 
 class SuiteError(JobError, ValueError):
