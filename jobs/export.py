@@ -25,7 +25,8 @@ SPEC_FLAGS = ("where", "dedup", "model", "min_score", "score_field", "text", "fo
 
 def flags(p) -> None:
     p.add_argument("--out", required=True, help="folder or s3://bucket/prefix for the shards and _manifest.json")
-    p.add_argument("--where", default=None, help="Spark SQL condition over pairs (and the model's scores)")
+    p.add_argument("--where", default=None, help="Spark SQL condition over pairs, the model's scores, the text "
+                                                 "signals and fluency (lib/s1mmalign/export/select.py names them)")
     p.add_argument("--dedup", default=None, choices=DEDUP,
                    help="exact: one pair per exact image group; near: one per near-duplicate cluster too")
     p.add_argument("--model", default=None, help="a clip_scores model (name or id): its scores in each sample")
@@ -57,7 +58,7 @@ def prepare(ctx) -> None:
         manifest = _manifest(ctx.args.from_manifest, ctx.cfg)
         spec, versions, model = Spec.from_dict(manifest["spec"]), manifest["versions"], None
     else:
-        spec, versions, model = Spec.of(ctx.cfg.export), None, ctx.cfg.export.model
+        spec, versions, model = Spec.of(ctx.cfg.export, ctx.cfg.text.boilerplate_papers), None, ctx.cfg.export.model
     spec.check(model)
     ctx.state.update(spec=spec, versions=versions, model=model)
 

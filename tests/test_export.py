@@ -320,6 +320,51 @@ def test_where_dedup_and_score_threshold_equal_the_same_filter_in_sql(spark, cfg
     assert 0 < len(scored) < len(all_pairs)
 
 
+def test_where_sees_text_signals_fluency_and_figure_type(spark, cfg, lake, tmp_path):
+    """--where drops truncated or non-English pairs, boilerplate, high pseudo-perplexity, by figure type:
+    equal to the same filter over the tables read back (pandas)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from helpers import copy_lake
+    from s1mmalign.score import pipeline as score
+
+    src, _ = lake
+    lake = str(copy_lake(Path(src), tmp_path / "lake"))
+    pairs = lake_at(lake).read(spark, "pairs")
+    some = [r.pair_id for r in pairs.orderBy("pair_id").collect()]
+    # planted: figure types, four captions cut mid-sentence, a caption shared by three papers, German recaptions
+    table = DeltaTable.forPath(spark, lake_at(lake).path("pairs"))
+    table.update(F.col("pair_id").isin(some[:20]), {"metadata_json": F.lit('{"figure_type": "plot"}')})
+    table.update(F.col("pair_id").isin(some[20:24]), {"caption": F.lit("Figure 2: the loss of the model as the")})
+    table.update(F.col("pair_id").isin(some[30:36]), {"caption": F.lit("Figure 1: Results.")})
+    table.update(F.col("pair_id").isin(some[40:43]), {
+        "recaption": F.lit("Die Abbildung zeigt die Temperaturabhängigkeit des Widerstands für drei Proben.")})
+    score.run_text(spark, cfg, held(lake, cfg))
+    held(lake, cfg).ensure_tables(spark, job="score_fluency")
+    held(lake).append(spark, "fluency_scores", pairs.where(F.col("pair_id").isin(some[::2])).select(
+        "pair_id", "discipline", F.lit("bert@x").alias("model"), "arxiv_id", F.lit("unknown").alias("figure_type"),
+        F.lit("all").alias("sample"), F.lit(-1.0).alias("pll_caption"), F.lit(1).alias("tokens_caption"),
+        F.lit(9.0).alias("ppl_caption"), F.lit(-1.0).alias("pll_recaption"), F.lit(1).alias("tokens_recaption"),
+        (F.conv(F.substring("pair_id", 1, 3), 16, 10).cast("double") / 40).alias("ppl_recaption"),
+        F.lit("ok").alias("status"), F.current_timestamp().alias("scored_at")))
+    where = ("NOT caption_truncated AND NOT recaption_non_english AND NOT boilerplate AND figure_type <> 'plot' "
+             "AND ppl_recaption < 60")
+    got = _exported(_run(spark, cfg, lake, tmp_path / "out", where=where, boilerplate_papers=3))
+    p = lake_at(lake).read(spark, "pairs").toPandas().set_index("pair_id")
+    ts = lake_at(lake).read(spark, "text_signals").toPandas().set_index("pair_id")
+    fl = lake_at(lake).read(spark, "fluency_scores").toPandas().set_index("pair_id")
+    papers = ts.join(p.paper_id).groupby("caption_key").paper_id.nunique()
+    boiler = ts.caption_key.map(papers).fillna(0) >= 3
+    plot = p.metadata_json.fillna("").str.contains('"plot"')
+    want = {pid for pid in p.index if not ts.caption_truncated[pid] and ts.recaption_lang[pid] in ("en", None)
+            and not boiler[pid] and not plot[pid] and pid in fl.index and fl.ppl_recaption[pid] < 60}
+    assert got == want
+    assert boiler[some[30:36]].all() and ts.caption_truncated[some[20]] and ts.recaption_lang[some[40]] == "de"
+    assert 5 < len(want) < len(fl)
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["spec"]["boilerplate_papers"] == 3
+
+
 def _run(spark, cfg, lake, out: Path, *, model=None, **spec) -> Path:
     export.run(spark, cfg, lake_at(lake, cfg), str(out), export.Spec(shard_bytes=SHARD, **spec), model_name=model)
     return out

@@ -67,8 +67,9 @@ def run(spark, cfg, lake: Lake, out: str, spec: Spec, *, model_name: str | None 
     selected = select.select(df, spec).localCheckpoint()
     tally = select.counts(selected)
     images = snapshot.read(spark, lake, "images", versions)
-    chosen, shards = plan.plan(spark, selected.where("_keep").drop("_ok_where", "_ok_score", "_ok_text", "_keep"),
-                               images, spec)
+    picked = selected.where("_keep").drop("_ok_where", "_ok_score", "_ok_text", "_keep", *select.FILTER_ONLY,
+                                        *select.signal_columns())
+    chosen, shards = plan.plan(spark, picked, images, spec)
     if not shards:
         steps = tally["steps"]
         raise ExportError(f"the selection is empty ({steps['pairs']} pairs; where kept {steps['where']}, score "

@@ -1,6 +1,12 @@
 """Export's second step: pairs -> the user's predicate (--where, checked before any work) -> score threshold ->
 a non-blank text -> dedup (the lowest pair_id of each exact group or near cluster among what is left),
-counted step by step."""
+counted step by step.
+
+A --where sees the pair's columns, its model's scores, `figure_type`, and where the lake has them the text
+signals (text_signals' columns, plus caption_key_papers, boilerplate, caption_non_english,
+recaption_non_english: as the pair_signals view has them) and the pseudo-perplexities of the fluency model
+that scored the most pairs at the pinned version (ppl_caption, ppl_recaption, fluency_status; null for
+a pair it did not score, so `ppl_recaption < 100` keeps only scored pairs)."""
 
 from __future__ import annotations
 
@@ -14,7 +20,18 @@ def candidates(spark, lake: Lake, spec: Spec, versions: dict[str, int]):
     score_recaption, score_status when --model), all models' scores, duplicate groups."""
     from pyspark.sql import functions as F
 
-    df = read(spark, lake, "pairs", versions).drop("row_hash", "ingest_run_id", "ingested_at")
+    from s1mmalign.lake import schemas
+
+    df = (read(spark, lake, "pairs", versions).drop("row_hash", "ingest_run_id", "ingested_at")
+          .withColumn("figure_type", F.expr(schemas.FIGURE_TYPE_SQL)))
+    if "text_signals" in versions:
+        df = df.join(signals(spark, lake, versions, df, spec.boilerplate_papers), "pair_id", "left")
+    if "fluency_scores" in versions:
+        fluency = read(spark, lake, "fluency_scores", versions)
+        top = fluency.groupBy("model").count().orderBy(F.desc("count"), "model").first()
+        if top is not None:
+            df = df.join(fluency.where(F.col("model") == top["model"]).select(
+                "pair_id", "ppl_caption", "ppl_recaption", F.col("status").alias("fluency_status")), "pair_id", "left")
     clip_scores = read(spark, lake, "clip_scores", versions) if "clip_scores" in versions else None
     if spec.model:
         mine = (clip_scores.where(F.col("model") == spec.model)
@@ -39,8 +56,30 @@ def candidates(spark, lake: Lake, spec: Spec, versions: dict[str, int]):
     return df
 
 
-# What a --where may not use: it is an expression over the selection's columns, evaluated the same way on
-# every run (--from-manifest and resume rely on it), that reads nothing else and runs no code of its own.
+# Columns only a --where reads: dropped before the shards are planned and written.
+FILTER_ONLY = ("figure_type", "caption_key_papers", "boilerplate", "caption_non_english", "recaption_non_english",
+               "ppl_caption", "ppl_recaption", "fluency_status")
+
+
+def signal_columns() -> list[str]:
+    from s1mmalign.lake import schemas
+
+    keys = {"pair_id", "discipline", "arxiv_id", "row_hash", "version", "computed_at"}
+    return [c for c in schemas.table("text_signals").names if c not in keys]
+
+
+def signals(spark, lake: Lake, versions: dict[str, int], pairs, boilerplate_papers: int):
+    """text_signals at its pinned version with the boilerplate count of each caption key (papers)."""
+    from pyspark.sql import functions as F
+
+    s = read(spark, lake, "text_signals", versions).select("pair_id", *signal_columns())
+    papers = (s.join(pairs.select("pair_id", "paper_id"), "pair_id").where(F.col("caption_key").isNotNull())
+              .groupBy("caption_key").agg(F.countDistinct("paper_id").alias("caption_key_papers")))
+    return (s.join(papers, "caption_key", "left")
+            .withColumn("boilerplate", F.coalesce(F.col("caption_key_papers") >= F.lit(boilerplate_papers),
+                                                  F.lit(False)))
+            .withColumn("caption_non_english", F.coalesce(F.col("caption_lang") != "en", F.lit(False)))
+            .withColumn("recaption_non_english", F.coalesce(F.col("recaption_lang") != "en", F.lit(False))))
 
 
 # What a --where may not use: it is an expression over the selection's columns, evaluated the same way on

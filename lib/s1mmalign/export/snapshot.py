@@ -25,7 +25,8 @@ def snapshot(spark, lake: Lake, spec: Spec) -> dict[str, int]:
         raise ExportError(f"lake {lake} has no {first} table: {why.get(first, 'nothing to export')}; "
                           f"run {schemas.producer(first)} first")
     versions = {t: lake.version(t, spark) for t in needed}
-    for optional in ("duplicates", "clip_scores"):   # the samples' JSON shows groups and scores when there
+    # the samples' JSON shows groups and scores when there; --where may use text signals and fluency
+    for optional in ("duplicates", "clip_scores", "text_signals", "fluency_scores"):
         if optional not in versions and lake.exists(optional):
             versions[optional] = lake.version(optional, spark)
     return versions

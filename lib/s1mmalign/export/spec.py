@@ -51,14 +51,16 @@ class Spec:
     shard_bytes: int = 512_000_000
     image: str = "original"
     order: str = "storage"              # storage: as the images table stores them (fast); pair_id: well mixed
+    boilerplate_papers: int = 3         # what --where's `boilerplate` means (text.boilerplate_papers when it ran)
 
     @classmethod
-    def of(cls, conf: ExportConf) -> "Spec":
+    def of(cls, conf: ExportConf, boilerplate_papers: int = 3) -> "Spec":
         """The spec the export conf section asks for (jobs/export.py's flags are overrides of it); its model
         stays a name until the export resolves it (conf.model)."""
         field = conf.score_field or ("recaption" if conf.text == "recaption" else "caption")
         return cls(where=conf.where, dedup=conf.dedup, min_score=conf.min_score, score_field=field, text=conf.text,
-                   format=conf.format, shard_bytes=parse_size(conf.shard_size), image=conf.image, order=conf.order)
+                   format=conf.format, shard_bytes=parse_size(conf.shard_size), image=conf.image, order=conf.order,
+                   boilerplate_papers=boilerplate_papers)
 
     def as_dict(self) -> dict:
         return asdict(self)

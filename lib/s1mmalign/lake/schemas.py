@@ -54,6 +54,11 @@ class TableDef:
         return pa.schema([pa.field(c.name, _ARROW[c.type], c.nullable) for c in self.columns])
 
 
+# A pair's figure type (its stratum with the discipline: score_fluency's sample, the caption card, export's
+# --where): metadata.figure_type, blank or absent -> unknown. sql/12_pair_strata.sql says the same in SQL.
+FIGURE_TYPE_SQL = "coalesce(nullif(trim(get_json_object(metadata_json, '$.figure_type')), ''), 'unknown')"
+
+
 def _parse_column(spec: str) -> Column:
     parts = spec.split()
     if len(parts) not in (2, 4) or parts[1] not in _SPARK:

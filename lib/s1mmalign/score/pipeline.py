@@ -185,8 +185,7 @@ def run_text(spark: SparkSession, cfg: Config, lake: Lake) -> TextSummary:
 # -- fluency -----------------------------------------------------------------------------------------------
 
 FLUENCY_NEEDED = ("pairs",)
-# the stratum of a pair besides its discipline: metadata.figure_type, blank or absent -> unknown
-FIGURE_TYPE = "coalesce(nullif(trim(get_json_object(metadata_json, '$.figure_type')), ''), 'unknown')"
+FIGURE_TYPE = schemas.FIGURE_TYPE_SQL
 
 
 def fluency_task(spec: fluency.FluencySpec, model_id: str):
