@@ -1,13 +1,15 @@
 """Airflow 3 DAGs for an s1mmalign lake: the scheduled, incremental refresh, and weekly maintenance.
 
-s1mmalign_refresh:  plan -> ingest -> validate -> [score_clip] -> report
+s1mmalign_refresh:  plan -> ingest -> score_text -> validate -> [score_clip] -> [score_fluency] -> report
   plan        jobs/plan.py: which source files are new or changed against ingest_log; none: the rest of
               the run is skipped (a short-circuit, visible in the grid) and no table changes
-  ingest, validate, score_clip, report: the project's jobs through SparkSubmitOperator, with the
-              py-files artifact and jars of build.sh, master and conf from the Airflow connection.
-              validate exits 1 when a critical expectation fails: the task fails (its log names the
-              expectations), nothing downstream runs, the run is failed. score_clip runs only when a
-              checkpoint is configured, in the GPU pool.
+  ingest, score_text, validate, score_clip, score_fluency, report: the project's jobs through
+              SparkSubmitOperator, with the py-files artifact and jars of build.sh, master and conf from the
+              Airflow connection. score_text (text signals, no model) runs before validate, whose
+              text_signals suite reads them. validate exits 1 when a critical expectation fails: the task
+              fails (its log names the expectations), nothing downstream runs, the run is failed.
+              score_clip runs only when a CLIP checkpoint is configured, score_fluency (after it, whether
+              or not it ran) only when a fluency checkpoint is; both in the GPU pool.
 s1mmalign_maintain: jobs/maintain.py on its own (weekly) schedule.
 
 Every task is idempotent (every job converges when re-run), so a retry or a cleared task is safe; every
@@ -37,8 +39,10 @@ TABLES_OF = {                                 # the tables each job writes (sche
     "ingest": ["pairs", "images", "quarantine", "ingest_log", "image_index"],
     "validate": ["duplicates", "quality_results"],
     "score_clip": ["clip_scores"],
+    "score_text": ["text_signals"],
+    "score_fluency": ["fluency_scores"],
     "maintain": ["pairs", "images", "quarantine", "ingest_log", "image_index", "duplicates", "quality_results",
-                 "clip_scores"],
+                 "clip_scores", "text_signals", "fluency_scores"],
 }
 NOTHING_TO_DO = 99                            # jobs/plan.py's exit code when no source file changed
 
@@ -77,6 +81,8 @@ PARAMS = {
     "conf": Param(DEFAULTS["conf"], type="string", description="the jobs' --conf file"),
     "checkpoint": Param(DEFAULTS["checkpoint"], type=["null", "string"], description="CLIP weights; null: no scoring"),
     "model": Param(DEFAULTS["model"], type="string", description="the open_clip model of the checkpoint"),
+    "fluency_checkpoint": Param(DEFAULTS["fluency_checkpoint"], type=["null", "string"],
+                                description="masked-LM folder (Hugging Face layout); null: no fluency scores"),
     "report_out": Param(DEFAULTS["report_out"], type="string", description="the report's folder or s3://"),
 }
 
@@ -109,6 +115,10 @@ def checkpoint_configured(params: dict) -> bool:
     return bool(params.get("checkpoint"))
 
 
+def fluency_configured(params: dict) -> bool:
+    return bool(params.get("fluency_checkpoint"))
+
+
 with DAG(
     dag_id="s1mmalign_refresh",
     description="S1-MMAlign lake: incremental ingest, validation, CLIP scores, caption-quality report",
@@ -123,13 +133,19 @@ with DAG(
 ) as refresh:
     planned = ShortCircuitOperator(task_id="plan", python_callable=plan)
     ingest = job("ingest", "--source", "{{ params.source | s1_path }}")
+    signals = job("score_text")
     validate = job("validate")
     scoring = ShortCircuitOperator(task_id="checkpoint_configured", python_callable=checkpoint_configured,
                                    ignore_downstream_trigger_rules=False)
     score = job("score_clip", "--checkpoint", "{{ params.checkpoint | s1_path }}", "--model", "{{ params.model }}",
                 pool=DEFAULTS["gpu_pool"])
+    fluent = ShortCircuitOperator(task_id="fluency_configured", python_callable=fluency_configured,
+                                  ignore_downstream_trigger_rules=False, trigger_rule="none_failed")
+    fluency = job("score_fluency", "--checkpoint", "{{ params.fluency_checkpoint | s1_path }}",
+                  pool=DEFAULTS["gpu_pool"])
     report = job("report", "--out", "{{ params.report_out | s1_path }}", trigger_rule="none_failed")
-    planned >> ingest >> validate >> scoring >> score >> report
+    planned >> ingest >> signals >> validate >> scoring >> score >> fluent >> fluency >> report
+    validate >> fluent
     validate >> report
 
 

@@ -123,8 +123,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mlm(tmp_path_factory) -> Path:
     """A tiny BERT masked-LM (2 layers, 32 wide, 64 positions, random weights, seed 5) with a written
-    WordPiece vocabulary, saved in the Hugging Face layout (config.json, vocab.txt, tokenizer files,
-    model.safetensors): what a SciBERT folder holds, small. Skips without torch and transformers."""
+    WordPiece vocabulary, in SciBERT's own layout (config.json, vocab.txt; weights as model.safetensors),
+    small. Skips without torch and transformers."""
     torch = pytest.importorskip("torch", reason="the CLIP stack is not installed (pip install -e '.[clip]')")
     transformers = pytest.importorskip("transformers", reason="no transformers (pip install -e '.[clip]')")
     from helpers import tiny_vocab
@@ -136,7 +136,6 @@ def tiny_mlm(tmp_path_factory) -> Path:
     conf = transformers.BertConfig(vocab_size=len(tiny_vocab()), hidden_size=32, num_hidden_layers=2,
                                    num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     transformers.BertForMaskedLM(conf).eval().save_pretrained(folder)
-    transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     return folder
 
 

@@ -60,22 +60,28 @@ def test_the_dags_import_and_are_wired_as_designed(airflow_env):
     refresh, maintain = info["dags"]["s1mmalign_refresh"], info["dags"]["s1mmalign_maintain"]
     assert (refresh["schedule"], refresh["catchup"], refresh["max_active_runs"]) == ("@daily", False, 1)
     assert (maintain["schedule"], maintain["catchup"], maintain["max_active_runs"]) == ("@weekly", False, 1)
-    assert refresh["params"] == ["checkpoint", "conf", "lake", "model", "report_out", "source"]
+    assert refresh["params"] == ["checkpoint", "conf", "fluency_checkpoint", "lake", "model", "report_out", "source"]
     t = refresh["tasks"]
     assert {k: v["upstream"] for k, v in t.items()} == {
-        "plan": [], "ingest": ["plan"], "validate": ["ingest"], "checkpoint_configured": ["validate"],
-        "score_clip": ["checkpoint_configured"], "report": ["score_clip", "validate"]}
+        "plan": [], "ingest": ["plan"], "score_text": ["ingest"], "validate": ["score_text"],
+        "checkpoint_configured": ["validate"], "score_clip": ["checkpoint_configured"],
+        "fluency_configured": ["score_clip", "validate"], "score_fluency": ["fluency_configured"],
+        "report": ["score_fluency", "validate"]}
+    assert t["fluency_configured"]["trigger_rule"] == "none_failed"
     jobs = {**t, **maintain["tasks"]}
-    for name in ("ingest", "validate", "score_clip", "report", "maintain"):
+    for name in ("ingest", "score_text", "validate", "score_clip", "score_fluency", "report", "maintain"):
         assert jobs[name]["type"] == "SparkSubmitOperator", name
         assert jobs[name]["spark_binary"] == str(REPO / ".venv" / "bin" / "spark-submit")
         assert jobs[name]["py_files"] == str(REPO / "dist" / "s1mmalign.zip")
     assert all(v["retries"] == 3 and v["backoff"] for v in jobs.values())
-    assert t["score_clip"]["pool"] == "gpu" and t["report"]["trigger_rule"] == "none_failed"
+    assert t["score_clip"]["pool"] == t["score_fluency"]["pool"] == "gpu"
+    assert t["report"]["trigger_rule"] == "none_failed"
     assert t["ingest"]["outlets"] == ["s1mmalign.image_index", "s1mmalign.images", "s1mmalign.ingest_log",
                                       "s1mmalign.pairs", "s1mmalign.quarantine"]
     assert t["validate"]["outlets"] == ["s1mmalign.duplicates", "s1mmalign.quality_results"]
     assert t["score_clip"]["outlets"] == ["s1mmalign.clip_scores"] and t["report"]["outlets"] == []
+    assert t["score_text"]["outlets"] == ["s1mmalign.text_signals"]
+    assert t["score_fluency"]["outlets"] == ["s1mmalign.fluency_scores"]
     assert "s1mmalign.pairs" in jobs["maintain"]["outlets"]
 
 
@@ -105,6 +111,8 @@ def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spar
     assert lake_at(str(lake)).read(spark, "pairs").count() == 120
     assert (tmp_path / "report1" / "report.html").is_file()
     assert not lake_at(str(lake)).exists("clip_scores")             # no checkpoint: not scored
+    assert not lake_at(str(lake)).exists("fluency_scores")          # nor fluency
+    assert lake_at(str(lake)).read(spark, "text_signals").count() == 120   # text signals need no model
     first = versions(lake)
 
     # Nothing new: plan short-circuits the rest; no table changes, no report.

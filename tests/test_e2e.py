@@ -264,6 +264,36 @@ def test_score_clip_through_spark_submit(spark, submitted_lake, tmp_path, tiny_c
     assert "Traceback" not in refused.stderr
 
 
+def test_score_text_and_fluency_through_spark_submit(spark, submitted_lake, tmp_path, tiny_mlm):
+    lake = tmp_path / "lake"
+    shutil.copytree(submitted_lake, lake)
+    pairs = len(table_rows(spark, lake, "pairs", "pair_id"))
+    text = run_job("score_text", "--lake", str(lake))
+    ok(text)
+    assert f"score_text: {pairs} pairs computed, {pairs} pairs with signals" in text.stdout
+    signals = table_rows(spark, lake, "text_signals", "pair_id", "caption_words", "recaption_lang")
+    assert len(signals) == pairs and all(r.caption_words >= 0 for r in signals)
+    fluent = run_job("score_fluency", "--lake", str(lake), "--checkpoint", str(tiny_mlm), "--model", "tiny-bert",
+                     "--per-stratum", "4")
+    ok(fluent)
+    scored = table_rows(spark, lake, "fluency_scores", "pair_id", "discipline", "ppl_caption", "status", "sample")
+    from s1mmalign.lake import schemas
+
+    strata = (spark.read.format("delta").load(str(lake / "pairs"))
+              .selectExpr("discipline", f"{schemas.FIGURE_TYPE_SQL} AS figure_type")
+              .groupBy("discipline", "figure_type").count().collect())
+    assert len(scored) == sum(min(4, r["count"]) for r in strata) and len(strata) > 3
+    assert f"score_fluency: {len(scored)} pairs scored by tiny-bert@sha256:" in fluent.stdout
+    assert {r.sample for r in scored} == {"stratified"} and all(r.ppl_caption is None or r.ppl_caption >= 1
+                                                                 for r in scored)
+    # a wrong checkpoint, or flags that exclude each other: one line, exit 2, before Spark starts
+    for args, said in ((["--checkpoint", str(tmp_path / "nowhere")], "is not a folder"),
+                       (["--checkpoint", str(tiny_mlm), "--all", "--per-stratum", "3"], "not allowed with")):
+        refused = run_job("score_fluency", "--lake", str(lake), *args, submit=False)
+        assert refused.returncode == 2 and said in refused.stderr.strip().splitlines()[-1], refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
 def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(spark, submitted_lake, tmp_path):
     lake, out = tmp_path / "lake", tmp_path / "report"
     shutil.copytree(submitted_lake, lake)

@@ -55,7 +55,9 @@ def test_pll_equals_the_plain_transformers_loop(scorer, reference, scifig300):
     pll, ids = reference
     real = [json.loads(line)["caption"] for line in
             (scifig300 / "arxiv/jsonl/24_recaption.jsonl").read_text(encoding="utf-8").splitlines()[:6]]
-    texts = [*TEXTS, *(t[:150] for t in real)]      # within the tiny model's 62-token window: one window each
+    texts = [*TEXTS, *(" ".join(t.split()[:6]) for t in real)]   # within the tiny model's 62-token window
+    unknown = scorer.tokenizer.unk_token_id
+    assert sum(i != unknown for t in texts for i in ids(t)) > 0.9 * sum(len(ids(t)) for t in texts)   # vocab read
     got = scorer.score_texts(texts)
     for t, g in zip(texts, got, strict=True):
         want = pll(ids(t))
