@@ -29,6 +29,7 @@ def test_lake_tables_and_reasons():
     assert set(schemas.lake_tables("ingest")) == {"pairs", "images", "quarantine", "ingest_log", "image_index"}
     assert set(schemas.lake_tables("validate")) == {"duplicates", "quality_results"}
     assert set(schemas.lake_tables()) == set(schemas.lake_tables("ingest")) | {"duplicates", "quality_results",
-                                                                          "clip_scores"}
+                                                                          "clip_scores", "text_signals",
+                                                                          "fluency_scores"}
     assert "duplicate_pair" in schemas.quarantine_reasons()
     assert len(set(schemas.quarantine_reasons())) == len(schemas.quarantine_reasons()) == 15
