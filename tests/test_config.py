@@ -202,3 +202,14 @@ def test_a_binary_conf_file_is_one_clear_error(tmp_path):
         config.load(str(bad), environ={})
     with pytest.raises(ConfigError, match="is a folder"):
         config.load(str(tmp_path), environ={})
+
+
+@pytest.mark.parametrize("value, said", [
+    ([0], "between 1 and 2147483647"), ([300, 2**31], "between 1 and 2147483647"), ([-5], "between 1"),
+    ([True], "must be a tuple"), (["300"], "must be a tuple"), (300, "must be a list"),
+])
+def test_cut_lengths_are_a_list_of_positive_lengths(value, said):
+    with pytest.raises(ConfigError, match=said):
+        config.load(environ={}, overrides={"text": {"cut_lengths": value}})
+    assert config.load(environ={}, overrides={"text": {"cut_lengths": [1, 300, 2**31 - 1]}}).text.cut_lengths == (
+        1, 300, 2**31 - 1)

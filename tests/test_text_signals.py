@@ -107,3 +107,11 @@ def test_hostile_texts_give_signals_not_errors(signals):
                     "中文图注：温度随时间变化。" * 1000, "a" * 5_000_000):
         row = text.row(signals.pair(hostile, hostile))
         assert row["caption_chars"] == len(hostile) and row["identical"] is True
+
+
+
+def test_a_page_number_after_a_full_stop_is_not_a_cut_even_at_a_cut_length(signals):
+    text = ("The loss falls as training goes on. " * 9)[:296].rstrip() + ". 21"     # a PDF page number after it
+    assert len(text) == 300 and text.endswith("The loss. 21")
+    assert not signals.text(text).truncated
+    assert signals.text(text[:-4] + " and").truncated             # the same length cut mid-sentence
