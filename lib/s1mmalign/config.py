@@ -199,6 +199,14 @@ class Config:
     fluency: FluencyConf = field(default_factory=FluencyConf)
 
 
+def spec_values(cfg: Config, section: str, **flags) -> dict:
+    """A model spec's values: conf section `section` (every field), the s3 settings (where an s3://
+    checkpoint is read from), and the job's flags over them (those given: not None)."""
+    conf = getattr(cfg, section)
+    return {**{f.name: getattr(conf, f.name) for f in fields(conf)}, "s3": cfg.s3,
+            **{k: v for k, v in flags.items() if v is not None}}
+
+
 # Ranges of numeric settings, (lowest, highest): checked when conf loads, so that a bad value is one line
 # and exit 2 before Spark starts, never a run that reads nothing (a chunk size of -5), fails hours in, or
 # plans 10^20 tasks and prints nothing for minutes. Every number has both ends (tests/test_config.py):

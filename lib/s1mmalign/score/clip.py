@@ -17,11 +17,11 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from s1mmalign.config import ClipConf, Config, S3Conf
+from s1mmalign.config import ClipConf, Config, S3Conf, spec_values
 from s1mmalign.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,7 @@ class ScorerSpec(ClipConf):
     @classmethod
     def of(cls, cfg: Config, **flags) -> ScorerSpec:
         """cfg's clip section and S3 settings, with the job's flags (those given: not None) over them."""
-        values = {f.name: getattr(cfg.clip, f.name) for f in fields(ClipConf)}
-        values.update(s3=cfg.s3)
-        values.update({k: v for k, v in flags.items() if v is not None})
-        return cls(**values)
+        return cls(**spec_values(cfg, "clip", **flags))
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ import logging
 import math
 import os
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from s1mmalign.config import Config, FluencyConf, S3Conf
+from s1mmalign.config import Config, FluencyConf, S3Conf, spec_values
 from s1mmalign.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,8 @@ class FluencySpec(FluencyConf):
 
     @classmethod
     def of(cls, cfg: Config, **flags) -> FluencySpec:
-        values = {f.name: getattr(cfg.fluency, f.name) for f in fields(FluencyConf)}
-        values.update(s3=cfg.s3)
-        values.update({k: v for k, v in flags.items() if v is not None})
-        return cls(**values)
+        """cfg's fluency section and S3 settings, with the job's flags (those given: not None) over them."""
+        return cls(**spec_values(cfg, "fluency", **flags))
 
 
 @dataclass(frozen=True)
