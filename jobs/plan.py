@@ -1,4 +1,5 @@
-"""Say which source files an ingest would read: those new or changed since ingest_log (reads only, no Spark).
+"""Say which source files an ingest would read or drop: those new, changed or gone since ingest_log (reads only,
+no Spark).
 
     spark-submit jobs/plan.py --source ROOT_OR_S3_URI --lake LAKE_ROOT_OR_S3_URI [--conf conf/X.yaml]
 
@@ -24,8 +25,7 @@ def run(ctx) -> list[str]:
         return [f.rel for s in plan.sources for f in s.jsonl] + [a.name for s in plan.sources for a in s.archives] \
             + [r.file.rel for s in plan.sources for r in s.refused]
     session.check_logs(ctx.lake)
-    jsonl, archives, refused = pipeline.changed(ctx.lake, plan)     # ingest_log read without Spark
-    return [f.rel for _, f in jsonl] + [a.name for a in archives] + [r.file.rel for _, r in refused]
+    return pipeline.changes(ctx.lake, plan).names()     # ingest_log read without Spark
 
 
 def summary(ctx, todo: list[str]) -> int:

@@ -137,7 +137,8 @@ def test_incremental_new_changed_and_touched_files(spark, cfg, corpus_copy, tmp_
     assert busy.stdout.splitlines() == [f"plan: read {rel}", f"plan: 1 file(s) to ingest from {corpus_copy}"]
 
 
-def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(spark, cfg, corpus_copy, tmp_path):
+def test_a_new_archive_turns_missing_images_into_pairs_reads_no_jsonl_touches_nothing_else(
+        spark, cfg, corpus_copy, tmp_path):
     lake = tmp_path / "lake"
     archive = corpus_copy / "chemrxiv" / "images_chemrxiv.tar.gz"
     parked = tmp_path / "parked.tar.gz"
@@ -152,7 +153,8 @@ def test_a_new_archive_turns_missing_images_into_pairs_and_touches_nothing_else(
 
     parked.rename(archive)
     summary = ingest.run(spark, cfg, str(corpus_copy), held(str(lake), cfg))
-    assert (summary.archives, summary.jsonl_files) == (1, 1)     # the archive, and its source's JSONL
+    assert (summary.archives, summary.jsonl_files) == (1, 0)     # the archive; no JSONL parsed again
+    assert summary.reexamined == summary.moved == len(chem)      # its lines, from waiting_lines
     assert_invariant(spark, lake, expected)
     # Rows of other sources are exactly as they were, run ids and times included.
     assert [r for r in snapshot(spark, lake, "pairs", drop=()) if "chemrxiv" not in r] == untouched
@@ -224,3 +226,104 @@ def test_a_jsonl_file_read_short_is_incomplete_and_read_again(spark, cfg, corpus
     row = {r.source_file: r for r in table_rows(spark, lake, "ingest_log", "source_file", "status", "read")}[
         "arxiv/jsonl/07_recaption.jsonl"]
     assert row.status == "ok" and row.read == keep.count(b"\n")
+
+
+# --- a refresh equals one clean load of the final source ---------------------------------------------------
+
+STATE = {"pairs": None, "quarantine": None, "waiting_lines": None, "image_index": None, "ingest_log": None,
+         "images": ("image_sha256", "format", "width", "height", "image_dhash")}
+
+
+def lake_state(lake) -> dict[str, list]:
+    """Every ingest table's rows, read with delta-rs and pyarrow (not Spark), without run ids and times."""
+    from s1mmalign.lake import schemas as lake_schemas
+
+    reader, out = lake_at(str(lake)), {}
+    for name, cols in STATE.items():
+        cols = cols or [c for c in lake_schemas.table(name).names if c not in ("ingest_run_id", "ingested_at")]
+        out[name] = sorted(tuple(tuple(v) if isinstance(v, list) else v for v in (r[c] for c in cols))
+                           for r in reader.rows(name, cols))
+    return out
+
+
+def _line_of(root, rel: str, expect: str, n: int = 0) -> tuple[int, dict]:
+    """The n-th line of a JSONL file whose manifest outcome is `expect`: (line number, record)."""
+    entries = sorted(k[1] for k, e in manifest(root).items() if k[0] == rel and e["expect"] == expect)
+    lines = (root / rel).read_bytes().split(b"\n")
+    return entries[n], json.loads(lines[entries[n] - 1].removeprefix(b"\xef\xbb\xbf"))
+
+
+def _png(seed: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (40 + seed, 30), (seed * 40 % 256, 90, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_refresh_equals_one_clean_load_of_the_final_source(spark, cfg, corpus_copy, tmp_path):
+    """New, edited, deleted and re-appearing JSONL files and archives, an image that arrives in a later archive
+    than its line, a member a later archive overrides, a line that takes a pair from another file: after each
+    refresh the tables equal one clean load of the source as it is, and each refresh parsed only the files that
+    changed (and the one file whose pair became a duplicate: its line as written goes to quarantine)."""
+    root = corpus_copy
+    parked = tmp_path / "parked"
+    parked.mkdir()
+    chem_archive, late = root / "chemrxiv/images_chemrxiv.tar.gz", root / "arxiv/jsonl/24_recaption.jsonl"
+    chem_archive.rename(parked / "chem.tar.gz")
+    late.rename(parked / "24.jsonl")
+    lake = tmp_path / "lake"
+    ingest.run(spark, cfg, str(root), held(str(lake), cfg))
+
+    def refresh(step: int) -> ingest.RunSummary:
+        got = ingest.run(spark, cfg, str(root), held(str(lake), cfg))
+        clean = tmp_path / f"clean-{step}"
+        ingest.run(spark, cfg, str(root), held(str(clean), cfg))
+        want, have = lake_state(clean), lake_state(lake)
+        for name in STATE:
+            if name == "images":       # content-addressed: a refresh keeps what a removed archive held
+                assert set(want[name]) <= set(have[name]), name
+                continue
+            extra, missing = sorted(set(have[name]) - set(want[name])), sorted(set(want[name]) - set(have[name]))
+            assert not extra and not missing, (f"step {step}, {name}: {len(extra)} extra {[r[:4] for r in extra[:3]]}, "
+                                               f"{len(missing)} missing {[r[:4] for r in missing[:3]]}")
+            assert have[name] == want[name], f"step {step}, {name}: rows repeated"
+        return got
+
+    # 1. a new file, a line edited in place, a file deleted
+    late_rel, edited_rel = "arxiv/jsonl/24_recaption.jsonl", "arxiv/jsonl/07_recaption.jsonl"
+    (parked / "24.jsonl").rename(late)
+    n, record = _line_of(root, edited_rel, "pair")
+    lines = (root / edited_rel).read_bytes().split(b"\n")
+    lines[n - 1] = json.dumps({**record, "caption": "Figure 3: a caption edited in place."}).encode()
+    (root / edited_rel).write_bytes(b"\n".join(lines))
+    bio = sorted((root / "biorxiv/jsonl").glob("*.jsonl"))[0]
+    bio_rel, bio_text = f"biorxiv/jsonl/{bio.name}", bio.read_bytes()
+    bio.unlink()
+    s1 = refresh(1)
+    assert (s1.files_read, s1.gone_files, s1.archives) == (sorted([late_rel, edited_rel]), [bio_rel], 0)
+
+    # 2. the images of lines already read arrive; a later archive overrides one member; a new file earlier by
+    # name takes a pair from another file (which is then read for that line as written)
+    (parked / "chem.tar.gz").rename(chem_archive)
+    _, taken = _line_of(root, late_rel, "pair", 1)
+    (root / "arxiv/jsonl/00_first.jsonl").write_text(json.dumps({**taken, "caption": "Figure 1: earlier."}) + "\n")
+    _, overridden = _line_of(root, late_rel, "pair", 2)
+    _write_tar_gz(root / "arxiv/images_2099.tar.gz", [(overridden["image_path"], _png(3))])
+    s2 = refresh(2)
+    assert s2.files_read == sorted(["arxiv/jsonl/00_first.jsonl", late_rel]), s2.files_read
+    assert s2.archives == 2 and s2.moved > 0 and s2.reexamined >= s2.moved
+    chem_pairs = [r for r in lake_at(str(lake)).rows("pairs", ["source"]) if r["source"] == "chemrxiv"]
+    assert chem_pairs, "the chemrxiv lines did not become pairs when their archive arrived"
+
+    # 3. the overriding archive is deleted (its member falls back to the older archive), the file re-appears
+    (root / "arxiv/images_2099.tar.gz").unlink()
+    bio.write_bytes(bio_text)
+    s3 = refresh(3)
+    assert (s3.files_read, s3.gone_files) == ([bio_rel], ["arxiv/images_2099.tar.gz"]), s3
+
+    # Nothing changed: nothing read, no commit.
+    before = versions(spark, lake)
+    idle = ingest.run(spark, cfg, str(root), held(str(lake), cfg))
+    assert (idle.files_read, idle.archives, idle.reexamined) == ([], 0, 0)
+    assert versions(spark, lake) == before

@@ -225,8 +225,8 @@ def test_rows_lost_from_a_table_are_named_and_the_next_ingest_reads_their_file_a
     assert marked and all(f in result.details for f in marked)
     assert all("ingest_log counted" in log_rows[f].detail and outcome.run_id in log_rows[f].detail for f in marked)
     _, listed = sources.discover(Store.from_uri(str(clean_corpus)))
-    todo_jsonl, todo_archives, _ = ingest.changed(lake_at(lake_copy), listed)
-    assert {f.rel for _, f in todo_jsonl} == marked and todo_archives == []
+    todo = ingest.changes(lake_at(lake_copy), listed)
+    assert {f.rel for _, f in todo.jsonl} == marked and todo.archives == [] and todo.gone_files == []
     ingest.run(spark, cfg, str(clean_corpus), held(str(lake_copy), cfg))
     assert {r.pair_id for r in table(spark, lake_copy, "pairs").select("pair_id").collect()} == before
     again = validate.run(spark, nodocs_cfg, held(str(lake_copy), nodocs_cfg))

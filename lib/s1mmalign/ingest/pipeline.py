@@ -1,14 +1,18 @@
 """The ingest pipeline: sources -> pairs, images, quarantine, ingest_log (Delta, MERGE, incremental).
 
 Stages (each logs one line with counts and rates):
-  plan      list sources; compare fingerprints with ingest_log; pick the files to (re)read
+  plan      list sources; compare fingerprints with ingest_log; pick the files to read (new or changed) and
+            those gone; unchanged JSONL files are never parsed again
   archives  stream each changed archive in one task into slice files of member bytes (staging), then
             analyse every slice in its own task: image facts and thumbnails -> staging
   jsonl     (beside archives) count lines per chunk, then parse every line -> staging (records, rejects)
-  resolve   dedupe; look each record's image up in archives (this run's, then earlier runs' index),
-            else read it from the unpacked tree; anything unresolved -> quarantine with a reason
+  resolve   the lines read, and the lines of other files whose outcome could change (IngestRun._reexamined:
+            their records from pairs and waiting_lines), ranked per pair_id; each image looked up in the
+            archives (this run's members, the index of the others), else the unpacked tree; anything
+            unresolved -> quarantine with a reason
   write     images (bytes read back from the slices into Parquet files by Python tasks, then committed),
-            image_index, pairs (MERGE), quarantine (slice replace), ingest_log (last)
+            image_index, pairs, quarantine, waiting_lines (MERGE: only files with a changed row are
+            rewritten), ingest_log (last)
 
 A crash before the last write leaves ingest_log as it was, so a re-run redoes the same files and
 every write converges to what one clean run writes.
@@ -54,6 +58,11 @@ class RunSummary:
     images_read: int = 0
     seconds: float = 0.0
     archive_tasks: dict[str, int] = field(default_factory=dict)   # archive -> tasks that analysed its members
+    files_read: list[str] = field(default_factory=list)     # the JSONL files parsed (new or changed)
+    gone_files: list[str] = field(default_factory=list)     # logged files no longer listed: their rows dropped
+    reexamined: int = 0          # lines of files not read whose outcome could change, resolved again
+    moved: int = 0               # of those, lines whose outcome changed (pair <-> quarantine, or its reason)
+    bytes_written: dict[str, int] = field(default_factory=dict)   # table -> bytes of data files added
 
 
 def _in_list(column: str, values) -> str:
@@ -100,13 +109,15 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: Lake, run_id: s
     with Stage("plan", log) as st:
         store, plan = discovered or discover(Store.from_uri(source_uri, cfg.s3),
                                              cfg.ingest.archive_suffix)
-        todo_jsonl, todo_archives, refused = changed(lake, plan)
+        todo = changes(lake, plan)
+        refused = todo.refused
         names = ", ".join(r.file.rel for _, r in refused[:5])
         st.done(sum(len(s.jsonl) for s in plan.sources), "jsonl files listed",
-                f"{len(todo_jsonl)} jsonl and {len(todo_archives)} archives to read, {len(plan.sources)} sources"
+                f"{len(todo.jsonl)} jsonl and {len(todo.archives)} archives to read, "
+                f"{len(todo.gone_files)} file(s) gone, {len(plan.sources)} sources"
                 + (f"; {len(refused)} file(s) refused, their names not UTF-8: {names}" if refused else ""))
-    summary.jsonl_files, summary.archives = len(todo_jsonl), len(todo_archives)
-    if not todo_jsonl and not todo_archives:
+    summary.jsonl_files, summary.archives = len(todo.jsonl), len(todo.archives)
+    if not todo.any:
         if refused:
             lake.merge(spark, "ingest_log", spark.createDataFrame(
                 [refused_row(r, run_id, datetime.now(timezone.utc)) for r in refused],
@@ -115,12 +126,13 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: Lake, run_id: s
         else:
             log.info("nothing changed since the last run: no file read, no row written")
         summary.seconds = time.perf_counter() - t_start
+        summary.bytes_written = dict(lake.bytes_written)
         return summary
 
     staging = lake.path(f"{cfg.ingest.staging_dir}/{run_id}")
     job = IngestRun(spark, cfg, store, plan, lake, run_id, datetime.now(timezone.utc), staging,
-                    lake.store(f"{cfg.ingest.staging_dir}/{run_id}"), summary, todo_jsonl, todo_archives,
-                    refused)
+                    lake.store(f"{cfg.ingest.staging_dir}/{run_id}"), summary, list(todo.jsonl),
+                    todo.archives, refused, todo)
     _clear_staging(lake, cfg)
     start_staging(job.scratch, run_id)
     try:
@@ -129,11 +141,21 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: Lake, run_id: s
         with ThreadPoolExecutor(2) as pool:
             archives_done, jsonl_done = pool.submit(job.stage_archives), pool.submit(job.stage_jsonl)
             parts, chunks = archives_done.result(), jsonl_done.result()
-        outputs = job.resolve(parts)
+        outputs, unheld = job.resolve(parts)
+        if unheld:
+            # Pairs of files this run did not read that become quarantined rows need their lines as written
+            # (quarantine.raw): read those few files too, and resolve again.
+            job.todo_jsonl += [(s.name, f) for s in plan.sources for f in s.jsonl if f.rel in unheld]
+            chunks += job.stage_jsonl([(s.name, f) for s in plan.sources for f in s.jsonl if f.rel in unheld])
+            outputs, unheld = job.resolve(parts)
+            assert not unheld, unheld
         summary.pairs, summary.quarantined = job.write(outputs, parts, chunks)
         summary.lines = summary.pairs + summary.quarantined
     finally:
         _clear_staging(lake, cfg)
+    summary.files_read = sorted(job.todo_files)
+    summary.gone_files = list(todo.gone_files)
+    summary.bytes_written = dict(lake.bytes_written)
     summary.seconds = time.perf_counter() - t_start
     log.info("ingest run %s done in %.1fs: %s", run_id, summary.seconds, json.dumps(asdict(summary)))
     return summary
@@ -141,19 +163,52 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: Lake, run_id: s
 
 # --- plan -----------------------------------------------------------------------------------------
 
-def changed(lake: Lake, plan: SourcePlan) -> tuple[list[tuple[str, FileInfo]], list[Archive],
-                                               list[tuple[str, Refused]]]:
-    """JSONL files, archives and refused files (sources.Refused) whose fingerprints differ from ingest_log's
-    (its metadata columns, read without Spark)."""
-    seen = {r["source_file"]: (None if r["status"] == "incomplete" else r["fingerprint"])
-            for r in lake.rows("ingest_log", ("source_file", "fingerprint", "status"))}
+@dataclass
+class Changes:
+    """What a refresh has to do, from the listing against ingest_log (read without Spark)."""
+
+    jsonl: list[tuple[str, FileInfo]]           # (source, file): new or changed JSONL files, parsed whole
+    archives: list[Archive]                     # new or changed archives, streamed whole
+    refused: list[tuple[str, Refused]]          # files not read (sources.Refused), logged unreadable
+    gone_files: list[str] = field(default_factory=list)     # logged files no longer listed: their rows go
+    gone_archives: list[tuple[str, str]] = field(default_factory=list)   # (source, archive) no longer listed
+    broken_before: dict[str, set] = field(default_factory=dict)   # source -> logged archives with a bad part
+
+    @property
+    def any(self) -> bool:
+        return bool(self.jsonl or self.archives or self.gone_files)
+
+    def names(self) -> list[str]:
+        """What a run would read or drop, one name each (jobs/plan.py)."""
+        return ([f.rel for _, f in self.jsonl] + [a.name for a in self.archives]
+                + [r.file.rel for _, r in self.refused] + [f"{rel} (gone)" for rel in self.gone_files])
+
+
+def changes(lake: Lake, plan: SourcePlan) -> Changes:
+    """The JSONL files and archives whose fingerprints differ from ingest_log's (an archive also when its set
+    of parts changed), refused files, and the files ingest_log names that the listing no longer has."""
+    logged = lake.rows("ingest_log", ("source", "source_file", "kind", "archive", "fingerprint", "status"))
+    seen = {r["source_file"]: (None if r["status"] == "incomplete" else r["fingerprint"]) for r in logged}
+    logged_parts: dict[tuple[str, str], set] = {}
+    for r in logged:
+        if r["kind"] == "archive_part" and r["archive"] is not None:
+            logged_parts.setdefault((r["source"], r["archive"]), set()).add(r["source_file"])
     archives = [a for s in plan.sources for a in s.archives
-                if any(seen.get(p.rel) != p.fingerprint for p in a.parts)]
-    touched = {a.source for a in archives}
-    jsonl = [(s.name, f) for s in plan.sources for f in s.jsonl
-             if seen.get(f.rel) != f.fingerprint or s.name in touched]
+                if any(seen.get(p.rel) != p.fingerprint for p in a.parts)
+                or logged_parts.get((a.source, a.name), set()) != {p.rel for p in a.parts}]
+    jsonl = [(s.name, f) for s in plan.sources for f in s.jsonl if seen.get(f.rel) != f.fingerprint]
     refused = [(s.name, r) for s in plan.sources for r in s.refused if seen.get(r.file.rel) != r.file.fingerprint]
-    return jsonl, archives, refused
+    listed = ({f.rel for s in plan.sources for f in s.jsonl} | {p.rel for s in plan.sources for a in s.archives
+                                                               for p in a.parts}
+              | {r.file.rel for s in plan.sources for r in s.refused})
+    present = {(a.source, a.name) for s in plan.sources for a in s.archives}
+    gone_files = sorted(r["source_file"] for r in logged if r["source_file"] not in listed)
+    gone_archives = sorted(k for k in logged_parts if k not in present)
+    broken: dict[str, set] = {}
+    for r in logged:
+        if r["kind"] == "archive_part" and r["status"] not in ("ok", "unreadable") and r["archive"] is not None:
+            broken.setdefault(r["source"], set()).add(r["archive"])
+    return Changes(jsonl, archives, refused, gone_files, gone_archives, broken)
 
 
 def log_row(source: str, f: FileInfo, kind: str, run_id: str, now: datetime, *, status: str,
@@ -194,6 +249,7 @@ class Outputs:
     quarantine: DataFrame
     blobs: DataFrame          # every good image read this run (archive members and tree): facts, slice
     image_index: DataFrame
+    again: DataFrame          # the re-examined lines (of files not read) with their outcome now
 
 
 @dataclass
@@ -213,7 +269,15 @@ class IngestRun:
     todo_jsonl: list[tuple[str, FileInfo]]      # (source, file) of the JSONL files to read
     todo_archives: list[Archive]
     refused: list[tuple[str, Refused]]                     # (source, file) not read: logged unreadable
+    changes: Changes
     members_dirs: list[str] = field(default_factory=list)   # staging folders holding this run's members
+    parsed_dirs: list[str] = field(default_factory=list)    # staging folders holding this run's parsed lines
+    passes: int = 0                                         # resolve passes (a second when it needed more lines)
+    affected: DataFrame | None = None                       # pair_ids whose rows this run decides again
+
+    def __post_init__(self):
+        # A lake with no line yet re-examines nothing (every line is read this run)
+        self.first_load = self.lake.holds_no_file("pairs") and self.lake.holds_no_file("waiting_lines")
 
     @property
     def todo_files(self) -> list[str]:
@@ -301,15 +365,18 @@ class IngestRun:
 
     # --- jsonl ----------------------------------------------------------------------------------------
 
-    def stage_jsonl(self) -> list:
-        """Parse every line of the JSONL files into staging/parsed; returns the chunk rows (small)."""
+    def stage_jsonl(self, files: list[tuple[str, FileInfo]] | None = None) -> list:
+        """Parse every line of the JSONL files (those to read) into staging/parsed/<n>; returns the chunk rows
+        (small)."""
         from pyspark.sql import types as T
 
+        files = self.todo_jsonl if files is None else files
         size = self.cfg.ingest.jsonl_chunk_bytes
         chunks = [{"source": src, "source_file": f.rel, "chunk": i, "start": start, "end": min(start + size, f.size),
                    "size": min(start + size, f.size) - start}
-                  for src, f in self.todo_jsonl for i, start in enumerate(range(0, max(f.size, 1), size))]
-        path = f"{self.staging}/parsed"
+                  for src, f in files for i, start in enumerate(range(0, max(f.size, 1), size))]
+        path = f"{self.staging}/parsed/{len(self.parsed_dirs)}"
+        self.parsed_dirs.append(path)
         with Stage("jsonl", log) as st:
             desc = T.StructType([T.StructField("source", T.StringType()), T.StructField("source_file", T.StringType()),
                                  T.StructField("chunk", T.LongType()), T.StructField("start", T.LongType()),
@@ -338,53 +405,113 @@ class IngestRun:
             else:
                 self.spark.createDataFrame([], parsed_schema).write.parquet(path)
             n = self.spark.read.parquet(path).count()
-            st.done(n, "lines parsed", f"{len(self.todo_jsonl)} files, {len(chunks)} chunks"
+            st.done(n, "lines parsed", f"{len(files)} files, {len(chunks)} chunks"
                     + (f"; unreadable: {sorted(unreadable)}" if unreadable else ""))
         return stats
 
     # --- resolve --------------------------------------------------------------------------------------
 
-    def resolve(self, parts) -> Outputs:
+    @property
+    def redo_files(self) -> list[str]:
+        """The files whose rows this run replaces: those it reads, and those gone from the listing."""
+        return self.todo_files + self.changes.gone_files
+
+    @property
+    def touched_archives(self) -> list[str]:
+        """Archives whose members this run replaces in the index: those it reads, and those gone."""
+        return [a.name for a in self.todo_archives] + [name for _, name in self.changes.gone_archives]
+
+    def _reexamined(self, parsed: DataFrame, members: DataFrame, detail_changed: list[str]) -> DataFrame:
+        """The lines of files this run does not read whose outcome could change, as parsed records (origin
+        'pair' from pairs, 'waiting' from waiting_lines; reason and detail cleared, to be decided again).
+
+        A line's outcome depends on its own record (unchanged: its file was not touched), on the other lines
+        of its pair_id (the first by file and line wins) and on its image (the member its path names in the
+        archive last by name, else the tree, else missing). So a line can change only when its pair_id has
+        a line in a file read or gone this run, or when its (source, image_path) names a member of an
+        archive read or gone this run, or, for an image_missing line, when its source's set of broken
+        archives changed (its detail names them). Every line of every such pair_id is taken, so that the
+        ranking sees all of them: pairs rows and waiting_lines (every quarantined line that was a valid
+        record: duplicates and unresolved images) hold them all, with their records.
+        """
+        redo = _in_list("source_file", self.redo_files)
+        pairs = self.lake.read(self.spark, "pairs")
+        waiting = self.lake.read(self.spark, "waiting_lines")
+        pairs_kept, waiting_kept = pairs.where(f"NOT ({redo})"), waiting.where(f"NOT ({redo})")
+        touched = _in_list("container", self.touched_archives)
+        paths = (members.select("source", "image_path")
+                 .unionByName(self.lake.read(self.spark, "image_index").where(touched).select("source", "image_path"))
+                 .distinct())
+        ids = [parsed.where("reason IS NULL").select("pair_id"), pairs.where(redo).select("pair_id"),
+               pairs_kept.join(paths, ["source", "image_path"], "left_semi").select("pair_id"),
+               waiting_kept.join(paths, ["source", "image_path"], "left_semi").select("pair_id")]
+        if detail_changed:
+            ids.append(waiting_kept.where(F.col("source").isin(detail_changed) & (F.col("reason") == "image_missing"))
+                       .select("pair_id"))
+        affected = ids[0]
+        for more in ids[1:]:
+            affected = affected.unionByName(more)
+        path = f"{self.staging}/affected/{self.passes}"
+        affected.distinct().write.parquet(path)
+        affected = self.spark.read.parquet(path)
+        cols = schemas.table("parsed_lines").names
+        cleared = {c: F.lit(None).cast("string") for c in ("reason", "detail")}
+        from_pairs = (pairs_kept.join(affected, "pair_id", "left_semi").withColumns(cleared)
+                      .withColumn("raw", F.lit(None).cast("string")).select(*cols).withColumn("_origin", F.lit("pair")))
+        from_waiting = (waiting_kept.join(affected, "pair_id", "left_semi").withColumns(cleared)
+                        .select(*cols).withColumn("_origin", F.lit("waiting")))
+        self.affected = affected
+        return from_pairs.unionByName(from_waiting)
+
+    def resolve(self, parts) -> tuple[Outputs, set[str]]:
+        """Every line read this run, and every line re-examined (_reexamined), gets its outcome; returns the
+        outputs, and the files of pairs that became quarantined rows without their lines as written (the
+        caller reads those files and resolves again; empty on the second pass)."""
         with Stage("resolve", log) as st:
-            parsed = self.spark.read.parquet(f"{self.staging}/parsed")
-            members = _last_of_each_name(self.members())
+            self.passes += 1
+            parsed = self.spark.read.schema(schemas.table("parsed_lines").spark()).parquet(*self.parsed_dirs)
+            this_run = self.members()
+            broken = self._broken(parts)
+            detail_changed = sorted(s for s in set(broken) | set(self.changes.broken_before)
+                                    if broken.get(s, set()) != self.changes.broken_before.get(s, set()))
+            lines_in = parsed.withColumn("_origin", F.lit("new"))
+            if self.first_load:
+                self.affected = self.spark.createDataFrame([], "pair_id string")
+            else:
+                lines_in = lines_in.unionByName(self._reexamined(parsed, this_run, detail_changed))
 
-            valid = parsed.where("reason IS NULL")
-            rejected = parsed.where("reason IS NOT NULL")
+            valid = lines_in.where("reason IS NULL").withColumn("_valid", F.lit(True))
+            rejected = lines_in.where("reason IS NOT NULL").withColumn("_valid", F.lit(False))
 
-            # Repeats: the first line (by file, line) of a pair wins, and a pair already owned by a file
-            # this run does not touch keeps its owner.
-            owners = (self.lake.read(self.spark, "pairs")
-                      .where(f"NOT ({_in_list('source_file', self.todo_files)})")
-                      .select("pair_id", F.concat_ws(":", "source_file", "source_line").alias("owner")))
+            # Repeats: of the lines of one pair_id (every one of them is here: _reexamined), the first by file
+            # and line wins.
             order = Window.partitionBy("pair_id").orderBy("source_file", "source_line")
             ranked = (valid.withColumn("_rank", F.row_number().over(order))
-                      .withColumn("_first", F.first(F.concat_ws(":", "source_file", "source_line")).over(order))
-                      .join(owners, "pair_id", "left"))
+                      .withColumn("_first", F.first(F.concat_ws(":", "source_file", "source_line")).over(order)))
             dup = F.col("_rank") > 1
-            dup_owner = F.when(F.col("owner").isNotNull(), F.col("owner")).otherwise(F.col("_first"))
-            duplicates = (ranked.where(dup | F.col("owner").isNotNull())
-                          .withColumn("reason", F.lit("duplicate_pair"))
-                          .withColumn("detail", F.concat(F.lit("same source and image_path as "), dup_owner)))
-            unique = ranked.where(~dup & F.col("owner").isNull()).drop("_rank", "_first", "owner")
+            duplicates = (ranked.where(dup).withColumn("reason", F.lit("duplicate_pair"))
+                          .withColumn("detail", F.concat(F.lit("same source and image_path as "), F.col("_first"))))
+            unique = ranked.where(~dup).drop("_rank", "_first")
 
-            # Image lookup: this run's archive members, then the index of earlier runs.
+            # Image lookup: of every member of one path, the one in the archive last by name (this run's
+            # members, and the index's of archives this run neither read nor lost).
             fact_cols = ["status", "detail", "image_sha256", "image_format", "width", "height", "image_bytes",
                          "image_dhash", "container"]
-            index = self.lake.read(self.spark, "image_index")
-            known = (members.select("source", "image_path", *fact_cols)
-                     .unionByName(index.join(members.select("source", "image_path"), ["source", "image_path"],
-                                             "left_anti").select("source", "image_path", *fact_cols)))
-            keyed = unique.drop("detail").join(known, ["source", "image_path"], "left")
-            lines = (rejected.unionByName(duplicates.drop("_rank", "_first", "owner"), allowMissingColumns=True)
+            index = (self.lake.read(self.spark, "image_index")
+                     .where(f"NOT ({_in_list('container', self.touched_archives)})")
+                     .withColumn("member", F.lit(None).cast("bigint")))
+            members = _last_of_each_name(this_run.select("source", "image_path", "member", *fact_cols)
+                                         .unionByName(index.select("source", "image_path", "member", *fact_cols)))
+            keyed = unique.drop("detail").join(members.drop("member"), ["source", "image_path"], "left")
+            lines = (rejected.unionByName(duplicates.drop("_rank", "_first"), allowMissingColumns=True)
                      .unionByName(keyed, allowMissingColumns=True))
 
             # Records no archive holds: read from the unpacked tree, where the source has one.
             tree_sources = [s.name for s in self.plan.sources if s.has_tree]
             facts_schema = schemas.table("image_facts").spark()
             if tree_sources:
-                lines.write.parquet(f"{self.staging}/lines")
-                lines = self.spark.read.parquet(f"{self.staging}/lines")
+                lines.write.parquet(f"{self.staging}/lines/{self.passes}")
+                lines = self.spark.read.parquet(f"{self.staging}/lines/{self.passes}")
                 need_tree = lines.where(F.col("reason").isNull() & F.col("status").isNull()
                                         & F.col("source").isin(tree_sources))
                 ingest_cfg = self.cfg.ingest
@@ -393,8 +520,8 @@ class IngestRun:
                                        .mapInArrow(tasks.read_tree(self.store, self.cfg.ingest, self.scratch,
                                                                    self.SLICES, ingest_cfg.archive_slice_bytes),
                                                    facts_schema),
-                                       f"{self.staging}/tree", "image_facts")
-                tree = self.spark.read.parquet(f"{self.staging}/tree")
+                                       f"{self.staging}/tree/{self.passes}", "image_facts")
+                tree = self.spark.read.parquet(f"{self.staging}/tree/{self.passes}")
                 tree_facts = tree.select("source", "image_path", *[F.col(c).alias(f"_t_{c}") for c in fact_cols])
                 lines = lines.join(tree_facts, ["source", "image_path"], "left")
                 for c in fact_cols:
@@ -405,81 +532,128 @@ class IngestRun:
 
             # Every line gets its outcome: a reason, or none for a pair.
             unresolved = F.col("reason").isNull() & F.col("status").isNull()
-            resolved = (lines.withColumn("detail", F.when(unresolved, self._missing_detail(parts, tree_sources))
+            resolved = (lines.withColumn("detail", F.when(unresolved, self._missing_detail(broken, tree_sources))
                                          .otherwise(F.col("detail")))
                         .withColumn("status", F.when(unresolved, F.lit("image_missing")).otherwise(F.col("status")))
                         .withColumn("reason", F.coalesce("reason", F.when(F.col("status") != "ok", F.col("status")))))
-            resolved.write.parquet(f"{self.staging}/resolved")
-            resolved = self.spark.read.parquet(f"{self.staging}/resolved")
+            resolved.write.parquet(f"{self.staging}/resolved/{self.passes}")
+            resolved = self.spark.read.parquet(f"{self.staging}/resolved/{self.passes}")
+            unheld = {r.source_file for r in resolved.where("reason IS NOT NULL AND _origin = 'pair'")
+                      .select("source_file").distinct().collect()}
+            if unheld:
+                st.done(0, "lines resolved", f"pairs of {len(unheld)} unread file(s) become quarantined: read them")
+                return None, unheld
 
             pairs = (resolved.where("reason IS NULL").withColumnRenamed("container", "image_container")
                      .withColumn("ingest_run_id", F.lit(self.run_id))
                      .withColumn("ingested_at", F.lit(self.now).cast("timestamp")))
             pairs = pairs.withColumn("row_hash", F.sha2(F.to_json(F.struct(*PAIR_CONTENT)), 256))
             quarantine = (resolved.where("reason IS NOT NULL")
-                          .select("source", "source_file", "source_line", "raw", "image_path", "reason", "detail")
                           .withColumn("ingest_run_id", F.lit(self.run_id))
                           .withColumn("ingested_at", F.lit(self.now).cast("timestamp")))
 
-            blobs = members.unionByName(tree).where("status = 'ok'")
-            image_index = members.select("source", "image_path", "container", "status", "detail", "image_sha256",
-                                         "image_format", "width", "height", "image_bytes", "image_dhash",
-                                         F.lit(self.run_id).alias("ingest_run_id"))
+            blobs = this_run.unionByName(tree).where("status = 'ok'")
+            image_index = (this_run.withColumn("_n", F.row_number().over(
+                Window.partitionBy("source", "image_path", "container").orderBy(F.col("member").desc())))
+                .where("_n = 1").select(*schemas.table("image_index").names[:-1])
+                .withColumn("ingest_run_id", F.lit(self.run_id)))
             n_tree = tree.count() if tree_sources else 0
             self.summary.images_read = n_tree + sum(p.members or 0 for p in parts)
-            st.done(n_tree, "tree images read")
-        return Outputs(pairs, quarantine, blobs, image_index)
+            again = resolved.where("_origin <> 'new'")
+            self.summary.reexamined, self.summary.moved = again.agg(
+                F.count("*"), F.sum(F.when(F.col("_origin") != F.when(F.col("reason").isNull(), "pair")
+                                           .otherwise("waiting"), 1).otherwise(0))).first()
+            self.summary.moved = self.summary.moved or 0
+            st.done(self.summary.reexamined, "lines re-examined",
+                    f"{self.summary.moved} changed outcome; {n_tree} tree images read")
+        return Outputs(pairs, quarantine, blobs, image_index, again), set()
 
-    def _missing_detail(self, parts, tree_sources: list[str]):
-        """The detail of an image_missing line: where it was looked for, and its own source's archives
-        that broke this run (not another source's)."""
-        broken: dict[str, set] = {}
+    def _broken(self, parts) -> dict[str, set]:
+        """source -> its archives with a bad part, as the lake will hold them after this run: those logged
+        before (of archives this run neither read nor lost) and this run's."""
+        touched = set(self.touched_archives)
+        broken = {s: {a for a in names if a not in touched} for s, names in self.changes.broken_before.items()}
         for p in parts:
             if p.status != "ok":
                 broken.setdefault(p.source, set()).add(p.container)
+        return {s: names for s, names in broken.items() if names}
+
+    def _missing_detail(self, broken: dict[str, set], tree_sources: list[str]):
+        """The detail of an image_missing line: where it was looked for, and its own source's archives
+        that are broken (not another source's)."""
         detail = F.lit("in no archive")
         for s in self.plan.sources:
             text = "in no archive" + (" and not in the unpacked tree" if s.name in tree_sources else "")
             if broken.get(s.name):
-                text += f"; archives broken this run: {', '.join(sorted(broken[s.name]))}"
+                text += f"; archives broken: {', '.join(sorted(broken[s.name]))}"
             detail = F.when(F.col("source") == s.name, F.lit(text)).otherwise(detail)
         return detail
 
     # --- write ----------------------------------------------------------------------------------------
 
     def write(self, out: Outputs, parts, chunks) -> tuple[int, int]:
+        """Commit the outcome. Each table's commit rewrites only the files holding a row that changed
+        (MERGE on the key, with the keys whose rows go): new rows go to new files, and a refresh's cost is
+        its change, not the table's."""
         with Stage("write", log) as st:
+            redo = _in_list("t.source_file", self.redo_files)
             pairs = out.pairs.select(*schemas.table("pairs").names)
             quarantine = out.quarantine.select(*schemas.table("quarantine").names)
+            waiting = out.quarantine.where("_valid").select(*schemas.table("waiting_lines").names)
+            was_waiting = out.again.where("_origin = 'waiting'").select("source_file", "source_line")
             new_images = self._new_images(out.blobs, pairs)
+            quarantine_changed = "NOT (t.reason <=> s.reason AND t.detail <=> s.detail AND t.raw <=> s.raw)"
 
-            # The four tables are independent: commit them concurrently (Spark runs jobs from threads).
+            # The tables are independent: commit them concurrently (Spark runs jobs from threads).
             # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
             writes = [
                 lambda: self.lake.add_files("images", [r.asDict() for r in new_images.collect()]),
                 lambda: self.lake.merge(self.spark, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
-                                        delete_unmatched_when=_in_list("t.source_file", self.todo_files)),
-                lambda: self.lake.replace(self.spark, "quarantine", quarantine,
-                                          _in_list("source_file", self.todo_files)),
+                                        deletes=self.affected),
+                lambda: self.lake.merge(self.spark, "quarantine", quarantine, update_when=quarantine_changed,
+                                        deletes=was_waiting, delete_unmatched_when=redo),
+                lambda: self.lake.merge(self.spark, "waiting_lines", waiting, update_when=quarantine_changed,
+                                        deletes=was_waiting, delete_unmatched_when=redo),
             ]
-            if self.todo_archives:
-                writes.append(lambda: self.lake.merge(self.spark, "image_index", out.image_index))
+            if self.touched_archives:
+                writes.append(lambda: self.lake.merge(
+                    self.spark, "image_index", out.image_index,
+                    delete_unmatched_when=_in_list("t.container", self.touched_archives)))
             with ThreadPoolExecutor(len(writes)) as pool:
                 for future in [pool.submit(w) for w in writes]:
                     future.result()
 
+            new = F.col("_origin") == "new"
             per_file = {r.source_file: (r.accepted, r.quarantined) for r in
-                        pairs.groupBy("source_file").agg(F.count("*").alias("accepted"))
-                        .join(quarantine.groupBy("source_file").agg(F.count("*").alias("quarantined")),
+                        out.pairs.where(new).groupBy("source_file").agg(F.count("*").alias("accepted"))
+                        .join(out.quarantine.where(new).groupBy("source_file").agg(F.count("*").alias("quarantined")),
                               "source_file", "full").fillna(0).collect()}
-            log_rows = self._log_rows(parts, chunks, per_file)
+            log_rows = self._log_rows(parts, chunks, per_file) + self._recounted(out.again)
             self.lake.merge(self.spark, "ingest_log",
-                            self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()))
+                            self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()),
+                            delete_unmatched_when=_in_list("t.source_file", self.changes.gone_files))
             n_pairs = sum(a for a, _ in per_file.values())
             n_quarantine = sum(q for _, q in per_file.values())
-            st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined")
+            st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined; "
+                    f"{self.summary.moved} line(s) of other files moved")
         return n_pairs, n_quarantine
 
+    def _recounted(self, again: DataFrame) -> list[dict]:
+        """The ingest_log rows of files not read whose counts changed (a re-examined line moved between pairs
+        and quarantine): their accepted and quarantined as the lake now holds them."""
+        delta = {r.source_file: r.d for r in again.groupBy("source_file").agg(
+            (F.sum(F.col("reason").isNull().cast("int")) - F.sum((F.col("_origin") == "pair").cast("int"))).alias("d"))
+            .where("d <> 0").collect()}
+        if not delta:
+            return []
+        names = schemas.table("ingest_log").names
+        def plain(v):       # pyarrow gives a nanosecond timestamp as pandas' Timestamp
+            return v.to_pydatetime() if hasattr(v, "to_pydatetime") else v
+
+        rows = [{k: plain(v) for k, v in r.items()} for r in self.lake.rows("ingest_log", names)
+                if r["source_file"] in delta]
+        return [{**r, "accepted": r["accepted"] + delta[r["source_file"]],
+                 "quarantined": r["quarantined"] - delta[r["source_file"]]} for r in rows]
 
     def _new_images(self, blobs: DataFrame, pairs: DataFrame) -> DataFrame:
         """The images files (tasks.write_images: one images_files row each) of content the lake does not

@@ -40,6 +40,7 @@ class Lake:
         self.database = database
         self.lease_ttl, self.lease_heartbeat = lease_ttl, lease_heartbeat
         self.lease: lease.Lease | None = None
+        self.bytes_written: dict[str, int] = {}     # table -> bytes of data files this Lake's writes added
 
     @classmethod
     def open(cls, uri: str, cfg: Config, *, existing: bool = True, flag: str = "--lake") -> "Lake":
@@ -245,16 +246,19 @@ class Lake:
     # --- writes: each checks the lease first --------------------------------------------------------
 
     def merge(self, spark, name: str, source_df, *, update_when: str | None = None,
-              delete_unmatched_when: str | None = None) -> dict[str, str]:
+              delete_unmatched_when: str | None = None, deletes=None) -> dict[str, str]:
         """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones;
         returns the commit's metrics (numTargetRowsInserted, ...).
 
         update_when: a condition on t./s. that limits updates (e.g. only rows whose row_hash differs);
-        delete_unmatched_when: target rows matching it but absent from source_df are deleted.
+        delete_unmatched_when: target rows matching it but absent from source_df are deleted;
+        deletes: a DataFrame of keys (the key columns) whose rows are deleted, in the same commit.
+        Only the files holding a matched or deleted row are rewritten; new rows go to new files.
         Into a table that holds no file yet (a lake's first load) the rows are appended instead, the same
         rows a MERGE would insert, without its join against nothing and its materialized copy of the source.
         """
         from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
 
         if self.holds_no_file(name):
             metrics = self.append(spark, name, source_df)
@@ -264,8 +268,20 @@ class Lake:
         before = self.version(name, spark)
         target = DeltaTable.forPath(spark, self.path(name)).alias("t")
         on = " AND ".join(f"t.{k} = s.{k}" for k in tdef.key)
-        merge = target.merge(source_df.select(*tdef.names).alias("s"), on)
-        merge = merge.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll()
+        source = source_df.select(*tdef.names)
+        if deletes is not None:
+            marked = deletes.select(*tdef.key).join(source.select(*tdef.key), list(tdef.key), "left_anti")
+            source = (source.withColumn("_gone", F.lit(False))
+                      .unionByName(marked.withColumn("_gone", F.lit(True)), allowMissingColumns=True))
+        merge = target.merge(source.alias("s"), on)
+        if deletes is not None:
+            merge = merge.whenMatchedDelete(condition="s._gone")
+            keep = "NOT s._gone"
+            merge = (merge.whenMatchedUpdate(condition=f"{keep} AND ({update_when})" if update_when else keep,
+                                             set={c: f"s.{c}" for c in tdef.names})
+                     .whenNotMatchedInsert(condition=keep, values={c: f"s.{c}" for c in tdef.names}))
+        else:
+            merge = merge.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll()
         if delete_unmatched_when:
             merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
         self.check_lease()
@@ -301,6 +317,7 @@ class Lake:
             log.info("write %s: add files (no commit: nothing to write)", name)
             return 0
         self.check_lease()
+        self.bytes_written[name] = self.bytes_written.get(name, 0) + sum(int(f["bytes"]) for f in files)
         return image_files.commit(self, name, files)
 
     def _logged(self, spark, name: str, what: str, before: int) -> dict[str, str]:
@@ -309,8 +326,10 @@ class Lake:
         if after == before:
             log.info("write %s: %s (no commit: nothing to write)", name, what)
             return {}
+        added = metrics.get("numTargetBytesAdded", metrics.get("numOutputBytes", metrics.get("numAddedBytes", "0")))
+        self.bytes_written[name] = self.bytes_written.get(name, 0) + int(added or 0)
         keys = ("numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted", "numOutputRows",
-                "numDeletedRows")
-        shown = ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
+                "numDeletedRows", "numTargetFilesRemoved", "numTargetFilesAdded")
+        shown = ", ".join(f"{k}={metrics[k]}" for k in keys if k in metrics) + f", bytes added={int(added or 0)}"
         log.info("write %s: %s (%s)", name, what, shown or "no metrics")
         return metrics
