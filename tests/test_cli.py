@@ -46,6 +46,43 @@ def test_a_stage_tags_the_error_that_leaves_it_and_an_outer_stage_keeps_the_inne
     assert raised.value.stage == "archives"
 
 
+def test_a_long_stage_logs_progress_from_sparks_status_tracker_and_stops_when_done(spark, caplog):
+    import logging
+    import re
+    import time
+
+    from s1mmalign import stages
+
+    def slow(x):
+        time.sleep(0.4)
+        return x
+
+    def progress_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress slow")]
+
+    before = stages.PROGRESS["seconds"]
+    try:
+        with caplog.at_level(logging.INFO, logger="s1mmalign"):
+            stages.progress_every(0)
+            with Stage("slow") as st:               # 0: no progress line
+                spark.sparkContext.parallelize(range(4), 4).map(slow).count()
+                st.done(4, "rows")
+            assert progress_lines() == []
+            stages.progress_every(0.3)
+            with Stage("slow") as st:
+                assert spark.sparkContext.parallelize(range(8), 8).map(slow).count() == 8
+                st.done(8, "rows")
+            lines = progress_lines()
+            time.sleep(1)
+            assert progress_lines() == lines, "progress lines after the stage was done"
+    finally:
+        stages.progress_every(before)
+    counts = [tuple(map(int, m.groups())) for m in (re.search(r"tasks (\d+)/(\d+) ", x) for x in lines) if m]
+    assert counts and all(total == 8 for _, total in counts), lines
+    assert any(0 < done < 8 for done, _ in counts), f"never seen moving: {lines}"
+    assert any(re.search(r"ETA \d+s", x) for x in lines) and all("tasks/s" in x for x in lines if "tasks " in x)
+
+
 def test_jvm_heap_exhausted_names_the_stage_and_the_setting(capsys):
     code, lines = run_main(capsys, stage_error(RuntimeError(JAVA_OOM), "archives"))
     assert code == 1 and len(lines) == 1

@@ -187,6 +187,7 @@ def _run(spec: Job) -> int:
     args = p.parse_args()
     setup_logging(args.log_level)
     cfg = config.load(args.conf, overrides=spec.overrides(args) if spec.overrides else None)
+    stages.progress_every(cfg.spark.progress_seconds)
     ctx = Context(args, cfg, Lake.open(args.lake, cfg, existing=spec.existing))
     if spec.prepare:
         spec.prepare(ctx)

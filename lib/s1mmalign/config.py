@@ -27,6 +27,7 @@ class SparkConf:
     shuffle_partitions: int = 8
     delta_snapshot_partitions: int | None = None
     arrow_batch_rows: int = 256
+    progress_seconds: float = 30.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -214,7 +215,7 @@ def spec_values(cfg: Config, section: str, **flags) -> dict:
 GIB = 1 << 30
 LIMITS: dict[str, tuple[float, float]] = {
     "spark.shuffle_partitions": (1, 100_000), "spark.delta_snapshot_partitions": (1, 10_000),
-    "spark.arrow_batch_rows": (1, 1_000_000),
+    "spark.arrow_batch_rows": (1, 1_000_000), "spark.progress_seconds": (0, 86_400),
     "ingest.jsonl_chunk_bytes": (1, 16 * GIB), "ingest.max_line_bytes": (1, 2 * GIB - 1),
     "ingest.image_tasks": (0, 100_000), "ingest.archive_slice_bytes": (1, 2 * GIB - 1),
     "ingest.thumbnail_px": (8, 4096), "ingest.thumbnail_quality": (1, 100),

@@ -84,8 +84,71 @@ def clear_staging(lake_store, staging_dir: str) -> list[str]:
     return removed
 
 
+PROGRESS = {"seconds": 30.0}      # how often a running stage logs a progress line (0: never); cli sets it
+
+
+def progress_every(seconds: float) -> None:
+    """Set how often a running Stage logs its progress (config spark.progress_seconds; 0 turns it off)."""
+    PROGRESS["seconds"] = float(seconds)
+
+
+class SparkProgress:
+    """What Spark's status tracker says of the work since a stage began: tasks done of those known, the
+    rows and bytes the finished tasks read and wrote, the rate, and an ETA for the Spark stages running."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.done: dict[int, int] = {}         # Spark stage id -> tasks completed (every stage seen)
+        self.total: dict[int, int] = {}
+        self.io: dict[int, tuple[int, int, int]] = {}   # stage id -> (rows in, bytes in, bytes out)
+
+    def _context(self):
+        try:
+            from pyspark import SparkContext
+        except ImportError:
+            return None
+        return SparkContext._active_spark_context
+
+    def poll(self) -> str | None:
+        """One progress line, or None when no Spark work ran yet (or no session is up)."""
+        sc = self._context()
+        if sc is None:
+            return None
+        tracker = sc.statusTracker()
+        active = [info for info in (tracker.getStageInfo(i) for i in tracker.getActiveStageIds()) if info]
+        for info in active:
+            self.done[info.stageId] = info.numCompletedTasks
+            self.total[info.stageId] = info.numTasks
+        self._read_io()
+        if not self.total:
+            return None
+        elapsed = time.perf_counter() - self.t0
+        done, total = sum(self.done.values()), sum(self.total.values())
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = sum(i.numTasks - i.numCompletedTasks for i in active)
+        eta = f"ETA {left / rate:.0f}s" if rate > 0 and left else ("ETA ?" if left else "no task running")
+        rows, read, written = (sum(v[k] for v in self.io.values()) for k in range(3))
+        return (f"tasks {done}/{total} ({len(active)} Spark stage(s) running), {rows:,} rows, "
+                f"{read / 1e6:,.1f} MB read, {written / 1e6:,.1f} MB written, {rate:.1f} tasks/s, {eta}")
+
+    def _read_io(self) -> None:
+        """Rows and bytes of the running Spark stages, from the JVM's status store (best effort: this only
+        informs a log line)."""
+        sc = self._context()
+        try:
+            stages = sc._jsc.sc().statusStore().activeStages()
+            for k in range(stages.size()):
+                st = stages.apply(k)
+                self.io[st.stageId()] = (st.inputRecords(), st.inputBytes() + st.shuffleReadBytes(),
+                                         st.outputBytes() + st.shuffleWriteBytes())
+        except Exception as exc:  # noqa: BLE001 - a JVM without these fields must not stop the job
+            log.debug("progress: no I/O figures (%s)", exc)
+
+
 class Stage:
-    """Times a stage and logs one line for it: `stage <name> <count> <what> in <s>s (<rate>/s); <extra>`.
+    """Times a stage and logs one line for it: `stage <name> <count> <what> in <s>s (<rate>/s); <extra>`;
+    while it runs, a progress line every PROGRESS seconds (`progress <name> tasks 12/35 ..., ETA 40s`) from
+    Spark's status tracker, so that a user watching a cluster job or an Airflow log sees it move.
 
     An exception leaving the block carries the stage's name (`exc.stage`), for the one line a job prints
     (e.g. which stage ran out of memory, cli.out_of_memory).
@@ -95,18 +158,40 @@ class Stage:
         self.name = name
         self.log = logger or log
         self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Stage:
         self.t0 = time.perf_counter()
+        if PROGRESS["seconds"] > 0:
+            self._thread = threading.Thread(target=self._report, name=f"progress-{self.name}", daemon=True)
+            self._thread.start()
         return self
 
+    def _report(self) -> None:
+        progress = SparkProgress()
+        while not self._stop.wait(PROGRESS["seconds"]):
+            try:
+                line = progress.poll()
+            except Exception as exc:  # noqa: BLE001 - a progress line never fails the job
+                line = f"(no progress: {type(exc).__name__})"
+            self.log.info("progress %-8s %.0fs in: %s", self.name, time.perf_counter() - self.t0,
+                          line or "no Spark task yet")
+
+    def _stop_reporting(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
     def done(self, count: int, what: str, extra: str = "") -> None:
+        self._stop_reporting()
         self.seconds = secs = time.perf_counter() - self.t0
         rate = count / secs if secs > 0 else 0.0
         self.log.info("stage %-8s %d %s in %.1fs (%.0f/s)%s", self.name, count, what, secs, rate,
                       f"; {extra}" if extra else "")
 
     def __exit__(self, exc_type, exc, tb):
+        self._stop_reporting()
         if exc is not None and not hasattr(exc, "stage"):
             try:
                 exc.stage = self.name

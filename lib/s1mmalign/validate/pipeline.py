@@ -304,6 +304,7 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcom
     """Stage suites: every suite on its frame (schema suites on the table as stored); results to outcome."""
     with Stage("suites", log) as st:
         params = parameters(cfg)
+        used: list[DataFrame] = []
         for suite in quality.load_suites():
             schema_suite = suite.name.startswith("schema.")
             frame = raw.get(suite.table) if schema_suite else frames.get(suite.table)
@@ -312,12 +313,15 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcom
                     raise quality.SuiteError(f"suite {suite.name}: no frame named {suite.table!r}")
                 log.info("suite %s: skipped (no %s table yet)", suite.name, suite.table)
                 continue
+            used.append(frame)
             results = runner.run(suite, frame, params, outcome.run_id)
             outcome.results += results
             failed = [r.expectation for r in results if not r.success]
             log.info("suite %s: %d expectations, %d failed%s", suite.name, len(results), len(failed),
                      f" ({', '.join(failed)})" if failed else "")
-        for frame in frames.values():
+        # Great Expectations persists every frame it validates (its Spark source's default) and never lets go:
+        # a later run in the same session would then be answered from that cache, a table's old version.
+        for frame in [*frames.values(), *used]:
             frame.unpersist()
         st.done(len(outcome.results), "expectations")
 
