@@ -144,16 +144,25 @@ class Lake:
 
     def rows(self, name: str, columns: Sequence[str]) -> list[dict]:
         """The current rows of table `name`, only `columns`, read without Spark: for the small metadata tables
-        a run reads before its first Spark job (ingest_log), which then needs no JVM.
+        a run reads before its first Spark job (ingest_log), which then needs no JVM, and for tests that read
+        a table with another engine than the one that wrote it.
 
-        delta-rs gives the snapshot's files; pyarrow reads them through its own file systems (our tables
-        have no deletion vectors or column mapping, so a file's rows are the table's). Not delta-rs's
-        pyarrow dataset: its Python file system handler made a short-lived process (jobs/plan.py) abort at
-        exit ("terminate called without an active exception") now and then."""
+        delta-rs gives the snapshot's files; pyarrow reads them through its own file systems when a file's
+        rows are the table's (no deletion vectors). Not delta-rs's pyarrow dataset: its Python file system
+        handler made a short-lived process (jobs/plan.py) abort at exit ("terminate called without an active
+        exception") now and then. A table with deletion vectors (pairs) is read through delta-rs's own query
+        engine, which applies them."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
+        from deltalake import DeltaTable, QueryBuilder
 
+        uri, options = self.delta_rs(name)
+        table = DeltaTable(uri, storage_options=options)
+        if "deletionVectors" in (table.protocol().reader_features or ()):
+            query = "SELECT " + ", ".join('"' + c.replace('"', '""') + '"' for c in columns) + " FROM t"
+            return pa.table(QueryBuilder().register("t", table).execute(query).read_all()).to_pylist()
         out: list[dict] = []
-        for file in self.data_files(name):
+        for file in table.file_uris():
             with open_data_file(file, self.s3) as source:
                 out += pq.ParquetFile(source).read(columns=list(columns)).to_pylist()
         return out

@@ -83,7 +83,8 @@ def table(name: str) -> TableDef:
         catalog=bool(spec.get("catalog", False)),
         job=spec.get("job"),
         write_options=tuple((str(k), str(v)) for k, v in (spec.get("write_options") or {}).items()),
-        properties=tuple((str(k), str(v)) for k, v in (spec.get("properties") or {}).items()),
+        properties=tuple((str(k), str(v).lower() if isinstance(v, bool) else str(v))
+                         for k, v in (spec.get("properties") or {}).items()),
     )
 
 
