@@ -4,6 +4,7 @@ test_s3_lake.py), a source on S3 (moto's server), the spark-sql catalog, kill -9
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -219,7 +220,9 @@ def verdict(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, submitted_lake, tmp_path):
+def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, submitted_lake, faults_corpus,
+                                                                       tmp_path):
+    manifest_lines = manifest(faults_corpus)
     lake = tmp_path / "lake"
     shutil.copytree(submitted_lake, lake)
     # (exit 0 is checked on scifig300 above; with the default 10% the faults corpus fails
@@ -246,6 +249,16 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, s
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     ok(proc)
     assert [int(x) for x in proc.stdout.split()] == [1, 1, 0]
+    # The run history: the ingest and the validate that finished (kill -9 leaves no row: nothing runs after it)
+    history = sorted(table_rows(spark, lake, "job_runs", "job", "run_id", "status", "exit_code", "counts",
+                                "versions_written", "bytes_written", "settings_digest"), key=lambda r: r.job)
+    assert [(r.job, r.status, r.exit_code) for r in history] == [("ingest", "ok", 0), ("validate", "failed", 1)]
+    ingested, validated = history
+    assert json.loads(ingested.counts)["lines"] == len(manifest_lines) and json.loads(ingested.counts)["pairs"] > 0
+    assert json.loads(ingested.bytes_written)["pairs"] > 0 and "pairs" in json.loads(ingested.versions_written)
+    assert validated.run_id in runs and json.loads(validated.counts)["critical_failures_n"] == 1
+    assert "quality_results" in json.loads(validated.versions_written)
+    assert len(ingested.settings_digest) == 16 and ingested.settings_digest != validated.settings_digest
 
 
 def test_score_clip_through_spark_submit(spark, submitted_lake, tmp_path, tiny_checkpoint):

@@ -78,6 +78,12 @@ NEAR = ["p02", "p05", "p09"]        # one near-duplicate cluster
 V1, V2 = "v20261124T000000Z-aaaa", "v20261125T000000Z-bbbb"
 # (run, validated_at, suite, expectation, severity, success, observed_value, element_count, unexpected_count,
 #  unexpected_percent, details)
+RUNS = [   # job, run id, minutes after NOW, status, exit code, counts, versions written, bytes written, detail
+    ("ingest", "R1", 0, "ok", 0, {"lines": 16, "files_read_n": 3, "reexamined": 0}, '{"pairs": 1}',
+     {"pairs": 4000, "images": 90000}, None),
+    ("validate", V1, 5, "failed", 1, {"results_n": 3, "critical_failures_n": 2}, '{"duplicates": 0}', {}, None),
+    ("ingest", "R2", 9, "stopped", 143, {}, "{}", {"pairs": 10}, "stopped by SIGTERM"),
+]
 QUALITY = [
     (V1, NOW - dt.timedelta(days=2), "schema_values.pairs", "recaption_present", "critical", False, "0.9",
      None, None, None, None),
@@ -165,6 +171,13 @@ def build_lake(spark, lake: str, database: str, with_clip: bool = True, with_dup
                  success=ok, observed_value=obs, element_count=n, unexpected_count=bad, unexpected_percent=pct,
                  details=det)
             for run, at, suite, exp, sev, ok, obs, n, bad, pct, det in QUALITY])
+        write_table(spark, lake, "job_runs", [
+            dict(job=job, run_id=run, started_at=NOW + dt.timedelta(minutes=m),
+                 ended_at=NOW + dt.timedelta(minutes=m + 2),
+                 seconds=120.0, status=status, exit_code=code, counts=json.dumps(counts),
+                 versions_read='{"pairs": 1}', versions_written=written, bytes_written=json.dumps(wrote),
+                 settings_digest="0123456789abcdef", detail=detail)
+            for job, run, m, status, code, counts, written, wrote, detail in RUNS])
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +339,16 @@ def expected_views(spark, lake: str, rcfg) -> dict[str, list[dict]]:
                           failed=", ".join(sorted(failed.suite + ":" + failed.expectation))))
     trend.sort(key=lambda r: r["validated_at"], reverse=True)
     out["quality_trend"] = trend[:rcfg.quality_runs]
+    runs = lake_at(lake).read(spark, "job_runs").toPandas().sort_values(["started_at", "job", "run_id"],
+                                                                         ascending=[False, True, True])
+    out["refresh_history"] = [
+        dict(job=r.job, run_id=r.run_id, started_at=r.started_at.isoformat(), ended_at=r.ended_at.isoformat(),
+             seconds=r.seconds, status=r.status, exit_code=r.exit_code,
+             files_read=json.loads(r.counts).get("files_read_n"), lines=json.loads(r.counts).get("lines"),
+             lines_reexamined=json.loads(r.counts).get("reexamined"),
+             bytes_written=sum(json.loads(r.bytes_written).values()), versions_written=r.versions_written,
+             settings_digest=r.settings_digest, detail=r.detail)
+        for r in runs.head(rcfg.history_runs).itertuples()]
     out.update(expected_card_views(spark, lake, rcfg, pairs, clip))
     return out
 
@@ -485,7 +508,7 @@ def expected_card_views(spark, lake: str, rcfg, pairs, clip) -> dict[str, list[d
 
 VIEWS = ["overview", "pair_counts", "caption_lengths", "length_ratio", "length_histogram", "clip_stats",
          "clip_histogram", "clip_lowest", "duplicate_rates", "quarantine_reasons", "quality_latest", "quality_trend",
-         "text_signal_rates", "text_signal_worst", "clip_card", "fluency_card", "caption_card"]
+         "text_signal_rates", "text_signal_worst", "clip_card", "fluency_card", "caption_card", "refresh_history"]
 
 
 def assert_rows_equal(view: str, key: tuple[str, ...], got: list[dict], want: list[dict]) -> None:
@@ -555,6 +578,10 @@ def test_known_values_by_hand(known):
             for r in v["quality_trend"]] == [     # in key order here; the page shows the newest first
         (V1, 3, 2, 0, "schema_values.clip_scores:score_caption_range, schema_values.pairs:recaption_present"),
         (V2, 2, 0, 1, "schema_values.pairs:unknown_discipline_share")]
+    assert [(r["job"], r["run_id"], r["status"], r["files_read"], r["lines"], r["bytes_written"])
+            for r in v["refresh_history"]] == [("ingest", "R1", "ok", 3, 16, 94000),   # key order; the page:
+                                               ("ingest", "R2", "stopped", None, None, 10),   # newest first
+                                               ("validate", V1, "failed", None, None, 0)]
     # the card: CLIP point figures are clip_stats' own; fluency's medians weigh each stratum by its size
     card = {(r["model"], r["discipline"], r["figure_type"]): r for r in v["clip_card"]}
     assert card[(M1, "physics", "*")]["uplift_pct"] == pytest.approx(phys["uplift_pct"])
@@ -656,6 +683,7 @@ def test_page_opens_in_headless_chromium_and_shows_the_numbers(known, written, t
     assert cells(dom, "quality_failed", "samples") == ["1.5", "raised: planted: no such column"]
     assert cells(dom, "quality_latest", "result") == ["FAILED", "passed", "FAILED"]
     assert cells(dom, "quality_trend", "failed_critical") == ["0", "2"]
+    assert cells(dom, "refresh_history", "run_id") == ["R2", V1, "R1"]      # newest first
     assert re.search(r"<b>3</b> expectations, <b>2</b> failed \(1 critical, 1 warning\)", dom)
     assert [u for u in asked if not u.startswith(("file:", "data:"))] == [], asked
     assert "No CLIP scores" not in dom

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from s1mmalign import stages
@@ -166,6 +167,17 @@ class Job:
     summary: Callable[[Context, Any], int | None] | None = None
 
 
+def _ending(failure: BaseException | None, result: Any) -> tuple[str, int]:
+    """(status, exit code) of a run for job_runs: ok, failed (validate: a critical expectation failed; or an
+    error) or stopped (a signal), with the code the job exits with."""
+    if failure is None:
+        critical = getattr(result, "critical_failures", None)
+        return ("failed", 1) if critical else ("ok", 0)
+    if stages.STOPPED:
+        return "stopped", 128 + stages.STOPPED[0]
+    return "failed", 2 if isinstance(failure, JobError) else 1
+
+
 def flag_overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> dict:
     """The flags of `names` that were given (not None), as overrides of conf `section`."""
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
@@ -197,13 +209,24 @@ def _run(spec: Job) -> int:
     if not spec.spark:
         result = spec.run(ctx)
     else:
-        from s1mmalign.lake import session
+        from s1mmalign.lake import runs, session
 
         writes = spec.writes(ctx) if callable(spec.writes) else spec.writes
+        started, before = datetime.now(timezone.utc), runs.versions(ctx.lake) if writes else {}
+        result, failure = None, None
         ctx.spark = session.build(ctx.lake, ctx.cfg, write=writes)      # the lease names the job by its script
         try:
             result = spec.run(ctx)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            if writes:      # while the lease is still held: the run's row in job_runs
+                status, code = _ending(failure, result)
+                runs.record(ctx.lake, job=spec.name, run_id=getattr(result, "run_id", None)
+                            or f"{spec.name}-{started:%Y%m%dT%H%M%SZ}-{os.getpid()}", started=started,
+                            ended=datetime.now(timezone.utc), status=status, exit_code=code, result=result,
+                            before=before, cfg=ctx.cfg, detail=None if failure is None else one_line(failure))
             session.stop(ctx.spark)
     code = spec.summary(ctx, result) if spec.summary else None
     return code or 0

@@ -158,6 +158,7 @@ class ReportConf:
     score_bin_width: float = 0.01         # CLIP score histogram bins
     length_bins_per_decade: int = 10      # word-count histogram bins (log scale)
     quality_runs: int = 20                # validate runs in the quality trend
+    history_runs: int = 50                # job runs in the refresh history
     bootstrap_replicates: int = 200       # the caption card's 95% intervals: Poisson bootstrap replicates
     bootstrap_blocks: int = 4096          # CLIP rows are resampled in this many random blocks per group (sums)
     worst_examples: int = 5               # pairs listed per text signal
@@ -234,6 +235,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "report.short_chars": (0, 1_000_000), "report.review_pairs": (0, 10_000),
     "report.preview_chars": (0, 1_000_000), "report.score_bin_width": (1e-6, 1),
     "report.length_bins_per_decade": (1, 1000), "report.quality_runs": (1, 100000),
+    "report.history_runs": (1, 100000),
     "report.bootstrap_replicates": (1, 10_000), "report.bootstrap_blocks": (1, 1_000_000),
     "report.worst_examples": (0, 10_000),
     "text.max_chars": (1000, 2**31 - 1), "text.open_sentence_words": (1, 10_000), "text.lang_min_words": (1, 10_000),

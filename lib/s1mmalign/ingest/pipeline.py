@@ -596,13 +596,21 @@ class IngestRun:
         (MERGE on the key, with the keys whose rows go): new rows go to new files, and a refresh's cost is
         its change, not the table's."""
         with Stage("write", log) as st:
-            redo = _in_list("t.source_file", self.redo_files)
+            redo = _in_list("source_file", self.redo_files)
             pairs = out.pairs.select(*schemas.table("pairs").names)
             quarantine = out.quarantine.select(*schemas.table("quarantine").names)
             waiting = out.quarantine.where("_valid").select(*schemas.table("waiting_lines").names)
             was_waiting = out.again.where("_origin = 'waiting'").select("source_file", "source_line")
             new_images = self._new_images(out.blobs, pairs)
             quarantine_changed = "NOT (t.reason <=> s.reason AND t.detail <=> s.detail AND t.raw <=> s.raw)"
+
+            # The rows that go are named by key (not a whenNotMatchedBySource clause: with one, MERGE rewrites
+            # every file of the table), so that each commit rewrites only the files holding a changed row.
+            def gone(table: str, where: str, *more: DataFrame) -> DataFrame:
+                keys = self.lake.read(self.spark, table).where(where).select(*schemas.table(table).key)
+                for m in more:
+                    keys = keys.unionByName(m)
+                return keys
 
             # The tables are independent: commit them concurrently (Spark runs jobs from threads).
             # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
@@ -611,14 +619,14 @@ class IngestRun:
                 lambda: self.lake.merge(self.spark, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
                                         deletes=self.affected),
                 lambda: self.lake.merge(self.spark, "quarantine", quarantine, update_when=quarantine_changed,
-                                        deletes=was_waiting, delete_unmatched_when=redo),
+                                        deletes=gone("quarantine", redo, was_waiting)),
                 lambda: self.lake.merge(self.spark, "waiting_lines", waiting, update_when=quarantine_changed,
-                                        deletes=was_waiting, delete_unmatched_when=redo),
+                                        deletes=gone("waiting_lines", redo, was_waiting)),
             ]
             if self.touched_archives:
                 writes.append(lambda: self.lake.merge(
                     self.spark, "image_index", out.image_index,
-                    delete_unmatched_when=_in_list("t.container", self.touched_archives)))
+                    deletes=gone("image_index", _in_list("container", self.touched_archives))))
             with ThreadPoolExecutor(len(writes)) as pool:
                 for future in [pool.submit(w) for w in writes]:
                     future.result()
@@ -631,7 +639,7 @@ class IngestRun:
             log_rows = self._log_rows(parts, chunks, per_file) + self._recounted(out.again)
             self.lake.merge(self.spark, "ingest_log",
                             self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()),
-                            delete_unmatched_when=_in_list("t.source_file", self.changes.gone_files))
+                            deletes=gone("ingest_log", _in_list("source_file", self.changes.gone_files)))
             n_pairs = sum(a for a, _ in per_file.values())
             n_quarantine = sum(q for _, q in per_file.values())
             st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined; "

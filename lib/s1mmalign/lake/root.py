@@ -255,14 +255,14 @@ class Lake:
     # --- writes: each checks the lease first --------------------------------------------------------
 
     def merge(self, spark, name: str, source_df, *, update_when: str | None = None,
-              delete_unmatched_when: str | None = None, deletes=None) -> dict[str, str]:
+              deletes=None) -> dict[str, str]:
         """MERGE source_df into table `name` on its key from schemas/: insert new rows, update changed ones;
         returns the commit's metrics (numTargetRowsInserted, ...).
 
         update_when: a condition on t./s. that limits updates (e.g. only rows whose row_hash differs);
-        delete_unmatched_when: target rows matching it but absent from source_df are deleted;
         deletes: a DataFrame of keys (the key columns) whose rows are deleted, in the same commit.
-        Only the files holding a matched or deleted row are rewritten; new rows go to new files.
+        Only the files holding a matched or deleted row are rewritten; new rows go to new files. (No
+        whenNotMatchedBySource clause: with one, Delta's MERGE rewrites every file of the table.)
         Into a table that holds no file yet (a lake's first load) the rows are appended instead, the same
         rows a MERGE would insert, without its join against nothing and its materialized copy of the source.
         """
@@ -291,8 +291,6 @@ class Lake:
                      .whenNotMatchedInsert(condition=keep, values={c: f"s.{c}" for c in tdef.names}))
         else:
             merge = merge.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll()
-        if delete_unmatched_when:
-            merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_when)
         self.check_lease()
         merge.execute()
         return self._logged(spark, name, "merge", before)

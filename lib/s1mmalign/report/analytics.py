@@ -76,6 +76,7 @@ def parameters(cfg: Config) -> dict[str, object]:
             "figure_label_regex": r.figure_label_regex, "review_pairs": int(r.review_pairs),
             "preview_chars": int(r.preview_chars), "score_bin_width": float(r.score_bin_width),
             "length_bins_per_decade": int(r.length_bins_per_decade), "quality_runs": int(r.quality_runs),
+            "history_runs": int(r.history_runs),
             "bootstrap_replicates": int(r.bootstrap_replicates), "bootstrap_blocks": int(r.bootstrap_blocks),
             "worst_examples": int(r.worst_examples), "boilerplate_papers": int(cfg.text.boilerplate_papers)}
 

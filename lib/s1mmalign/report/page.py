@@ -467,6 +467,18 @@ def _validation(summary: dict, plots: dict[str, bytes]) -> list[str]:
             *_quality(latest, summary["views"].get("quality_trend", []), summary)]
 
 
+def _history(summary: dict, plots: dict[str, bytes]) -> list[str]:
+    runs = summary["views"].get("refresh_history")
+    if not runs:
+        return ["<h2>Refresh history</h2>", _note("refresh_history", summary, "No job run recorded")]
+    runs = sorted(runs, key=lambda r: str(r["started_at"]), reverse=True)      # newest first
+    return ["<h2>Refresh history</h2>", _table("refresh_history", runs, [
+        ("job", "job", ""), ("run_id", "run", ""), ("started_at", "started", ""), ("seconds", "seconds", ""),
+        ("status", "status", ""), ("files_read", "JSONL files read", ""), ("lines", "lines", ""),
+        ("lines_reexamined", "lines re-examined", ""), ("bytes_written", "bytes written", ""),
+        ("versions_written", "versions written", ""), ("detail", "detail", "")])]
+
+
 def _views(summary: dict, plots: dict[str, bytes]) -> list[str]:
     described = summary.get("descriptions", {})
     if not described:
@@ -481,7 +493,7 @@ def _views(summary: dict, plots: dict[str, bytes]) -> list[str]:
 
 # The page's sections, in order: each (summary, plots) -> its HTML fragments.
 SECTIONS = (_header, _overview, _pair_counts, _lengths, _clip_alignment, _caption_card, _duplicates, _quarantine,
-            _validation, _views)
+            _validation, _history, _views)
 
 
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
