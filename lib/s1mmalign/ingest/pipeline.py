@@ -61,7 +61,7 @@ class RunSummary:
     files_read: list[str] = field(default_factory=list)     # the JSONL files parsed (new or changed)
     gone_files: list[str] = field(default_factory=list)     # logged files no longer listed: their rows dropped
     reexamined: int = 0          # lines of files not read whose outcome could change, resolved again
-    moved: int = 0               # of those, lines whose outcome changed (pair <-> quarantine, or its reason)
+    moved: int = 0               # of those, lines that moved between pairs and quarantine
     bytes_written: dict[str, int] = field(default_factory=dict)   # table -> bytes of data files added
 
 
@@ -145,8 +145,9 @@ def run(spark: SparkSession, cfg: Config, source_uri: str, lake: Lake, run_id: s
         if unheld:
             # Pairs of files this run did not read that become quarantined rows need their lines as written
             # (quarantine.raw): read those few files too, and resolve again.
-            job.todo_jsonl += [(s.name, f) for s in plan.sources for f in s.jsonl if f.rel in unheld]
-            chunks += job.stage_jsonl([(s.name, f) for s in plan.sources for f in s.jsonl if f.rel in unheld])
+            more = [(s.name, f) for s in plan.sources for f in s.jsonl if f.rel in unheld]
+            job.todo_jsonl += more
+            chunks += job.stage_jsonl(more)
             outputs, unheld = job.resolve(parts)
             assert not unheld, unheld
         summary.pairs, summary.quarantined = job.write(outputs, parts, chunks)
@@ -190,9 +191,12 @@ def changes(lake: Lake, plan: SourcePlan) -> Changes:
     logged = lake.rows("ingest_log", ("source", "source_file", "kind", "archive", "fingerprint", "status"))
     seen = {r["source_file"]: (None if r["status"] == "incomplete" else r["fingerprint"]) for r in logged}
     logged_parts: dict[tuple[str, str], set] = {}
+    broken: dict[str, set] = {}
     for r in logged:
         if r["kind"] == "archive_part" and r["archive"] is not None:
             logged_parts.setdefault((r["source"], r["archive"]), set()).add(r["source_file"])
+            if r["status"] not in ("ok", "unreadable"):
+                broken.setdefault(r["source"], set()).add(r["archive"])
     archives = [a for s in plan.sources for a in s.archives
                 if any(seen.get(p.rel) != p.fingerprint for p in a.parts)
                 or logged_parts.get((a.source, a.name), set()) != {p.rel for p in a.parts}]
@@ -204,10 +208,6 @@ def changes(lake: Lake, plan: SourcePlan) -> Changes:
     present = {(a.source, a.name) for s in plan.sources for a in s.archives}
     gone_files = sorted(r["source_file"] for r in logged if r["source_file"] not in listed)
     gone_archives = sorted(k for k in logged_parts if k not in present)
-    broken: dict[str, set] = {}
-    for r in logged:
-        if r["kind"] == "archive_part" and r["status"] not in ("ok", "unreadable") and r["archive"] is not None:
-            broken.setdefault(r["source"], set()).add(r["archive"])
     return Changes(jsonl, archives, refused, gone_files, gone_archives, broken)
 
 
@@ -552,7 +552,7 @@ class IngestRun:
                           .withColumn("ingest_run_id", F.lit(self.run_id))
                           .withColumn("ingested_at", F.lit(self.now).cast("timestamp")))
 
-            blobs = this_run.unionByName(tree).where("status = 'ok'")
+            blobs = _last_of_each_name(this_run).unionByName(tree).where("status = 'ok'")
             image_index = (this_run.withColumn("_n", F.row_number().over(
                 Window.partitionBy("source", "image_path", "container").orderBy(F.col("member").desc())))
                 .where("_n = 1").select(*schemas.table("image_index").names[:-1])
@@ -654,11 +654,7 @@ class IngestRun:
             .where("d <> 0").collect()}
         if not delta:
             return []
-        names = schemas.table("ingest_log").names
-        def plain(v):       # pyarrow gives a nanosecond timestamp as pandas' Timestamp
-            return v.to_pydatetime() if hasattr(v, "to_pydatetime") else v
-
-        rows = [{k: plain(v) for k, v in r.items()} for r in self.lake.rows("ingest_log", names)
+        rows = [r for r in self.lake.rows("ingest_log", schemas.table("ingest_log").names)
                 if r["source_file"] in delta]
         return [{**r, "accepted": r["accepted"] + delta[r["source_file"]],
                  "quarantined": r["quarantined"] - delta[r["source_file"]]} for r in rows]

@@ -160,12 +160,14 @@ class Lake:
         table = DeltaTable(uri, storage_options=options)
         if "deletionVectors" in (table.protocol().reader_features or ()):
             query = "SELECT " + ", ".join('"' + c.replace('"', '""') + '"' for c in columns) + " FROM t"
-            return pa.table(QueryBuilder().register("t", table).execute(query).read_all()).to_pylist()
-        out: list[dict] = []
-        for file in table.file_uris():
-            with open_data_file(file, self.s3) as source:
-                out += pq.ParquetFile(source).read(columns=list(columns)).to_pylist()
-        return out
+            out = pa.table(QueryBuilder().register("t", table).execute(query).read_all()).to_pylist()
+        else:
+            out = []
+            for file in table.file_uris():
+                with open_data_file(file, self.s3) as source:
+                    out += pq.ParquetFile(source).read(columns=list(columns)).to_pylist()
+        # pyarrow gives a nanosecond timestamp as pandas' Timestamp: rows hold Python datetimes, as Spark's do
+        return [{k: v.to_pydatetime() if hasattr(v, "to_pydatetime") else v for k, v in r.items()} for r in out]
 
     def holds_no_file(self, name: str) -> bool:
         """Whether table `name`'s current version has no data file (read from its log, no Spark job)."""
