@@ -10,7 +10,9 @@ s1mmalign_refresh:  plan -> ingest -> score_text -> validate -> [score_clip] -> 
               fails (its log names the expectations), nothing downstream runs, the run is failed.
               score_clip runs only when a CLIP checkpoint is configured, score_fluency (after it, whether
               or not it ran) only when a fluency checkpoint is; both in the GPU pool.
-s1mmalign_maintain: jobs/maintain.py on its own (weekly) schedule.
+s1mmalign_maintain: jobs/maintain.py on its own (weekly) schedule, then validate --full (near duplicates
+              among every image hash anew; the daily validate compares only the new hashes with the
+              stored band keys).
 
 Every task is idempotent (every job converges when re-run), so a retry or a cleared task is safe; every
 table a task writes is an Airflow asset (outlet): other DAGs can schedule on `s1mmalign.pairs` changing.
@@ -87,15 +89,16 @@ PARAMS = {
 }
 
 
-def job(task_id: str, *args: str, **kwargs) -> SparkSubmitOperator:
-    """The project's jobs/<task_id>.py through spark-submit, as the README's cluster lines run it."""
+def job(task_id: str, *args: str, script: str | None = None, **kwargs) -> SparkSubmitOperator:
+    """The project's jobs/<script or task_id>.py through spark-submit, as the README's cluster lines run it."""
+    script = script or task_id
     jars = ",".join(str(p) for p in sorted((HOME / "jars").glob("*.jar")))
     return SparkSubmitOperator(
-        task_id=task_id, application=str(HOME / "jobs" / f"{task_id}.py"), conn_id=DEFAULTS["connection"],
-        py_files=str(HOME / "dist" / "s1mmalign.zip"), jars=jars or None, name=f"s1mmalign-{task_id}",
+        task_id=task_id, application=str(HOME / "jobs" / f"{script}.py"), conn_id=DEFAULTS["connection"],
+        py_files=str(HOME / "dist" / "s1mmalign.zip"), jars=jars or None, name=f"s1mmalign-{script}",
         spark_binary=str(VENV / "bin" / "spark-submit"), env_vars=_env(),
         application_args=["--lake", "{{ params.lake | s1_path }}", "--conf", "{{ params.conf | s1_path }}", *args],
-        outlets=[asset(t) for t in TABLES_OF.get(task_id, [])], **kwargs)
+        outlets=[asset(t) for t in TABLES_OF.get(script, [])], **kwargs)
 
 
 def plan(params: dict) -> bool:
@@ -161,4 +164,4 @@ with DAG(
     user_defined_filters={"s1_path": _path},
     tags=["s1mmalign"],
 ) as maintenance:
-    job("maintain")
+    job("maintain") >> job("validate_full", "--full", script="validate")

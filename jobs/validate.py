@@ -1,6 +1,9 @@
 """Validate the lake's tables with the Great Expectations suites in expectations/.
 
-    spark-submit jobs/validate.py --lake LAKE_ROOT_OR_S3_URI [--out DOCS_DIR_OR_S3_URI] [--conf conf/X.yaml]
+    spark-submit jobs/validate.py --lake LAKE_ROOT_OR_S3_URI [--out DOCS_DIR_OR_S3_URI] [--full] [--conf conf/X.yaml]
+
+Near duplicates are found incrementally: the image hashes new since the last run are compared against the
+stored band keys of the others. --full bands every hash anew (the maintain DAG runs it weekly).
 
 Exit 0: every critical expectation passed (warnings are logged and recorded); 1: a critical one failed,
 named on one line; 2: the job could not run.
@@ -16,6 +19,8 @@ from s1mmalign.validate import pipeline, quality
 def flags(p) -> None:
     p.add_argument("--out", default=None, help="folder for Great Expectations' Data Docs (HTML); "
                                                "default <lake>/_quality/data_docs")
+    p.add_argument("--full", action="store_true",
+                   help="find near duplicates among every image hash anew, not only the new ones")
 
 
 def prepare(ctx) -> None:
@@ -34,6 +39,7 @@ def summary(ctx, outcome) -> int:
 
 
 if __name__ == "__main__":
-    cli.job(cli.Job("validate", __doc__, lambda ctx: pipeline.run(ctx.spark, ctx.cfg, ctx.lake, out=ctx.args.out),
+    cli.job(cli.Job("validate", __doc__, lambda ctx: pipeline.run(ctx.spark, ctx.cfg, ctx.lake, out=ctx.args.out,
+                                                                   full=ctx.args.full),
                     flags=flags, prepare=prepare, needs=pipeline.NEEDED, intact=(*pipeline.NEEDED, *pipeline.OPTIONAL),
                     summary=summary))

@@ -69,7 +69,10 @@ def test_the_dags_import_and_are_wired_as_designed(airflow_env):
         "report": ["score_fluency", "validate"]}
     assert t["fluency_configured"]["trigger_rule"] == "none_failed"
     jobs = {**t, **maintain["tasks"]}
-    for name in ("ingest", "score_text", "validate", "score_clip", "score_fluency", "report", "maintain"):
+    assert maintain["tasks"]["validate_full"]["upstream"] == ["maintain"]
+    assert maintain["tasks"]["validate_full"]["outlets"] == t["validate"]["outlets"]
+    for name in ("ingest", "score_text", "validate", "score_clip", "score_fluency", "report", "maintain",
+                 "validate_full"):
         assert jobs[name]["type"] == "SparkSubmitOperator", name
         assert jobs[name]["spark_binary"] == str(REPO / ".venv" / "bin" / "spark-submit")
         assert jobs[name]["py_files"] == str(REPO / "dist" / "s1mmalign.zip")
@@ -130,9 +133,11 @@ def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spar
     assert versions(lake)["pairs"] > first["pairs"] or versions(lake)["quarantine"] > first["quarantine"]
     assert not lake_at(str(lake)).exists("clip_scores") and not (tmp_path / "report3").exists()
 
-    # Weekly maintenance: same rows, fewer or as many files.
+    # Weekly maintenance: same rows, fewer or as many files; then validate --full, which still fails the
+    # quarantined share (the broken file is still in the source), so the maintenance run is failed.
     rows = sorted(tuple(r) for r in lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect())
     out, state = dags_test(airflow_env, "s1mmalign_maintain", {"lake": str(lake)})
-    assert state == "success" and "maintain: pairs:" in out, out[-3000:]
+    assert state == "failed" and "maintain: pairs:" in out, out[-3000:]
+    assert "near duplicates: every hash banded anew (--full)" in out and "quarantined_share" in out, out[-3000:]
     after = lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect()
     assert sorted(tuple(r) for r in after) == rows

@@ -97,3 +97,87 @@ def test_oversized_buckets_are_skipped_and_counted(spark):
     stats = dedup.DedupStats()
     dedup.near_matches(img_df, dataclasses.replace(small, max_bucket=100), stats)
     assert stats.skipped_buckets == 0 and stats.candidate_pairs == 40 * 39 // 2
+
+
+def _brute(hashes: set[int], k: int) -> set[tuple[int, int, int]]:
+    """Every pair of distinct hashes (signed, h1 < h2) within k bits, with the distance: all pairs compared."""
+    hs = sorted(signed(h) for h in hashes)
+    return {(a, b, bin((a ^ b) & (1 << 64) - 1).count("1")) for i, a in enumerate(hs) for b in hs[i + 1:]
+            if bin((a ^ b) & (1 << 64) - 1).count("1") <= k}
+
+
+def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark, cfg, tmp_path, monkeypatch):
+    """validate's near matches across runs: the first run bands every hash; later ones only the new hashes,
+    against the stored band keys; after each the stored matches are exactly all pairs within k (brute
+    force), including pairs of a new hash with an old one and chains across runs. A run cut between its
+    two writes converges; changed settings, a hash gone and a bucket grown past max_bucket search anew."""
+    from helpers import held
+    from s1mmalign.validate import pipeline
+
+    lake = held(str(tmp_path / "lake"), cfg)
+    lake.ensure_tables(spark, job="validate")
+    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10)
+    rng = random.Random(31)
+    bases = [rng.getrandbits(64) for _ in range(30)]
+    variants = [flip(b, *rng.sample(range(64), rng.choice([1, 2, 3, 4]))) for _ in range(3) for b in bases]
+    batches = [set(bases[:15]) | set(variants[:30]), set(bases[15:]) | set(variants[30:60]), set(variants[60:])]
+
+    def run(hashes, p=params):
+        stats = dedup.DedupStats()
+        img = spark.createDataFrame([(f"sha{h}", signed(h)) for h in hashes], "image_sha256 string, image_dhash bigint")
+        how = pipeline._near_matches(spark, p, lake, img, stats, full=False)
+        got = {(r.h1, r.h2, r.d) for r in lake.read(spark, "dhash_edges").collect()}
+        bands = lake.read(spark, "dhash_bands")
+        assert bands.count() == p.lsh_bands * len(hashes) == bands.select("h", "band").distinct().count()
+        return how, got
+
+    seen: set[int] = set()
+    for i, batch in enumerate(batches):
+        seen |= batch
+        if i == 1:      # the run is cut after its matches are written, before the band keys
+            real = lake.append
+            monkeypatch.setattr(lake, "append", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+            with pytest.raises(RuntimeError):
+                run(seen)
+            monkeypatch.setattr(lake, "append", real)
+        how, got = run(seen)
+        assert how == ("in full (no stored band keys)" if i == 0 else f"incremental ({len(batch)} new hashes)")
+        want = _brute(seen, 3)
+        assert got == want and len(want) >= 10
+    assert any(a in {signed(h) for h in batches[0]} and b in {signed(h) for h in batches[2]} or
+               b in {signed(h) for h in batches[0]} and a in {signed(h) for h in batches[2]}
+               for a, b, _ in got), "no match between the first run's hashes and the last run's"
+    edges = lake.version("dhash_edges")
+    assert run(seen) == ("incremental (0 new hashes)", _brute(seen, 3)) and lake.version("dhash_edges") == edges
+
+    assert run(seen, dataclasses.replace(params, near_duplicate_distance=2)) == (
+        "in full (settings changed)", _brute(seen, 2))
+    gone = set(list(seen)[1:])
+    assert run(gone, dataclasses.replace(params, near_duplicate_distance=2)) == (
+        "in full (1 stored hash(es) no longer in images)", _brute(gone, 2))
+
+
+def test_a_bucket_grown_past_max_bucket_is_searched_anew(spark, cfg, tmp_path):
+    """A full search skips a bucket over max_bucket, and with it the matches it gave while smaller: a run
+    whose new hashes push a bucket past the limit searches every hash anew, as a full run would."""
+    from helpers import held
+    from s1mmalign.validate import pipeline
+
+    lake = held(str(tmp_path / "lake"), cfg)
+    lake.ensure_tables(spark, job="validate")
+    params = QualityConf(near_duplicate_distance=2, lsh_bands=3, max_bucket=4, max_cluster_rounds=5)
+    low = 0x2AAAA | (0x155 << 22)      # every hash agrees on bands 0 and 1 (the low 43 bits)
+    first = {low | (0b1 << 45), low | (0b11 << 45), low | (0b111 << 55)}     # 1 bit apart: one match
+    fourth, fifth = low | (0b111 << 49), low | (0b11111 << 58)              # 4 or more bits from any other
+    def run(hashes):
+        stats = dedup.DedupStats()
+        img = spark.createDataFrame([(f"sha{h}", signed(h)) for h in hashes], "image_sha256 string, image_dhash bigint")
+        how = pipeline._near_matches(spark, params, lake, img, stats, full=False)
+        return how, {(r.h1, r.h2) for r in lake.read(spark, "dhash_edges").collect()}, stats
+
+    how, got, _ = run(first)
+    assert got == {(low | (0b1 << 45), low | (0b11 << 45))}
+    how, got, stats = run(first | {fourth})          # 4 in each shared bucket: still compared
+    assert how == "incremental (1 new hashes)" and len(got) == 1 and stats.skipped_buckets == 0
+    how, got, stats = run(first | {fourth, fifth})   # 5: both buckets the match shared are skipped
+    assert how == "in full (a bucket grew past quality.max_bucket)" and got == set() and stats.skipped_buckets == 2

@@ -316,7 +316,7 @@ def test_report_through_spark_submit_and_its_views_in_a_new_spark_sql_session(sp
     summary = json.loads((out / "summary.json").read_text())
     pairs = len(table_rows(spark, lake, "pairs", "pair_id"))
     assert summary["views"]["overview"][0]["pairs"] == pairs
-    said = f"report: {out / 'report.html'} ({pairs} pairs, 0 CLIP model(s), 3 plots; 8 views in the catalog)"
+    said = f"report: {out / 'report.html'} ({pairs} pairs, 0 CLIP model(s), 3 plots; 9 views in the catalog)"
     assert said in proc.stdout
     assert set(summary["unavailable"]) == {"clip_stats", "clip_histogram", "clip_lowest", "duplicate_rates",
                                            "quality_latest", "quality_trend", "pair_signals", "text_signal_rates",

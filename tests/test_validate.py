@@ -256,7 +256,12 @@ def test_clean_clip_scores_pass(spark, strict_cfg, lake_copy):
 
 
 def _plant_duplicate_images(corpus: Path) -> dict[str, str]:
-    """Two new bioRxiv records: one whose image is a byte copy of another's, one a retouched copy."""
+    """Two new bioRxiv records: one whose image is a byte copy of another's, one a retouched copy whose
+    perceptual hash differs from the original's by 1 or 2 bits (a hash new to the lake, within k)."""
+    from s1mmalign import config
+    from s1mmalign.ingest.images import analyze
+
+    policy = config.load().ingest
     jsonl = corpus / "biorxiv" / "jsonl" / "biorxiv_2020.jsonl"
     records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     pngs = [r for r in records if r["image_path"].endswith(".png")]
@@ -265,11 +270,19 @@ def _plant_duplicate_images(corpus: Path) -> dict[str, str]:
     exact_path, near_path = "images/10.1101_2020.900001/fig1.png", "images/10.1101_2020.900002/fig1.png"
     (images / exact_path).parent.mkdir(parents=True)
     shutil.copyfile(images / exact_src["image_path"], images / exact_path)
-    im = Image.open(images / near_src["image_path"]).convert("RGB")
-    for x in range(3):
-        im.putpixel((5 + x, 5), (255, 0, 0))      # a few retouched pixels: new bytes, same look
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
+    original = (images / near_src["image_path"]).read_bytes()
+    was = analyze(original, policy).dhash
+    for i in range(200):           # a patch of ink somewhere: the first one that moves 1 or 2 hash bits
+        im = Image.open(io.BytesIO(original)).convert("RGB")
+        w, h = im.size
+        x, y = (i % 10) * w // 10, (i // 10 % 10) * h // 10
+        im.paste((0, 0, 0) if i < 100 else (255, 255, 255), (x, y, x + max(1, w // 12), y + max(1, h // 12)))
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        if 1 <= bin((analyze(buf.getvalue(), policy).dhash ^ was) & (1 << 64) - 1).count("1") <= 2:
+            break
+    else:
+        raise AssertionError("no patch moved the hash by 1 or 2 bits")
     (images / near_path).parent.mkdir(parents=True)
     (images / near_path).write_bytes(buf.getvalue())
     with jsonl.open("a") as f:
@@ -286,7 +299,8 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     shutil.copytree(clean_corpus, corpus)
     lake = tmp_path / "lake"
     ingest.run(spark, cfg, str(corpus), held(str(lake), cfg))
-    assert failed(validate.run(spark, strict_cfg, held(str(lake), strict_cfg))) == set()
+    first = validate.run(spark, strict_cfg, held(str(lake), strict_cfg))
+    assert failed(first) == set() and first.stats.search == "in full (no stored band keys)"
     planted = _plant_duplicate_images(corpus)
     ingest.run(spark, cfg, str(corpus), held(str(lake), cfg))
     outcome = validate.run(spark, strict_cfg, held(str(lake), strict_cfg))
@@ -304,13 +318,21 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     assert len({r.image_sha256 for r in near}) == 2 and all(r.distance <= cfg.quality.near_duplicate_distance
                                                             for r in near)
     assert outcome.stats.exact_groups == 1 and outcome.stats.near_clusters == 1
+    # the near pair was found by banding only the refresh's new hashes against the stored band keys
+    assert outcome.stats.search == "incremental (1 new hashes)"
     # the default thresholds tolerate one duplicate in ~120 pairs: nothing fails
     again = validate.run(spark, cfg, held(str(lake), cfg))
-    assert failed(again) == set()
-    assert table(spark, lake, "duplicates").count() == 4         # rebuilt, not doubled
+    assert failed(again) == set() and again.stats.search == "incremental (0 new hashes)"
+    kept = sorted(tuple(r) for r in table(spark, lake, "duplicates").drop("validate_run_id", "computed_at").collect())
+    assert len(kept) == 4         # rebuilt, not doubled
+    # a full run (--full: every hash banded anew) gives the same duplicates
+    full = validate.run(spark, cfg, held(str(lake), cfg), full=True)
+    assert full.stats.search == "in full (--full)" and failed(full) == set()
+    assert sorted(tuple(r) for r in table(spark, lake, "duplicates").drop("validate_run_id", "computed_at")
+                  .collect()) == kept
     results = table(spark, lake, "quality_results")
-    assert results.select("validate_run_id").distinct().count() == 3
-    assert results.count() == 3 * expected_count()
+    assert results.select("validate_run_id").distinct().count() == 4
+    assert results.count() == 4 * expected_count()
 
 
 def test_missing_tables_are_a_clear_error(tmp_path, lake_copy):

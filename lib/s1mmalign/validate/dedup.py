@@ -33,6 +33,7 @@ class DedupStats:
     matches: int = 0
     skipped_buckets: int = 0
     rounds: int = 0
+    search: str = ""              # how the near matches were found: in full (why) or incremental (new hashes)
 
 
 def exact_groups(pairs: DataFrame) -> DataFrame:
@@ -59,29 +60,81 @@ def _bands(bands: int) -> list[tuple[int, int]]:
     return out
 
 
-def near_matches(hashes: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
-    """Pairs of distinct hashes (h1 < h2) at Hamming distance <= params.near_duplicate_distance, found in
-    banded buckets (params.lsh_bands; buckets over params.max_bucket are skipped and counted)."""
-    h = hashes.select(F.col("image_dhash").alias("h")).distinct()
+def scheme(params: QualityConf) -> str:
+    """The settings stored band keys and matches were found under: when one changes, they are found anew."""
+    return f"bands={params.lsh_bands} k={params.near_duplicate_distance} max_bucket={params.max_bucket}"
+
+
+def banded(hashes: DataFrame, params: QualityConf) -> DataFrame:
+    """(h, band, key, scheme): every distinct hash of `hashes` (column image_dhash) once per band."""
+    h = hashes.select(F.col("image_dhash").alias("h")).where(F.col("h").isNotNull()).distinct()
     keys = F.array(*[F.struct(F.lit(b).alias("band"),
                               (F.shiftrightunsigned(F.col("h"), shift).bitwiseAND(F.lit(mask))).alias("key"))
                      for b, (shift, mask) in enumerate(_bands(params.lsh_bands))])
-    banded = h.select("h", F.explode(keys).alias("bk")).select("h", "bk.band", "bk.key")
-    sizes = banded.groupBy("band", "key").agg(F.count("*").alias("n")).where("n > 1").localCheckpoint()
-    live = banded.join(sizes.where(F.col("n") <= params.max_bucket).select("band", "key"), ["band", "key"])
-    a, b = live.alias("a"), live.alias("b")
-    candidates = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.key") == F.col("b.key"))
-                         & (F.col("a.h") < F.col("b.h")))
-                  .select(F.col("a.h").alias("h1"), F.col("b.h").alias("h2")).distinct()
-                  .withColumn("d", F.bit_count(F.col("h1").bitwiseXOR(F.col("h2")))).localCheckpoint())
-    big, cand, matched = (
-        sizes.agg(F.sum((F.col("n") > params.max_bucket).cast("int"))).first()[0] or 0,
-        *candidates.agg(F.count("*"), F.sum((F.col("d") <= params.near_duplicate_distance).cast("int"))).first())
-    stats.skipped_buckets, stats.candidate_pairs, stats.matches = big, cand, matched or 0
+    return (h.select("h", F.explode(keys).alias("bk"))
+            .select("h", F.col("bk.band").cast("int").alias("band"), F.col("bk.key").alias("key"),
+                    F.lit(scheme(params)).alias("scheme")))
+
+
+def _matches(a: DataFrame, b: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
+    """(h1, h2, d) with h1 < h2 for the hashes of `a` and `b` that share a bucket (band, key): the
+    candidates are counted in stats, the matches (d <= k) returned, checkpointed. a and b the same frame:
+    each unordered pair is joined once."""
+    same = a is b
+    a, b = a.alias("a"), b.alias("b")
+    other = F.col("a.h") < F.col("b.h") if same else F.col("a.h") != F.col("b.h")
+    candidates = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.key") == F.col("b.key")) & other)
+                  .select(F.least("a.h", "b.h").alias("h1"), F.greatest("a.h", "b.h").alias("h2")).distinct()
+                  .withColumn("d", F.bit_count(F.col("h1").bitwiseXOR(F.col("h2"))).cast("int")).localCheckpoint())
+    cand, matched = candidates.agg(F.count("*"), F.sum((F.col("d") <= params.near_duplicate_distance)
+                                                      .cast("int"))).first()
+    stats.candidate_pairs, stats.matches = cand, matched or 0
+    return candidates.where(F.col("d") <= params.near_duplicate_distance)
+
+
+def _skipped(big: int, params: QualityConf, stats: DedupStats) -> None:
+    stats.skipped_buckets = big
     if big:
         log.warning("near duplicates: %d band buckets over %d hashes skipped (quality.max_bucket)",
                     big, params.max_bucket)
-    return candidates.where(F.col("d") <= params.near_duplicate_distance).select("h1", "h2")
+
+
+def near_matches(hashes: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
+    """Pairs of distinct hashes (h1 < h2, with their distance d) at Hamming distance <=
+    params.near_duplicate_distance, found in banded buckets (params.lsh_bands; buckets over
+    params.max_bucket are skipped and counted)."""
+    bands = banded(hashes, params)
+    sizes = bands.groupBy("band", "key").agg(F.count("*").alias("n")).where("n > 1").localCheckpoint()
+    _skipped(sizes.agg(F.sum((F.col("n") > params.max_bucket).cast("int"))).first()[0] or 0, params, stats)
+    live = bands.join(sizes.where(F.col("n") <= params.max_bucket).select("band", "key"), ["band", "key"])
+    return _matches(live, live, params, stats)
+
+
+def new_matches(stored: DataFrame, new: DataFrame, params: QualityConf,
+                stats: DedupStats) -> DataFrame | None:
+    """The matches that hashes new to the lake add, found against the stored band keys of every earlier
+    hash (`stored`, `new`: rows of banded()): each new hash is compared with the hashes, stored or new,
+    that share one of its buckets. The same pairs a full run compares with a new hash, so the stored
+    matches plus these equal a full run's matches, except where a new hash pushes a bucket past
+    params.max_bucket (a full run skips it, dropping the matches it gave before): then None, and the
+    caller runs in full."""
+    new = new.localCheckpoint()
+    added = new.groupBy("band", "key").agg(F.count("*").alias("added"))
+    had = stored.join(added.select("band", "key"), ["band", "key"]).groupBy("band", "key").agg(
+        F.count("*").alias("had"))
+    sizes = (added.join(had, ["band", "key"], "left").fillna(0, ["had"])
+             .withColumn("n", F.col("had") + F.col("added")).localCheckpoint())
+    crossed, big = sizes.agg(
+        F.sum(((F.col("had") <= params.max_bucket) & (F.col("n") > params.max_bucket)).cast("int")),
+        F.sum((F.col("n") > params.max_bucket).cast("int"))).first()
+    if crossed:
+        log.info("near duplicates: %d bucket(s) grew past quality.max_bucket with the new hashes", crossed)
+        return None
+    _skipped(big or 0, params, stats)
+    live = sizes.where((F.col("n") > 1) & (F.col("n") <= params.max_bucket)).select("band", "key")
+    mine = new.join(live, ["band", "key"])
+    theirs = stored.join(live, ["band", "key"]).select(*new.columns).unionByName(mine)
+    return _matches(mine, theirs, params, stats)
 
 
 def _union_find(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -132,14 +185,20 @@ def components(spark, edges: DataFrame, params: QualityConf, stats: DedupStats) 
     return labels
 
 
-def near_clusters(pairs: DataFrame, images: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
+def near_clusters(pairs: DataFrame, images: DataFrame, params: QualityConf, stats: DedupStats,
+                  matches: DataFrame | None = None) -> DataFrame:
     """One row per pair whose image has a near duplicate among the other images.
 
-    Columns as exact_groups; group_id is the cluster's lowest image_sha256 and distance is the Hamming
-    distance of the pair's image hash to that image's.
+    matches: the (h1, h2) matches of every hash of `images` (stored ones, in an incremental run); None:
+    found here in full. Columns as exact_groups; group_id is the cluster's lowest image_sha256 and
+    distance is the Hamming distance of the pair's image hash to that image's.
     """
     imgs = images.select("image_sha256", "image_dhash").dropDuplicates(["image_sha256"])
-    labels = components(pairs.sparkSession, near_matches(imgs, params, stats), params, stats)
+    if matches is None:
+        matches = near_matches(imgs, params, stats)
+    else:
+        stats.matches = matches.count()
+    labels = components(pairs.sparkSession, matches, params, stats)
     # Different images with one and the same hash are near duplicates too (distance 0).
     labelled = (imgs.join(labels.withColumnRenamed("h", "image_dhash"), "image_dhash", "left")
                 .withColumn("label", F.coalesce("label", "image_dhash")))
@@ -157,11 +216,13 @@ def near_clusters(pairs: DataFrame, images: DataFrame, params: QualityConf, stat
                                                      "group_images", "distance")
 
 
-def find(pairs: DataFrame, images: DataFrame, params: QualityConf) -> tuple[DataFrame, DedupStats]:
-    """Rows of the duplicates table (without run id and time): exact groups, then near clusters."""
-    stats = DedupStats()
+def find(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: DataFrame | None = None,
+         stats: DedupStats | None = None) -> tuple[DataFrame, DedupStats]:
+    """Rows of the duplicates table (without run id and time): exact groups, then near clusters (from
+    `matches`, every near match of the images' hashes, when given; found here when None)."""
+    stats = stats or DedupStats()
     exact = exact_groups(pairs).withColumn("group_kind", F.lit("exact"))
-    near = near_clusters(pairs, images, params, stats).withColumn("group_kind", F.lit("near"))
+    near = near_clusters(pairs, images, params, stats, matches).withColumn("group_kind", F.lit("near"))
     rows = exact.unionByName(near).withColumn("distance", F.col("distance").cast("int")).localCheckpoint()
     counts = {r["group_kind"]: r for r in rows.groupBy("group_kind").agg(
         F.countDistinct("group_id").alias("groups"), F.count("*").alias("pairs"),

@@ -219,9 +219,10 @@ def _quality_folders(cfg: Config, lake: Lake, out: str | None):
 
 
 def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
-        run_id: str | None = None) -> Outcome:
+        run_id: str | None = None, full: bool = False) -> Outcome:
     """Validate the lake's tables (NEEDED: the caller checks they exist, Lake.require): the
-    stages dedup, frames, suites and results, each one log line; returns the Outcome."""
+    stages dedup, frames, suites and results, each one log line; returns the Outcome. full: find near
+    duplicates among every image hash anew, not only the new ones against the stored band keys."""
     started = time.monotonic()
     outcome = Outcome(run_id or new_run_id("validate"))
     lake.ensure_tables(spark, job="validate")
@@ -229,7 +230,7 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     raw = {t: lake.read(spark, t) for t in NEEDED}
     raw.update({t: lake.read(spark, t) for t in OPTIONAL if lake.exists(t, spark)})
 
-    duplicates = _dedup(spark, cfg, lake, raw, outcome, now)
+    duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full)
     frames = _frames(cfg, raw, duplicates)
     unreconciled = {r.source_file: r.mismatch for r in frames["source_files"].where(
         "mismatch IS NOT NULL AND status = 'ok'").select("source_file", "mismatch").collect()}
@@ -249,18 +250,58 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     return outcome
 
 
-def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime) -> DataFrame:
+def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime,
+           full: bool) -> DataFrame:
     """Stage dedup: exact groups and near-duplicate clusters, written to `duplicates` (replaced whole)."""
     with Stage("dedup", log) as st:
-        rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality)
+        stats = dedup.DedupStats()
+        stats.search = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full)
+        rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"), stats)
         outcome.stats = stats
         lake.replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
                              .withColumn("computed_at", F.lit(now)))
         st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
                 f"{stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} near clusters "
-                f"({stats.near_images} images, {stats.near_pairs} pairs), {stats.candidate_pairs} candidate hash "
-                f"pairs, {stats.matches} matches, {stats.skipped_buckets} buckets skipped")
+                f"({stats.near_images} images, {stats.near_pairs} pairs); near matches {stats.search}: "
+                f"{stats.candidate_pairs} candidate hash pairs, {stats.matches} matches in all, "
+                f"{stats.skipped_buckets} buckets skipped")
     return rows
+
+
+def _near_matches(spark: SparkSession, params, lake: Lake, images: DataFrame, stats: dedup.DedupStats,
+                  full: bool) -> str:
+    """Bring dhash_edges up to date with the images' hashes, and say how: only the hashes new since the
+    last run are banded and compared against the stored band keys (dhash_bands), or, with --full, on the
+    first run, under changed settings, when a stored hash is gone or a bucket grows past max_bucket, every
+    hash anew. Written edges first, band keys after: a run cut between the two finds the same edges again."""
+    why = "--full" if full else None
+    if why is None:
+        stored = lake.read(spark, "dhash_bands")
+        if not stored.limit(1).count():
+            why = "no stored band keys"
+        elif stored.where(F.col("scheme") != dedup.scheme(params)).limit(1).count():
+            why = "settings changed"
+    if why is None:
+        known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
+        now = images.select(F.col("image_dhash").alias("h")).distinct().withColumn("_now", F.lit(1))
+        diff = now.join(known, "h", "full").where("_old IS NULL OR _now IS NULL").localCheckpoint()
+        gone, new = diff.agg(F.count("_old"), F.count("_now")).first()
+        if gone:
+            why = f"{gone} stored hash(es) no longer in images"
+        else:
+            added = dedup.banded(diff.select(F.col("h").alias("image_dhash")), params)
+            edges = dedup.new_matches(stored, added, params, stats) if new else None
+            if new and edges is None:
+                why = "a bucket grew past quality.max_bucket"
+            else:
+                if new:
+                    lake.merge(spark, "dhash_edges", edges)
+                    lake.append(spark, "dhash_bands", added)
+                return f"incremental ({new} new hashes)"
+    log.info("near duplicates: every hash banded anew (%s)", why)
+    lake.replace(spark, "dhash_edges", dedup.near_matches(images, params, stats))
+    lake.replace(spark, "dhash_bands", dedup.banded(images, params))
+    return f"in full ({why})"
 
 
 def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFrame]:
