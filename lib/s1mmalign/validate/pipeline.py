@@ -277,9 +277,12 @@ def _near_matches(spark: SparkSession, params, lake: Lake, images: DataFrame, st
     why = "--full" if full else None
     if why is None:
         stored = lake.read(spark, "dhash_bands")
-        if not stored.limit(1).count():
+        # one row tells the table's scheme: a run appends only under the scheme the table has, and a search
+        # anew replaces every row
+        first = stored.select("scheme").limit(1).collect()
+        if not first:
             why = "no stored band keys"
-        elif stored.where(F.col("scheme") != dedup.scheme(params)).limit(1).count():
+        elif first[0].scheme != dedup.scheme(params):
             why = "settings changed"
     if why is None:
         known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
