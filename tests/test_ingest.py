@@ -322,6 +322,29 @@ def test_a_refresh_equals_one_clean_load_of_the_final_source(spark, cfg, corpus_
     s3 = refresh(3)
     assert (s3.files_read, s3.gone_files) == ([bio_rel], ["arxiv/images_2099.tar.gz"]), s3
 
+    # 4. a truncated archive arrives (the arXiv lines whose image is in no archive now name it as broken:
+    # they are re-examined without their file being read), and an archive holding a member of an older one
+    # under the same name with the same bytes (one image row, the member found in both)
+    with tarfile.open(sorted((root / "arxiv").glob("images_*.tar.gz"))[0], "r|gz") as tar:
+        same = next((m.name, tar.extractfile(m).read()) for m in tar if m.isfile() and m.size > 0)
+    _write_tar_gz(root / "arxiv/images_9998.tar.gz", [same])
+    cut = root / "arxiv/images_9997.tar.gz"
+    _write_tar_gz(cut, [(f"images/2401/2401.99991.tar.gz/fig{i}.png", _png(10 + i)) for i in range(6)])
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])
+    missing = [r for r in lake_at(str(lake)).rows("quarantine", ["source", "reason", "detail"])
+               if r["source"] == "arxiv" and r["reason"] == "image_missing"]
+    assert missing and not any("images_9997" in (r["detail"] or "") for r in missing)
+    s4 = refresh(4)
+    assert (s4.files_read, s4.archives) == ([], 2) and s4.reexamined >= len(missing), s4
+    now = [r for r in lake_at(str(lake)).rows("quarantine", ["source", "reason", "detail"])
+           if r["source"] == "arxiv" and r["reason"] == "image_missing"]
+    assert len(now) == len(missing) and all("images_9997.tar.gz" in r["detail"] for r in now), now[:2]
+    containers = {r["container"] for r in lake_at(str(lake)).rows("image_index", ["image_path", "container"])
+                  if r["image_path"] == same[0]}
+    assert len(containers) == 2 and "arxiv/images_9998.tar.gz" in containers, containers
+    shas = [r["image_sha256"] for r in lake_at(str(lake)).rows("images", ["image_sha256"])]
+    assert len(shas) == len(set(shas))
+
     # Nothing changed: nothing read, no commit.
     before = versions(spark, lake)
     idle = ingest.run(spark, cfg, str(root), held(str(lake), cfg))
