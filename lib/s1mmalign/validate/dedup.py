@@ -103,7 +103,11 @@ def near_matches(hashes: DataFrame, params: QualityConf, stats: DedupStats) -> D
     """Pairs of distinct hashes (h1 < h2, with their distance d) at Hamming distance <=
     params.near_duplicate_distance, found in banded buckets (params.lsh_bands; buckets over
     params.max_bucket are skipped and counted)."""
-    bands = banded(hashes, params)
+    return banded_matches(banded(hashes, params), params, stats)
+
+
+def banded_matches(bands: DataFrame, params: QualityConf, stats: DedupStats) -> DataFrame:
+    """near_matches of hashes already banded (rows of banded())."""
     sizes = bands.groupBy("band", "key").agg(F.count("*").alias("n")).where("n > 1").localCheckpoint()
     _skipped(sizes.agg(F.sum((F.col("n") > params.max_bucket).cast("int"))).first()[0] or 0, params, stats)
     live = bands.join(sizes.where(F.col("n") <= params.max_bucket).select("band", "key"), ["band", "key"])
@@ -117,7 +121,8 @@ def new_matches(stored: DataFrame, new: DataFrame, params: QualityConf,
     that share one of its buckets. The same pairs a full run compares with a new hash, so the stored
     matches plus these equal a full run's matches, except where a new hash pushes a bucket past
     params.max_bucket (a full run skips it, dropping the matches it gave before): then None, and the
-    caller runs in full."""
+    caller runs in full. stats.skipped_buckets counts the oversized buckets among those the new hashes
+    fall into only."""
     new = new.localCheckpoint()
     added = new.groupBy("band", "key").agg(F.count("*").alias("added"))
     had = stored.join(added.select("band", "key"), ["band", "key"]).groupBy("band", "key").agg(

@@ -271,40 +271,46 @@ def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Out
 def _near_matches(spark: SparkSession, params, lake: Lake, images: DataFrame, stats: dedup.DedupStats,
                   full: bool) -> str:
     """Bring dhash_edges up to date with the images' hashes, and say how: only the hashes new since the
-    last run are banded and compared against the stored band keys (dhash_bands), or, with --full, on the
-    first run, under changed settings, when a stored hash is gone or a bucket grows past max_bucket, every
-    hash anew. Written edges first, band keys after: a run cut between the two finds the same edges again."""
-    why = "--full" if full else None
+    last run (_new_hashes_matched), or every hash anew: with --full, or where _new_hashes_matched says why.
+    Written edges first, band keys after: a run cut between the two finds the same edges again."""
+    new, why = (0, "--full") if full else _new_hashes_matched(spark, params, lake, images, stats)
     if why is None:
-        stored = lake.read(spark, "dhash_bands")
-        # one row tells the table's scheme: a run appends only under the scheme the table has, and a search
-        # anew replaces every row
-        first = stored.select("scheme").limit(1).collect()
-        if not first:
-            why = "no stored band keys"
-        elif first[0].scheme != dedup.scheme(params):
-            why = "settings changed"
-    if why is None:
-        known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
-        now = images.select(F.col("image_dhash").alias("h")).distinct().withColumn("_now", F.lit(1))
-        diff = now.join(known, "h", "full").where("_old IS NULL OR _now IS NULL").localCheckpoint()
-        gone, new = diff.agg(F.count("_old"), F.count("_now")).first()
-        if gone:
-            why = f"{gone} stored hash(es) no longer in images"
-        else:
-            added = dedup.banded(diff.select(F.col("h").alias("image_dhash")), params)
-            edges = dedup.new_matches(stored, added, params, stats) if new else None
-            if new and edges is None:
-                why = "a bucket grew past quality.max_bucket"
-            else:
-                if new:
-                    lake.merge(spark, "dhash_edges", edges)
-                    lake.append(spark, "dhash_bands", added)
-                return f"incremental ({new} new hashes)"
+        return f"incremental ({new} new hashes)"
     log.info("near duplicates: every hash banded anew (%s)", why)
-    lake.replace(spark, "dhash_edges", dedup.near_matches(images, params, stats))
-    lake.replace(spark, "dhash_bands", dedup.banded(images, params))
+    bands = dedup.banded(images, params).localCheckpoint()
+    lake.replace(spark, "dhash_edges", dedup.banded_matches(bands, params, stats))
+    lake.replace(spark, "dhash_bands", bands)
     return f"in full ({why})"
+
+
+def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFrame,
+                        stats: dedup.DedupStats) -> tuple[int, str | None]:
+    """Band the hashes not in dhash_bands, compare them with the stored band keys, add their matches to
+    dhash_edges and their keys to dhash_bands: (new hashes, None). Or, written nothing, (0, why every hash
+    must be searched anew): the first run, changed settings, a stored hash gone, a bucket past max_bucket."""
+    stored = lake.read(spark, "dhash_bands")
+    # one row tells the table's scheme: a run appends only under the scheme the table has, and a search anew
+    # replaces every row
+    first = stored.select("scheme").limit(1).collect()
+    if not first:
+        return 0, "no stored band keys"
+    if first[0].scheme != dedup.scheme(params):
+        return 0, "settings changed"
+    known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
+    now = images.select(F.col("image_dhash").alias("h")).distinct().withColumn("_now", F.lit(1))
+    diff = now.join(known, "h", "full").where("_old IS NULL OR _now IS NULL").localCheckpoint()
+    gone, new = diff.agg(F.count("_old"), F.count("_now")).first()
+    if gone:
+        return 0, f"{gone} stored hash(es) no longer in images"
+    if not new:
+        return 0, None
+    added = dedup.banded(diff.select(F.col("h").alias("image_dhash")), params)
+    edges = dedup.new_matches(stored, added, params, stats)
+    if edges is None:
+        return 0, "a bucket grew past quality.max_bucket"
+    lake.merge(spark, "dhash_edges", edges)
+    lake.append(spark, "dhash_bands", added)
+    return new, None
 
 
 def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFrame]:
