@@ -150,10 +150,12 @@ def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark,
     edges = lake.version("dhash_edges")
     assert run(seen) == ("incremental (0 new hashes)", _brute(seen, 3)) and lake.version("dhash_edges") == edges
 
-    assert run(seen, dataclasses.replace(params, near_duplicate_distance=2)) == (
-        "in full (settings changed)", _brute(seen, 2))
+    k2 = dataclasses.replace(params, near_duplicate_distance=2)
+    assert run(seen, k2) == ("in full (settings changed)", _brute(seen, 2))
+    for changed in (dataclasses.replace(k2, lsh_bands=5), dataclasses.replace(k2, lsh_bands=5, max_bucket=4000)):
+        assert run(seen, changed) == ("in full (settings changed)", _brute(seen, 2))
     gone = set(list(seen)[1:])
-    assert run(gone, dataclasses.replace(params, near_duplicate_distance=2)) == (
+    assert run(gone, dataclasses.replace(k2, lsh_bands=5, max_bucket=4000)) == (
         "in full (1 stored hash(es) no longer in images)", _brute(gone, 2))
 
 
