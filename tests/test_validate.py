@@ -392,6 +392,19 @@ def test_data_docs_show_the_results_offline_and_nothing_leaves(spark, strict_cfg
     assert re.search(rf"Unsuccessful Expectations {bad.unexpected_count}\b", shown), shown[:2000]
     assert planted in shown and re.search(rf"\b{bad.element_count}\b total rows", shown), shown[:4000]
 
+    # A second run renders its own pages and the index, not the first run's again (a build costs one run's
+    # pages, not the history); its pages are offline too, and the index lists both runs.
+    first = {p: p.stat().st_mtime_ns for p in (docs / "validations").rglob("*.html")}
+    again = validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg), out=str(docs))
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+    new = [p for p in (docs / "validations").rglob("*.html") if p not in first]
+    assert len(new) == len(first) and all(again.run_id in str(p) for p in new)
+    index = (docs / "index.html").read_text()       # (the page shows 10 rows at a time: read its table)
+    assert outcome.run_id in index and again.run_id in index
+    (page,) = [p for p in new if "path_integrity/pairs" in p.as_posix()]
+    assert planted in _text(browse(page, tmp_path, asked))
+    assert [u for u in asked if not u.startswith("file:")] == [], asked
+
 
 def test_text_signal_shares_over_their_thresholds_are_warnings(spark, cfg, nodocs_cfg, lake_copy):
     """The text signal shares are warnings with thresholds in conf: over them, named; the lake still passes."""

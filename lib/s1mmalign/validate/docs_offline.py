@@ -201,8 +201,9 @@ def rewrite_page(text: str, page_dir: str, targets: list[tuple[str, str]]) -> tu
     return text, dropped
 
 
-def localize(site: str | os.PathLike, assets_dir: str | os.PathLike) -> dict[str, int]:
-    """Copy the assets into site/static/vendor/ and rewrite every page of the site; counts of what was done."""
+def localize(site: str | os.PathLike, assets_dir: str | os.PathLike, since: float | None = None) -> dict[str, int]:
+    """Copy the assets into site/static/vendor/ and rewrite every page of the site (since: only the pages
+    written at or after that time, as time.time() gives it: an incremental build's); counts of what was done."""
     assets = load()
     lacking = missing(assets_dir, assets)
     if lacking:
@@ -212,12 +213,17 @@ def localize(site: str | os.PathLike, assets_dir: str | os.PathLike) -> dict[str
     for p in assets.packages:
         target = root / VENDOR / p.folder
         for path in p.paths():
-            (target / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(assets_dir) / p.folder / path, target / path)
+            src, dst = Path(assets_dir) / p.folder / path, target / path
+            if dst.is_file() and dst.stat().st_size == src.stat().st_size:
+                continue      # copied by an earlier build (assets are pinned by digest: same size, same file)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
     targets = assets.targets()
     pages = rewritten = 0
     dropped: set[str] = set()
     for page in sorted(root.rglob("*.html")):
+        if since is not None and page.stat().st_mtime < since:
+            continue
         pages += 1
         rel_dir = page.parent.relative_to(root).as_posix()
         text = page.read_text(encoding="utf-8")

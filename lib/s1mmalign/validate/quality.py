@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 GROUPS = ("path_integrity", "deduplication", "schema_values")
 SEVERITIES = ("critical", "warning")
 DOCS_SITE = "lake"
+MODE_FILE = ".s1mmalign-docs-mode"
 _SPARK_TYPE = {"string": "StringType", "int": "IntegerType", "bigint": "LongType", "double": "DoubleType",
                "float": "FloatType", "boolean": "BooleanType", "timestamp": "TimestampType",
                "binary": "BinaryType", "array<string>": "ArrayType"}
@@ -125,6 +127,14 @@ def load_suites() -> list[Suite]:
     return out
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _json(value) -> str | None:
     if value is None:
         return None
@@ -159,6 +169,14 @@ class Runner:
             base = (sites[name].get("store_backend") or {}).get("base_directory")
             if name != DOCS_SITE or base != docs_dir or conf.data_docs == "off":
                 self.context.delete_data_docs_site(name)
+        # An existing site with its index in place gets only this runner's pages (and a new index); a new one
+        # (first run, another --out, a fresh folder for an s3:// target) every page of the stored results.
+        self._mode_file = os.path.join(docs_dir, MODE_FILE)
+        self._site_built = (DOCS_SITE in (self.context.get_config().data_docs_sites or {})
+                            and os.path.isfile(os.path.join(docs_dir, "index.html"))
+                            and _read(self._mode_file) == conf.data_docs)
+        self._run_names: set[str] = set()
+        self._suites_run: set[str] = set()
         if conf.data_docs != "off" and DOCS_SITE not in (self.context.get_config().data_docs_sites or {}):
             self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
                 "class_name": "SiteBuilder", "show_how_to_buttons": False,
@@ -196,6 +214,8 @@ class Runner:
         from great_expectations.core.run_identifier import RunIdentifier
 
         definition = self._definition(suite)
+        self._run_names.add(run_name)
+        self._suites_run.add(suite.name)
         outcome = definition.run(
             batch_parameters={"dataframe": df}, expectation_parameters=dict(parameters),
             result_format={"result_format": "BASIC", "partial_unexpected_count": self.partial_unexpected},
@@ -224,7 +244,9 @@ class Runner:
         return out
 
     def build_docs(self) -> tuple[str | None, str]:
-        """Build Data Docs for every stored validation: (the index page or None, what was done). Offline (the
+        """Build Data Docs: the pages of this runner's validations and suites and the index (every stored
+        validation's pages on a new site, or one built in another mode): (the index page or None, what was
+        done). Offline (the
         default) the pages load only files of the docs folder; without the assets ./build.sh fetches, no
         pages are built (the results are in quality_results and the report all the same)."""
         mode = self.conf.data_docs
@@ -237,11 +259,25 @@ class Runner:
                 log.warning("Data Docs not built: %d of their assets are missing in %s (./build.sh fetches them)",
                             len(lacking), assets)
                 return None, f"not built: assets missing in {assets} (run ./build.sh)"
-        self.context.build_data_docs(site_names=[DOCS_SITE])
+        started = time.time()
+        self.context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=self._built_now())
         if mode == "offline":
-            done = docs_offline.localize(self.docs_dir, assets)
+            done = docs_offline.localize(self.docs_dir, assets, since=started - 1 if self._site_built else None)
             log.info("Data Docs offline: %(rewritten)d of %(pages)d pages rewritten, %(dropped)d URLs disabled", done)
+        with open(self._mode_file, "w", encoding="utf-8") as f:    # the mode every page is in: a build in
+            f.write(mode)                                            # another renders every page anew
         return os.path.join(self.docs_dir, "index.html"), mode
+
+    def _built_now(self) -> list | None:
+        """The pages a build renders: None (every stored result and suite) for a new site; else this runner's
+        validation results and suites, so that a build costs one run's pages, not the whole history."""
+        if not self._site_built:
+            return None
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        results = [k for k in self.context.validation_results_store.list_keys()
+                   if k.run_id.run_name in self._run_names]
+        return results + [ExpectationSuiteIdentifier(name=name) for name in sorted(self._suites_run)]
 
 
 def docs_assets(conf: QualityConf) -> Path:
