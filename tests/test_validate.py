@@ -74,6 +74,9 @@ def test_clean_lake_passes_every_suite(spark, strict_cfg, lake_copy, tmp_path):
     index = (docs / "index.html").read_text()
     assert "path_integrity.pairs" in index and "deduplication.images" in index
     assert list((docs / "validations").rglob("*.html")), "Data Docs has no validation page"
+    # the same run id again (a retried run) replaces its rows: no row twice
+    validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg), out=str(docs), run_id=outcome.run_id)
+    assert table(spark, lake_copy, "quality_results").count() == len(outcome.results)
 
 
 def _append_copy_of_a_pair(spark, lake):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -377,8 +378,12 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcom
 
 
 def _write_results(spark: SparkSession, lake: Lake, outcome: Outcome, now: datetime) -> None:
-    """outcome's results as quality_results rows (merged on their key: a re-run of the same id converges)."""
+    """outcome's results as quality_results rows, replacing the rows of the same run id in one commit (a re-run
+    of the same id converges). Only the files that may hold that id are read (their min/max run ids: ids
+    grow with time), not the whole history, as a MERGE on the table's key would."""
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", outcome.run_id):
+        raise ValueError(f"validate run id {outcome.run_id!r}: letters, digits and _.:- only")
     tdef = schemas.table("quality_results")
     rows = [dict(validate_run_id=outcome.run_id, validated_at=now, **asdict(r)) for r in outcome.results]
     results_df = spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in rows], tdef.spark())
-    lake.merge(spark, "quality_results", results_df)
+    lake.replace(spark, "quality_results", results_df, where=f"validate_run_id = '{outcome.run_id}'")
