@@ -125,7 +125,8 @@ def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark,
     def run(hashes, p=params):
         stats = dedup.DedupStats()
         img = spark.createDataFrame([(f"sha{h}", signed(h)) for h in hashes], "image_sha256 string, image_dhash bigint")
-        how = pipeline._near_matches(spark, p, lake, img, stats, full=False)
+        how, added = pipeline._near_matches(spark, p, lake, img, stats, full=False)
+        assert added is (how != "incremental (0 new hashes)")       # whether duplicates must be built anew
         got = {(r.h1, r.h2, r.d) for r in lake.read(spark, "dhash_edges").collect()}
         bands = lake.read(spark, "dhash_bands")
         assert bands.count() == p.lsh_bands * len(hashes) == bands.select("h", "band").distinct().count()
@@ -174,7 +175,7 @@ def test_a_bucket_grown_past_max_bucket_is_searched_anew(spark, cfg, tmp_path):
     def run(hashes):
         stats = dedup.DedupStats()
         img = spark.createDataFrame([(f"sha{h}", signed(h)) for h in hashes], "image_sha256 string, image_dhash bigint")
-        how = pipeline._near_matches(spark, params, lake, img, stats, full=False)
+        how, _ = pipeline._near_matches(spark, params, lake, img, stats, full=False)
         return how, {(r.h1, r.h2) for r in lake.read(spark, "dhash_edges").collect()}, stats
 
     how, got, _ = run(first)

@@ -323,19 +323,43 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     assert outcome.stats.exact_groups == 1 and outcome.stats.near_clusters == 1
     # the near pair was found by banding only the refresh's new hashes against the stored band keys
     assert outcome.stats.search == "incremental (1 new hashes)"
+    assert outcome.stats.built.startswith("built anew (near matches added)")
+
+    def dups():
+        return sorted(tuple(r) for r in table(spark, lake, "duplicates").drop("validate_run_id", "computed_at")
+                      .collect())
+
+    def edit(path, **change):        # the planted line of `path`, changed in place
+        jsonl = corpus / "biorxiv" / "jsonl" / "biorxiv_2020.jsonl"
+        lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+        lines = [{**x, **change} if x["image_path"] == path else x for x in lines]
+        jsonl.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        ingest.run(spark, cfg, str(corpus), held(str(lake), cfg))
+
     # the default thresholds tolerate one duplicate in ~120 pairs: nothing fails
     again = validate.run(spark, cfg, held(str(lake), cfg))
     assert failed(again) == set() and again.stats.search == "incremental (0 new hashes)"
-    kept = sorted(tuple(r) for r in table(spark, lake, "duplicates").drop("validate_run_id", "computed_at").collect())
-    assert len(kept) == 4         # rebuilt, not doubled
+    kept = dups()
+    assert len(kept) == 4 and again.stats.built.startswith("kept") and again.stats.exact_groups == 1
+    # a caption edited: pairs changed, nothing duplicates are made of; the table is kept as it is
+    edit(planted["exact"], caption="edited caption")
+    edited = validate.run(spark, cfg, held(str(lake), cfg))
+    assert edited.stats.built.startswith("kept") and dups() == kept and edited.stats.near_clusters == 1
+    # the copy's bytes replaced by the near original's (an update of image_sha256, same pair_id): built anew
+    shutil.copyfile(corpus / "biorxiv" / planted["near_src"], corpus / "biorxiv" / planted["exact"])
+    edit(planted["exact"], caption="edited again")
+    moved = validate.run(spark, cfg, held(str(lake), cfg))
+    assert moved.stats.built.startswith("built anew (pairs' images, paths or disciplines changed since version")
+    now = dups()
+    exact_paths = {r.image_path for r in table(spark, lake, "duplicates").where("group_kind = 'exact'").collect()}
+    assert now != kept and exact_paths == {planted["near_src"], planted["exact"]}
     # a full run (--full: every hash banded anew) gives the same duplicates
     full = validate.run(spark, cfg, held(str(lake), cfg), full=True)
-    assert full.stats.search == "in full (--full)" and failed(full) == set()
-    assert sorted(tuple(r) for r in table(spark, lake, "duplicates").drop("validate_run_id", "computed_at")
-                  .collect()) == kept
+    assert full.stats.search == "in full (--full)" and full.stats.built == "built anew (--full)"
+    assert dups() == now
     results = table(spark, lake, "quality_results")
-    assert results.select("validate_run_id").distinct().count() == 4
-    assert results.count() == 4 * expected_count()
+    assert results.select("validate_run_id").distinct().count() == 6
+    assert results.count() == 6 * expected_count()
 
 
 def test_missing_tables_are_a_clear_error(tmp_path, lake_copy):

@@ -60,6 +60,24 @@ def last_local_commit(log_dir: Path) -> tuple[int, dict[str, str]]:
     return number, {}
 
 
+def changed(spark, path: str, since: int, until: int, columns: list[str]) -> bool | None:
+    """Whether a row of the Delta table at `path` was inserted, deleted, or updated in one of `columns`
+    (the key among them) by a commit after version `since` up to `until`, from its change data feed; None
+    when the feed cannot tell (not recorded for those versions, or vacuumed away)."""
+    try:
+        feed = (spark.read.format("delta").option("readChangeFeed", "true")
+                .option("startingVersion", since + 1).option("endingVersion", until).load(path)
+                .select(*columns, "_change_type", "_commit_version"))
+        keys = [*columns, "_commit_version"]
+        moved = (feed.where("_change_type = 'update_postimage'").select(*keys)
+                 .join(feed.where("_change_type = 'update_preimage'").select(*keys), keys, "left_anti"))
+        return not feed.where("_change_type IN ('insert', 'delete')").select(*keys).unionByName(moved).isEmpty()
+    except Exception as exc:      # noqa: BLE001  (AnalysisException, or the JVM's error when files are gone)
+        log.info("change data feed of %s from version %d: unavailable (%s)", path, since + 1,
+                 str(exc).strip().splitlines()[0][:200])
+        return None
+
+
 def properties(spark, path: str) -> dict[str, str]:
     """A Delta table's properties at its latest version (SHOW TBLPROPERTIES: read from the log's
     metadata, no Spark job, unlike DESCRIBE DETAIL)."""

@@ -34,6 +34,7 @@ class DedupStats:
     skipped_buckets: int = 0
     rounds: int = 0
     search: str = ""              # how the near matches were found: in full (why) or incremental (new hashes)
+    built: str = ""               # whether the groups were built anew (why) or kept
 
 
 def exact_groups(pairs: DataFrame) -> DataFrame:
@@ -229,6 +230,11 @@ def find(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: Data
     exact = exact_groups(pairs).withColumn("group_kind", F.lit("exact"))
     near = near_clusters(pairs, images, params, stats, matches).withColumn("group_kind", F.lit("near"))
     rows = exact.unionByName(near).withColumn("distance", F.col("distance").cast("int")).localCheckpoint()
+    return rows, counted(rows, stats)
+
+
+def counted(rows: DataFrame, stats: DedupStats) -> DedupStats:
+    """stats with the groups, pairs and images of the duplicates rows `rows` counted."""
     counts = {r["group_kind"]: r for r in rows.groupBy("group_kind").agg(
         F.countDistinct("group_id").alias("groups"), F.count("*").alias("pairs"),
         F.countDistinct("image_sha256").alias("images")).collect()}
@@ -237,4 +243,4 @@ def find(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: Data
     if "near" in counts:
         stats.near_clusters, stats.near_pairs = counts["near"]["groups"], counts["near"]["pairs"]
         stats.near_images = counts["near"]["images"]
-    return rows, stats
+    return stats

@@ -1,11 +1,13 @@
 """The validation pipeline: duplicates table, checked frames, Great Expectations suites, results, Data Docs.
 
 Stages (each logs one line):
-  dedup     exact groups and near-duplicate clusters -> duplicates (replaced whole, one commit)
+  dedup     exact groups and near-duplicate clusters -> duplicates (replaced whole, one commit; kept as it
+            is when pairs' change data feed shows no change of what it is made of, see _rebuild_because)
   frames    pairs and images with the per-row facts the suites check (path layout, id agreement, image
             row present, shared bytes, near duplicate, ...), cached once for every suite
   suites    every suite in expectations/ on its frame (clip_scores only when that table exists)
-  results   one row per expectation -> quality_results (MERGE on run id, suite, expectation); Data Docs
+  results   one row per expectation -> quality_results (the run id's rows replaced); Data Docs (this run's
+            pages and the index)
 
 Each defect is reported once, by the most specific check: a path that is absolute or has `..` is not
 also judged for layout, and only a path that fits its layout is checked against its arXiv id.
@@ -29,7 +31,7 @@ from pyspark.sql import functions as F
 
 from s1mmalign import resources
 from s1mmalign.config import Config
-from s1mmalign.lake import schemas, storage
+from s1mmalign.lake import delta_io, schemas, storage
 from s1mmalign.lake.root import Lake
 from s1mmalign.lake.storage import remote
 from s1mmalign.stages import Stage, new_run_id
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 NEEDED = ("pairs", "images", "quarantine", "ingest_log")   # what run() reads; the job checks them first
 OPTIONAL = ("clip_scores", "text_signals", "fluency_scores")   # read when they exist; their suites skipped if not
+DEDUP_INPUTS = ("pairs", "images")     # what `duplicates` is built from (validate_state records their versions)
 UNSAFE_PATH = r"^([/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)"
 ARXIV_FOLDER = r"^images/([0-9]{4})/([^/]+)\.tar\.gz/"
 
@@ -228,10 +231,11 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     outcome = Outcome(run_id or new_run_id("validate"))
     lake.ensure_tables(spark, job="validate")
     now = datetime.now(timezone.utc)
+    versions = {t: lake.version(t, spark) for t in DEDUP_INPUTS}    # what it reads: no writer runs beside it
     raw = {t: lake.read(spark, t) for t in NEEDED}
     raw.update({t: lake.read(spark, t) for t in OPTIONAL if lake.exists(t, spark)})
 
-    duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full)
+    duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full, versions)
     frames = _frames(cfg, raw, duplicates)
     unreconciled = {r.source_file: r.mismatch for r in frames["source_files"].where(
         "mismatch IS NOT NULL AND status = 'ok'").select("source_file", "mismatch").collect()}
@@ -252,36 +256,73 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
 
 
 def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime,
-           full: bool) -> DataFrame:
-    """Stage dedup: exact groups and near-duplicate clusters, written to `duplicates` (replaced whole)."""
+           full: bool, versions: dict[str, int]) -> DataFrame:
+    """Stage dedup: exact groups and near-duplicate clusters, written to `duplicates` (replaced whole), then
+    the input versions they were built from to validate_state; or the table kept as it is, when nothing
+    it is made of changed since those versions (_rebuild_because says)."""
     with Stage("dedup", log) as st:
         stats = dedup.DedupStats()
-        stats.search = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full)
-        rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"), stats)
+        stats.search, added = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full)
+        why = "--full" if full else "near matches added" if added else _rebuild_because(spark, lake, versions)
+        if why is None:
+            rows = lake.read(spark, "duplicates")
+            stats = dedup.counted(rows, stats)
+            stats.built = "kept (no pair's image, path or discipline changed)"
+        else:
+            rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
+                                     stats)
+            lake.replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
+                                 .withColumn("computed_at", F.lit(now)))
+            state = [("duplicates", t, v, outcome.run_id, now) for t, v in sorted(versions.items())]
+            lake.replace(spark, "validate_state", spark.createDataFrame(state, schemas.table("validate_state").spark()),
+                         where="derived = 'duplicates'")
+            stats.built = f"built anew ({why})"
         outcome.stats = stats
-        lake.replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
-                             .withColumn("computed_at", F.lit(now)))
         st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
-                f"{stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} near clusters "
-                f"({stats.near_images} images, {stats.near_pairs} pairs); near matches {stats.search}: "
-                f"{stats.candidate_pairs} candidate hash pairs, {stats.matches} matches in all, "
+                f"{stats.built}: {stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} "
+                f"near clusters ({stats.near_images} images, {stats.near_pairs} pairs); near matches "
+                f"{stats.search}: {stats.candidate_pairs} candidate hash pairs, {stats.matches} matches in all, "
                 f"{stats.skipped_buckets} buckets skipped")
     return rows
 
 
+def _rebuild_because(spark: SparkSession, lake: Lake, versions: dict[str, int]) -> str | None:
+    """Why `duplicates` must be built anew, or None when it still holds what a build over the current
+    versions gives: pairs changed no column the groups are made of (its change data feed since the version
+    validate_state names: no row inserted or deleted, no update of dedup.PAIR_COLUMNS), images did not
+    change (a new image comes with a new or changed pair anyway) and (the caller's test) no near match was
+    added."""
+    built = {r.table_name: r.version for r in lake.read(spark, "validate_state")
+             .where("derived = 'duplicates'").select("table_name", "version").collect()}
+    if set(built) != set(versions):
+        return "no record of the versions it was built from"
+    if versions["images"] != built["images"]:
+        return f"images changed since version {built['images']}"
+    since, now = built["pairs"], versions["pairs"]
+    if since == now:
+        return None
+    if since > now:
+        return f"pairs is at version {now}, older than the {since} it was built from"
+    changed = delta_io.changed(spark, lake.path("pairs"), since, now, dedup.PAIR_COLUMNS)
+    if changed is None:
+        return f"pairs' change data feed since version {since} is not available"
+    return f"pairs' images, paths or disciplines changed since version {since}" if changed else None
+
+
 def _near_matches(spark: SparkSession, params, lake: Lake, images: DataFrame, stats: dedup.DedupStats,
-                  full: bool) -> str:
-    """Bring dhash_edges up to date with the images' hashes, and say how: only the hashes new since the
-    last run (_new_hashes_matched), or every hash anew: with --full, or where _new_hashes_matched says why.
-    Written edges first, band keys after: a run cut between the two finds the same edges again."""
+                  full: bool) -> tuple[str, bool]:
+    """Bring dhash_edges up to date with the images' hashes; say how (only the hashes new since the last run,
+    _new_hashes_matched, or every hash anew: with --full, or where _new_hashes_matched says why) and whether
+    matches may have been added. Written edges first, band keys after: a run cut between the two finds the
+    same edges again."""
     new, why = (0, "--full") if full else _new_hashes_matched(spark, params, lake, images, stats)
     if why is None:
-        return f"incremental ({new} new hashes)"
+        return f"incremental ({new} new hashes)", new > 0
     log.info("near duplicates: every hash banded anew (%s)", why)
     bands = dedup.banded(images, params).localCheckpoint()
     lake.replace(spark, "dhash_edges", dedup.banded_matches(bands, params, stats))
     lake.replace(spark, "dhash_bands", bands)
-    return f"in full ({why})"
+    return f"in full ({why})", True
 
 
 def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFrame,
