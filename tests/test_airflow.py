@@ -1,7 +1,7 @@
 """The Airflow DAGs (dags/s1mmalign_refresh.py) in real Airflow 3.3.2, from its own venv (.venv-airflow,
 made by build.sh), with a SQLite metadata database and no server: the DagBag's view of the graph, then
 `airflow dags test` runs with real spark-submit tasks: a refresh, a refresh with nothing new (skipped,
-no table changes), a refresh whose validation fails (nothing downstream, the run failed), maintenance."""
+no table changes), a refresh whose validation fails (nothing downstream, the run failed)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ for dag in bag.dags.values():
             "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
             "outlets": sorted(a.name for a in t.outlets),
             "spark_binary": getattr(t, "_spark_binary", None) or getattr(t, "spark_binary", None),
-            "py_files": getattr(t, "py_files", None)}
+            "py_files": getattr(t, "py_files", None),
+            "application": getattr(t, "application", None) or getattr(t, "_application", None),
+            "args": getattr(t, "application_args", None) or getattr(t, "_application_args", None)}
     out["dags"][dag.dag_id] = {"schedule": str(dag.schedule), "catchup": dag.catchup,
                                "max_active_runs": dag.max_active_runs, "params": sorted(dag.params),
                                "tasks": tasks}
@@ -69,8 +71,11 @@ def test_the_dags_import_and_are_wired_as_designed(airflow_env):
         "report": ["score_fluency", "validate"]}
     assert t["fluency_configured"]["trigger_rule"] == "none_failed"
     jobs = {**t, **maintain["tasks"]}
-    assert maintain["tasks"]["validate_full"]["upstream"] == ["maintain"]
-    assert maintain["tasks"]["validate_full"]["outlets"] == t["validate"]["outlets"]
+    full = maintain["tasks"]["validate_full"]
+    assert full["upstream"] == ["maintain"] and full["outlets"] == t["validate"]["outlets"]
+    assert full["application"] == t["validate"]["application"] == str(REPO / "jobs" / "validate.py")
+    assert full["args"] == [*t["validate"]["args"], "--full"] and "--full" not in t["validate"]["args"]
+    assert maintain["tasks"]["maintain"]["application"] == str(REPO / "jobs" / "maintain.py")
     for name in ("ingest", "score_text", "validate", "score_clip", "score_fluency", "report", "maintain",
                  "validate_full"):
         assert jobs[name]["type"] == "SparkSubmitOperator", name
@@ -104,7 +109,7 @@ def versions(lake) -> dict[str, int]:
 
 
 @pytest.mark.e2e
-def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spark, airflow_env, tmp_path):
+def test_refresh_then_nothing_new_then_a_failed_validation(spark, airflow_env, tmp_path):
     src, lake = tmp_path / "src", tmp_path / "lake"
     sample.generate(src, n_pairs=120, seed=4, faults=False, processes=2)
     conf = {"source": str(src), "lake": str(lake), "report_out": str(tmp_path / "report1")}
@@ -132,12 +137,5 @@ def test_refresh_then_nothing_new_then_a_failed_validation_then_maintenance(spar
     assert "critical expectation(s) failed" in out and "quarantined_share" in out
     assert versions(lake)["pairs"] > first["pairs"] or versions(lake)["quarantine"] > first["quarantine"]
     assert not lake_at(str(lake)).exists("clip_scores") and not (tmp_path / "report3").exists()
-
-    # Weekly maintenance: same rows, fewer or as many files; then validate --full, which still fails the
-    # quarantined share (the broken file is still in the source), so the maintenance run is failed.
-    rows = sorted(tuple(r) for r in lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect())
-    out, state = dags_test(airflow_env, "s1mmalign_maintain", {"lake": str(lake)})
-    assert state == "failed" and "maintain: pairs:" in out, out[-3000:]
-    assert "near duplicates: every hash banded anew (--full)" in out and "quarantined_share" in out, out[-3000:]
-    after = lake_at(str(lake)).read(spark, "pairs").select("pair_id", "caption").collect()
-    assert sorted(tuple(r) for r in after) == rows
+    # (The maintenance DAG's two tasks are SparkSubmitOperators like these, checked in its structure above;
+    # maintain and validate --full run through spark-submit in test_e2e. A `dags test` of it cost 2-3 minutes.)

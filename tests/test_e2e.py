@@ -233,8 +233,10 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, s
     kill_9_after("validate", ["--lake", str(lake)], "stage frames")     # duplicates written, results not yet
     assert table_rows(spark, lake, "quality_results", "suite") == []
     planted = run_job("validate", "--lake", str(lake), "--conf", _relaxed_conf(tmp_path),
-                      "--out", str(tmp_path / "docs"))
+                      "--out", str(tmp_path / "docs"), "--full")
     assert planted.returncode == 1
+    said = planted.stdout + planted.stderr
+    assert "near duplicates: every hash banded anew (--full)" in said, said[-3000:]
     assert ("1 critical expectation(s) failed: path_integrity.pairs:image_path_no_dotdot (1 unexpected of"
             in verdict(planted))
     assert "Traceback" not in planted.stderr
@@ -259,6 +261,12 @@ def test_kill_9_mid_validate_then_rerun_exit_codes_one_line_and_catalog(spark, s
     assert validated.run_id in runs and json.loads(validated.counts)["critical_failures_n"] == 1
     assert "quality_results" in json.loads(validated.versions_written)
     assert len(ingested.settings_digest) == 16 and ingested.settings_digest != validated.settings_digest
+    # weekly maintenance through spark-submit (the maintain DAG's first task): the same rows afterwards
+    rows = sorted(tuple(r) for r in table_rows(spark, lake, "pairs", "pair_id", "caption", "image_path"))
+    kept = run_job("maintain", "--lake", str(lake))
+    ok(kept)
+    assert "maintain: pairs:" in kept.stdout + kept.stderr, (kept.stdout + kept.stderr)[-3000:]
+    assert sorted(tuple(r) for r in table_rows(spark, lake, "pairs", "pair_id", "caption", "image_path")) == rows
 
 
 def test_score_clip_through_spark_submit(spark, submitted_lake, tmp_path, tiny_checkpoint):
