@@ -246,9 +246,9 @@ class Runner:
     def build_docs(self) -> tuple[str | None, str]:
         """Build Data Docs: the pages of this runner's validations and suites and the index (every stored
         validation's pages on a new site, or one built in another mode): (the index page or None, what was
-        done). Offline (the
-        default) the pages load only files of the docs folder; without the assets ./build.sh fetches, no
-        pages are built (the results are in quality_results and the report all the same)."""
+        done). Offline (the default) the pages load only files of the docs folder; without the assets
+        ./build.sh fetches, no pages are built (the results are in quality_results and the report all the
+        same)."""
         mode = self.conf.data_docs
         if mode == "off":
             return None, "off by quality.data_docs"
