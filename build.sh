@@ -90,6 +90,7 @@ mkdir -p "$SPARK_HOME/conf"
 rm -rf dist/pkg && mkdir -p dist/pkg/s1mmalign/_data
 (cd lib && find s1mmalign -name '*.py' -not -path '*/__pycache__/*' -exec cp --parents {} ../dist/pkg/ \;)
 cp -r conf schemas expectations sql dist/pkg/s1mmalign/_data/
+pwd > dist/pkg/s1mmalign/_data/checkout     # where jobs submitted from this machine find jars/ and vendor/
 (cd dist/pkg && rm -f ../s1mmalign.zip && "$OLDPWD/.venv/bin/python" -m zipfile -c ../s1mmalign.zip s1mmalign)
 rm -rf dist/pkg
 echo "build.sh: ready (.venv, $(ls jars/*.jar | wc -l) jars, dist/s1mmalign.zip)"

@@ -6,7 +6,23 @@ import functools
 import pkgutil
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
+
+def _checkout() -> Path:
+    """The checkout: the folder above lib/; inside the --py-files zip, the one build.sh built it from (named in
+    _data/checkout), so that a job submitted from that machine (Airflow's tasks) finds its jars and Data Docs'
+    assets; on a machine without it, paths under it simply do not exist."""
+    here = Path(__file__).resolve()
+    if not here.parents[1].is_file():        # not in a zip
+        return here.parents[2]
+    try:
+        named = pkgutil.get_data("s1mmalign", "_data/checkout")
+    except OSError:                          # a zip built before build.sh wrote it
+        named = None
+    return Path(named.decode("utf-8").strip()) if named else here.parents[2]
+
+
+_REPO = Path(__file__).resolve().parents[2]     # data files: the checkout's, else the zip's own (_data/)
+_CHECKOUT = _checkout()
 
 
 def read_text(kind: str, name: str) -> str:
@@ -32,8 +48,8 @@ def list_names(kind: str, suffix: str = "") -> list[str]:
 
 
 def repo_root() -> Path:
-    """The checkout this package was imported from (meaningless inside a zip)."""
-    return _REPO
+    """The checkout this package was imported from, or (inside the zip) built from."""
+    return _CHECKOUT
 
 
 @functools.lru_cache(maxsize=None)
