@@ -70,6 +70,12 @@ def manifest(root: Path) -> dict[tuple[str, int], dict]:
     return out
 
 
+def manifest_counts(root: Path) -> tuple[int, int]:
+    """(pairs, quarantined lines) a clean run over the sample corpus at root must give."""
+    expected = manifest(root).values()
+    return sum(e["expect"] == "pair" for e in expected), sum(e["expect"] != "pair" for e in expected)
+
+
 def table_rows(spark, lake: str, name: str, *cols: str) -> list:
     return lake_at(str(lake)).read(spark, name).select(*cols).collect()
 

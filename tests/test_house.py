@@ -131,3 +131,24 @@ def test_no_test_module_imports_another_or_conftest():
     offenders = {p.name: sorted(m for m in _imports(p) if m.split(".")[0].startswith(("test_", "conftest")))
                  for p in (REPO / "tests").glob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_inside_the_zip_the_checkout_is_the_one_it_was_built_in(tmp_path):
+    """A job run from dist/s1mmalign.zip (Airflow's tasks) finds jars/ and Data Docs' assets in the checkout
+    build.sh named in the zip; a zip that names none falls back to the folder above it, as before."""
+    import sys
+    import zipfile
+
+    probe = "from s1mmalign import resources; print(resources.repo_root())"
+    for named in ("/somewhere/checkout", None):
+        zip_path = tmp_path / f"{bool(named)}" / "s1mmalign.zip"
+        zip_path.parent.mkdir()
+        with zipfile.ZipFile(zip_path, "w") as zf:
+            for path in LIB.rglob("*.py"):
+                zf.write(path, f"s1mmalign/{path.relative_to(LIB).as_posix()}")
+            if named:
+                zf.writestr("s1mmalign/_data/checkout", named + "\n")
+        code = f"import sys; sys.path.insert(0, {str(zip_path)!r}); {probe}"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == (named or str(zip_path.parent)), proc.stdout

@@ -6,22 +6,22 @@ import functools
 import pkgutil
 from pathlib import Path
 
+_REPO = Path(__file__).resolve().parents[2]     # data files: the checkout's, else the zip's own (_data/)
+
 
 def _checkout() -> Path:
     """The checkout: the folder above lib/; inside the --py-files zip, the one build.sh built it from (named in
     _data/checkout), so that a job submitted from that machine (Airflow's tasks) finds its jars and Data Docs'
     assets; on a machine without it, paths under it simply do not exist."""
-    here = Path(__file__).resolve()
-    if not here.parents[1].is_file():        # not in a zip
-        return here.parents[2]
+    if not Path(__file__).resolve().parents[1].is_file():        # not in a zip
+        return _REPO
     try:
         named = pkgutil.get_data("s1mmalign", "_data/checkout")
     except OSError:                          # a zip built before build.sh wrote it
         named = None
-    return Path(named.decode("utf-8").strip()) if named else here.parents[2]
+    return Path(named.decode("utf-8").strip()) if named else _REPO
 
 
-_REPO = Path(__file__).resolve().parents[2]     # data files: the checkout's, else the zip's own (_data/)
 _CHECKOUT = _checkout()
 
 
