@@ -233,6 +233,63 @@ def test_each_planted_violation_fails_exactly_its_expectation(spark, nodocs_cfg,
     assert all(key in summary for key in expected)
 
 
+def _paths_regex_engines_could_disagree_on(spark, lake):
+    """Pairs whose image_path a Java and a Python regex could read apart: a newline before the end, a drive
+    letter, a backslash, '..' as a whole name and inside one, non-ASCII, empty; and arXiv ids at the pattern's
+    edges."""
+    from pyspark.sql import functions as F
+
+    paths = ["images/2101/2101.00001.tar.gz/a.png\n", "C:/images/x.png", "images\\..\\x.png", "images/a..b/x.png",
+             "images/../x.png\n", "images/fig/\u00e9\u5716.png", "", "images/x/..", "\\\\host/x.png"]
+    ids = ["2101.00001\n", "math/0101001", "math.AP/0101001", "2101.123456", "hep-th/0101001", None, "", "2101.0001",
+           "q-bio.NC/0101001"]
+    first = table(spark, lake, "pairs").orderBy("pair_id").first()
+    rows = [first.asDict() | {"pair_id": f"{i:02d}{first.pair_id[2:]}", "image_path": p, "arxiv_id": a,
+                              "source_line": 5_000_000 + i} for i, (p, a) in enumerate(zip(paths, ids, strict=True))]
+    pairs = table(spark, lake, "pairs")
+    (spark.createDataFrame(rows, pairs.schema).withColumn("caption", F.lit(" \n "))
+     .write.format("delta").mode("append").save(lake_at(str(lake)).path("pairs")))
+
+
+def test_both_engines_give_the_same_results(spark, cfg, lake_copy, tmp_path):
+    """Every suite run by Great Expectations' pandas engine and by its Spark engine over the same frames (every
+    plant at once, and values regex engines could read apart) gives the same verdicts, counts, observed
+    values and, where the rows come in one order, the same unexpected values."""
+    from s1mmalign.validate import dedup
+
+    for plant, _ in PLANTS.values():
+        plant(spark, lake_copy)
+    _paths_regex_engines_could_disagree_on(spark, lake_copy)
+    lake = held(str(lake_copy))
+    lake.ensure_tables(spark, job="validate")
+    raw = {t: lake.read(spark, t) for t in (*validate.NEEDED, *validate.OPTIONAL)}
+    duplicates, _ = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
+                               dedup.DedupStats())
+    frames, rows = validate._frames(cfg, raw, duplicates.cache())
+    runner = quality.Runner(str(tmp_path / "gx"), str(tmp_path / "docs"),
+                            dataclasses.replace(cfg.quality, data_docs="off"))
+    params = validate.parameters(cfg)
+    compared = failures = 0
+    for suite in quality.load_suites():
+        if suite.name.startswith("schema."):
+            continue
+        frame = frames[suite.table].orderBy(*frames[suite.table].columns)    # one order for both engines
+        by = {e: {r.expectation: r for r in runner.run(suite, frame, params, f"engine-{e}", engine=e)}
+              for e in quality.Runner.ENGINES}
+        assert by["spark"].keys() == by["pandas"].keys() == set(suite.expectation_names)
+        for name, s in by["spark"].items():
+            p = by["pandas"][name]
+            assert (s.success, s.element_count, s.unexpected_count, s.observed_value) == \
+                   (p.success, p.element_count, p.unexpected_count, p.observed_value), (suite.name, name, s, p)
+            assert s.unexpected_percent == pytest.approx(p.unexpected_percent), (suite.name, name)
+            if "unique" not in s.expectation_type:      # which copy of a duplicate is listed first: engine's choice
+                assert s.details == p.details, (suite.name, name)
+            compared += 1
+            failures += not s.success
+    assert compared == sum(len(s.expectation_names) for s in quality.load_suites() if not s.name.startswith("schema."))
+    assert failures >= 12 and rows["pairs"] > rows["images"]
+
+
 def test_rows_lost_from_a_table_are_named_and_the_next_ingest_reads_their_file_again(spark, cfg, nodocs_cfg,
                                                                                      clean_corpus, lake_copy):
     """A pairs commit cut at a line boundary loses rows with no error anywhere: validate names the files

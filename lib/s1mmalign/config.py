@@ -91,6 +91,7 @@ class QualityConf:
     max_cluster_rounds: int = 40
     driver_cluster_edges: int = 1_000_000
     partial_unexpected: int = 20
+    pandas_max_rows: int = 500_000            # frames up to this many rows checked on the driver (pandas), 0: never
     # image_path's layout per source (regex; "default" for the others)
     layouts: Mapping[str, str] = field(default_factory=lambda: {
         "arxiv": r"^images/[0-9]{4}/[^/]+\.tar\.gz/[^/]+$", "default": r"^images/[^/]+/[^/]+$"})
@@ -225,6 +226,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "quality.near_duplicate_distance": (0, 64), "quality.lsh_bands": (1, 64), "quality.max_bucket": (2, 10**8),
     "quality.max_cluster_rounds": (1, 10_000), "quality.driver_cluster_edges": (0, 10**9),
     "quality.partial_unexpected": (0, 10_000),
+    "quality.pandas_max_rows": (0, 100_000_000),
     "clip.batch_size": (1, 65_536), "clip.decode_threads": (1, 1024), "clip.text_workers": (-1, 256),
     "clip.torch_threads": (0, 1024),
     "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, 3_600_000),

@@ -236,12 +236,12 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     raw.update({t: lake.read(spark, t) for t in OPTIONAL if lake.exists(t, spark)})
 
     duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full, versions)
-    frames = _frames(cfg, raw, duplicates)
+    frames, rows = _frames(cfg, raw, duplicates)
     unreconciled = {r.source_file: r.mismatch for r in frames["source_files"].where(
         "mismatch IS NOT NULL AND status = 'ok'").select("source_file", "mismatch").collect()}
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
         runner = quality.Runner(context_dir, docs_dir, cfg.quality)
-        _suites(cfg, runner, raw, frames, outcome)
+        _suites(cfg, runner, raw, frames, rows, outcome)
         _reread(spark, cfg, lake, raw["ingest_log"], unreconciled, outcome.run_id)
         with Stage("results", log) as st:
             _write_results(spark, lake, outcome, now)
@@ -355,8 +355,9 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
     return new, None
 
 
-def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFrame]:
-    """Stage frames: the frames the suites run on (pairs and images with their checked columns, cached)."""
+def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> tuple[dict[str, DataFrame], dict[str, int]]:
+    """Stage frames: the frames the suites run on (pairs and images with their checked columns, cached) and
+    their row counts."""
     with Stage("frames", log) as st:
         frames = {
             "pairs": checked_pairs(raw["pairs"], raw["images"], duplicates, cfg, taxonomy(cfg)).cache(),
@@ -371,9 +372,17 @@ def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> dict[str, DataFram
             frames["text_signals"] = checked_text_signals(raw["text_signals"], raw["pairs"], cfg)
         if "fluency_scores" in raw:
             frames["fluency_scores"] = raw["fluency_scores"].select("pair_id", "model", "ppl_caption", "ppl_recaption")
-        counts = {name: frames[name].count() for name in ("pairs", "images")}
+        counts = frame_rows(frames)
         st.done(counts["pairs"], "pairs checked", f"{counts['images']} images")
-    return frames
+    return frames, counts
+
+
+def frame_rows(frames: dict[str, DataFrame]) -> dict[str, int]:
+    """Each frame's row count (the engine a suite runs on depends on it): the cached ones counted (which fills
+    their cache), input_lines as pairs + quarantine."""
+    counts = {name: frame.count() for name, frame in frames.items() if name != "input_lines"}
+    counts["input_lines"] = counts["pairs"] + counts["quarantine"]
+    return counts
 
 
 def _reread(spark: SparkSession, cfg: Config, lake: Lake, ingest_log: DataFrame, bad: dict[str, str],
@@ -392,8 +401,10 @@ def _reread(spark: SparkSession, cfg: Config, lake: Lake, ingest_log: DataFrame,
     lake.merge(spark, "ingest_log", marked)
 
 
-def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcome: Outcome) -> None:
-    """Stage suites: every suite on its frame (schema suites on the table as stored); results to outcome."""
+def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: dict[str, int],
+            outcome: Outcome) -> None:
+    """Stage suites: every suite on its frame (schema suites on the table as stored, by Spark), the engine by
+    the frame's rows (quality.Runner.engine); results to outcome."""
     with Stage("suites", log) as st:
         params = parameters(cfg)
         used: list[DataFrame] = []
@@ -406,11 +417,13 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, outcom
                 log.info("suite %s: skipped (no %s table yet)", suite.name, suite.table)
                 continue
             used.append(frame)
-            results = runner.run(suite, frame, params, outcome.run_id)
+            n = None if schema_suite else rows.get(suite.table)
+            engine = runner.engine(n)
+            results = runner.run(suite, frame, params, outcome.run_id, engine=engine)
             outcome.results += results
             failed = [r.expectation for r in results if not r.success]
-            log.info("suite %s: %d expectations, %d failed%s", suite.name, len(results), len(failed),
-                     f" ({', '.join(failed)})" if failed else "")
+            log.info("suite %s: %d expectations, %d failed%s (%s%s)", suite.name, len(results), len(failed),
+                     f" ({', '.join(failed)})" if failed else "", engine, "" if n is None else f", {n} rows")
         # Great Expectations persists every frame it validates (its Spark source's default) and never lets go:
         # a later run in the same session would then be answered from that cache, a table's old version.
         for frame in [*frames.values(), *used]:

@@ -1,4 +1,9 @@
-"""Great Expectations glue: the suites in expectations/, run over Spark DataFrames, results as rows.
+"""Great Expectations glue: the suites in expectations/, run over the frames validate builds, results as rows.
+
+A frame of up to `quality.pandas_max_rows` rows is validated by Great Expectations' pandas engine (brought
+to the driver through Arrow: at the 200,000 pairs of bench/refresh.py the suites take a quarter of the time
+Spark's metric jobs do); a larger one, and every schema suite (column types are Spark's), by its Spark
+engine. Both give the same results (tests/test_validate.py runs every suite on both and compares them).
 
 A suite file is Great Expectations' own suite JSON (`ExpectationSuite.to_json_dict()`), named
 `<group>.<table>.json`, with `meta.group` (path_integrity, deduplication or schema_values), `meta.table`
@@ -16,6 +21,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -135,10 +141,15 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _plain(value):
+    """numpy's scalars as Python's (pandas' results hold them), anything else as its text."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else str(value)
+
+
 def _json(value) -> str | None:
     if value is None:
         return None
-    return json.dumps(value, default=str, sort_keys=True)[:4000]
+    return json.dumps(value, default=_plain, sort_keys=True)[:4000]
 
 
 def _number(value) -> float | None:
@@ -149,6 +160,8 @@ def _number(value) -> float | None:
 
 class Runner:
     """A file-backed Great Expectations project under the lake, with one Spark data source."""
+
+    ENGINES = ("spark", "pandas")
 
     def __init__(self, context_root: str, docs_dir: str, conf: QualityConf):
         # Usage statistics: off unless the conf asks (the variable for this process, the flag for the project).
@@ -183,22 +196,29 @@ class Runner:
                 "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
         self.docs_dir = docs_dir
-        self._source = None
+        self._sources: dict[str, Any] = {}
 
-    @property
-    def source(self):
-        """The project's Spark data source, made on first use: Great Expectations starts a Spark session
-        for it when none runs, so a Runner that only builds docs or sets switches starts none."""
-        if self._source is None:
-            self._source = self.context.data_sources.add_or_update_spark(name="lake")
-        return self._source
+    def source(self, engine: str):
+        """The project's data source for an engine ("lake": Spark, "lake_pandas"), made on first use: Great
+        Expectations starts a Spark session for its Spark source when none runs, so a Runner that only
+        builds docs or sets switches starts none."""
+        if engine not in self._sources:
+            sources = self.context.data_sources
+            self._sources[engine] = (sources.add_or_update_spark(name="lake") if engine == "spark"
+                                     else sources.add_or_update_pandas(name="lake_pandas"))
+        return self._sources[engine]
 
-    def _definition(self, suite: Suite):
+    def engine(self, rows: int | None) -> str:
+        """pandas for a frame of known size within quality.pandas_max_rows, else spark."""
+        return "pandas" if rows is not None and rows <= self.conf.pandas_max_rows else "spark"
+
+    def _definition(self, suite: Suite, engine: str):
         gx = self.gx
+        source = self.source(engine)
         try:
-            asset = self.source.get_asset(suite.table)
+            asset = source.get_asset(suite.table)
         except LookupError:
-            asset = self.source.add_dataframe_asset(name=suite.table)
+            asset = source.add_dataframe_asset(name=suite.table)
         try:
             batch = asset.get_batch_definition("whole")
         except (KeyError, LookupError, ValueError):
@@ -209,17 +229,25 @@ class Runner:
         return self.context.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
 
-    def run(self, suite: Suite, df, parameters: Mapping[str, Any], run_name: str) -> list[Result]:
-        """Validate df with suite; one Result per expectation (an expectation that raised fails)."""
+    def run(self, suite: Suite, df, parameters: Mapping[str, Any], run_name: str,
+            rows: int | None = None, engine: str | None = None) -> list[Result]:
+        """Validate the Spark DataFrame df (of `rows` rows, when known) with suite, by `engine` or the one
+        engine(rows) picks; one Result per expectation (an expectation that raised fails)."""
         from great_expectations.core.run_identifier import RunIdentifier
 
-        definition = self._definition(suite)
+        engine = engine or self.engine(rows)
+        if engine not in self.ENGINES:
+            raise ValueError(f"engine {engine!r}: one of {self.ENGINES}")
+        definition = self._definition(suite, engine)
         self._run_names.add(run_name)
         self._suites_run.add(suite.name)
-        outcome = definition.run(
-            batch_parameters={"dataframe": df}, expectation_parameters=dict(parameters),
-            result_format={"result_format": "BASIC", "partial_unexpected_count": self.partial_unexpected},
-            run_id=RunIdentifier(run_name=run_name))
+        data = df if engine == "spark" else _pandas(df)
+        with warnings.catch_warnings():     # pandas' "pattern has match groups" on every regex with a group
+            warnings.filterwarnings("ignore", message="This pattern is interpreted as a regular expression")
+            outcome = definition.run(
+                batch_parameters={"dataframe": data}, expectation_parameters=dict(parameters),
+                result_format={"result_format": "BASIC", "partial_unexpected_count": self.partial_unexpected},
+                run_id=RunIdentifier(run_name=run_name))
         out = []
         for r in outcome.results:
             conf = r.expectation_config
@@ -278,6 +306,12 @@ class Runner:
         results = [k for k in self.context.validation_results_store.list_keys()
                    if k.run_id.run_name in self._run_names]
         return results + [ExpectationSuiteIdentifier(name=name) for name in sorted(self._suites_run)]
+
+
+def _pandas(df):
+    """A Spark DataFrame on the driver as pandas, through Arrow (integers with nulls as Python ints and
+    None, so that an unexpected value reads as it is stored, not as a float)."""
+    return df.toArrow().to_pandas(integer_object_nulls=True)
 
 
 def docs_assets(conf: QualityConf) -> Path:
