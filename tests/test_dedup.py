@@ -184,3 +184,129 @@ def test_a_bucket_grown_past_max_bucket_is_searched_anew(spark, cfg, tmp_path):
     assert how == "incremental (1 new hashes)" and len(got) == 1 and stats.skipped_buckets == 0
     how, got, stats = run(first | {fourth, fifth})   # 5: both buckets the match shared are skipped
     assert how == "in full (a bucket grew past quality.max_bucket)" and got == set() and stats.skipped_buckets == 2
+
+
+def test_new_hashes_are_read_from_the_files_images_gained_since_the_version_banded(spark, cfg, tmp_path, caplog):
+    """Once the band keys hold every hash of a version of images (validate_state), a run reads the hashes of
+    the files the log added after it, not every row: the stored matches still equal all pairs within k
+    (brute force), a hash already stored under another image adds none, and where rows may have gone (an
+    OPTIMIZE removed files) every hash is compared again."""
+    import logging
+    from datetime import datetime, timezone
+
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from helpers import held
+    from s1mmalign.lake import schemas
+    from s1mmalign.validate import pipeline
+
+    lake = held(str(tmp_path / "lake"), cfg)
+    lake.ensure_tables(spark, job="ingest")
+    lake.ensure_tables(spark, job="validate")
+    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10)
+    rng = random.Random(7)
+    bases = [rng.getrandbits(64) for _ in range(24)]
+    near = [flip(b, *rng.sample(range(64), rng.choice([1, 2, 3]))) for b in bases]
+    tdef = schemas.table("images")
+
+    def append(hashes, tag):       # one commit, one file per call (one partition)
+        rows = [{c.name: None for c in tdef.columns} | {
+            "image_sha256": f"{tag}-{i}", "discipline": "physics", "format": "PNG", "width": 8, "height": 8,
+            "image_bytes": 1, "image_dhash": signed(h), "content": b"x", "thumbnail": b"x", "thumbnail_width": 8,
+            "thumbnail_height": 8, "first_source": "arxiv", "first_image_path": f"images/{tag}-{i}.png",
+            "ingest_run_id": tag, "ingested_at": datetime.now(timezone.utc)} for i, h in enumerate(sorted(hashes))]
+        (spark.createDataFrame([tuple(r[c] for c in tdef.names) for r in rows], tdef.spark()).coalesce(1)
+         .write.format("delta").mode("append").save(lake.path("images")))
+
+    def run():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="s1mmalign.validate.pipeline"):
+            how, _ = pipeline._near_matches(spark, params, lake, lake.read(spark, "images"), dedup.DedupStats(),
+                                            False, lake.version("images"), ("run", datetime.now(timezone.utc)))
+        hashes = {r.image_dhash % (1 << 64) for r in lake.read(spark, "images").select("image_dhash").collect()}
+        got = {(r.h1, r.h2, r.d) for r in lake.read(spark, "dhash_edges").collect()}
+        assert got == _brute(hashes, 3), how
+        return how, caplog.text
+
+    append(bases[:12] + near[:12], "a")
+    assert run()[0] == "in full (no stored band keys)"
+    append(bases[12:18] + near[12:18], "b")
+    append(bases[18:] + near[18:], "c")
+    how, text = run()
+    assert how == "incremental (24 new hashes)" and "2 file(s) added to images since version" in text
+    append([bases[0], near[5]], "d")                    # other images, hashes stored already: nothing new
+    how, text = run()
+    assert how == "incremental (0 new hashes)" and "1 file(s) added to images since version" in text
+    how, text = run()
+    assert how == "incremental (0 new hashes)" and "images unchanged" in text
+    DeltaTable.forPath(spark, lake.path("images")).optimize().executeCompaction()
+    append([flip(bases[3], 1, 2)], "e")
+    how, text = run()
+    assert how == "incremental (1 new hashes)" and "removed since version" in text
+    assert lake.read(spark, "dhash_bands").where(F.col("band") == 0).count() == len(set(bases + near)) + 1
+
+
+def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(spark):
+    """Stored rows, less the rows in the scope of what changed, plus touched()'s rows equal find() over the
+    changed tables, step after step: a pair joins an exact group, two clusters merge through a new image,
+    an image arrives with a hash already stored (distance 0), a pair moves to other bytes (its old group left
+    with one pair: gone), a clustered pair deleted, another's path changed."""
+    from pyspark.sql import functions as F
+
+    rng = random.Random(11)
+    base = [rng.getrandbits(64) for _ in range(8)]
+    imgs = {f"s{i}": h for i, h in enumerate(base)}
+    imgs |= {"a1": flip(base[0], 0, 40), "b1": flip(base[1], 5, 50),           # clusters s0~a1, s1~b1, c0~c1;
+             "c0": flip(base[0], 10, 11, 12, 13, 14)}                             # c0 5 bits from s0
+    imgs["c1"] = flip(imgs["c0"], 20)
+    pairs = {f"p_{s}": (s, f"images/x/{s}.png") for s in imgs} | {"p_dup": ("s2", "images/x/dup.png")}
+    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10)
+    cols = dedup.PAIR_COLUMNS
+
+    def tables(imgs, pairs):
+        p = spark.createDataFrame([(pid, "src", "physics", path, sha, signed(imgs[sha]))
+                                   for pid, (sha, path) in sorted(pairs.items())], PAIRS_SCHEMA)
+        i = spark.createDataFrame([(s, signed(h)) for s, h in sorted(imgs.items())],
+                                  "image_sha256 string, image_dhash bigint")
+        return p, i
+
+    def rows(df):
+        return sorted(tuple(r) for r in df.select(*cols, "group_id", "group_pairs", "group_images", "distance",
+                                                  "group_kind").collect())
+
+    p0, i0 = tables(imgs, pairs)
+    stored, _ = dedup.find(p0, i0, params)
+    before = (imgs, {(pid, *v) for pid, v in pairs.items()})
+    steps = [      # (images added, pairs after)
+        lambda pa: ({"m": flip(imgs["a1"], 2, 3), "z": base[4]},           # m joins s0~a1; z: s4's very hash
+                    pa | {"p_dup2": ("s2", "images/x/dup2.png"), "p_m": ("m", "images/x/m.png"),
+                          "p_z": ("z", "images/x/z.png")}),
+        lambda pa: ({"bridge": flip(base[0], 10, 11, 12)},                  # 3 bits from s0, 2 from c0: one cluster
+                    pa | {"p_bridge": ("bridge", "images/x/br.png")}),
+        lambda pa: ({}, {**{k: v for k, v in pa.items() if k not in ("p_dup", "p_a1")},     # a1: an image alone
+                         "p_dup2": ("s3", "images/x/dup2.png"), "p_b1": ("b1", "images/x/b1-moved.png")}),
+    ]
+    for n, step in enumerate(steps):
+        new_imgs, pairs = step(dict((pid, (sha, path)) for pid, sha, path in before[1]))
+        imgs = before[0] | new_imgs
+        now_rows = {(pid, *v) for pid, v in pairs.items()}
+        shas = {sha for _, sha, _ in before[1] ^ now_rows} | set(new_imgs)
+        hashes = {signed(imgs[sha]) for sha in shas}
+        p1, i1 = tables(imgs, pairs)
+        matches = dedup.near_matches(i1, params, dedup.DedupStats())
+        got = dedup.touched(p1, i1, params, matches, spark.createDataFrame([(s,) for s in shas], "image_sha256 string"),
+                            spark.createDataFrame([(h,) for h in hashes], "h bigint"), dedup.DedupStats())
+        assert got is not None
+        new, scope_shas, scope_hashes = got
+        replaced = dedup.in_scope(stored, scope_shas, scope_hashes)
+        updated = stored.join(replaced.select("group_kind", "group_id", "pair_id"),
+                              ["group_kind", "group_id", "pair_id"], "left_anti").unionByName(new)
+        want, _ = dedup.find(p1, i1, params)
+        assert rows(updated) == rows(want), n
+        assert rows(want) != rows(stored), n                                # every step changes some group
+        assert scope_hashes.count() < len(set(imgs.values())), n            # and not every image is looked at
+        stored = want.withColumn("distance", F.col("distance").cast("int"))
+        before = (imgs, now_rows)
+    merged = {r.group_id for r in stored.where("group_kind = 'near'").collect() if r.image_sha256 in ("c1", "a1")}
+    assert len(merged) == 1 and stored.where("group_kind = 'exact'").select("group_id").distinct().count() == 1

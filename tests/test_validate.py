@@ -23,8 +23,8 @@ from s1mmalign.ingest import pipeline as ingest
 from s1mmalign.ingest import sources
 from s1mmalign.lake import schemas
 from s1mmalign.lake.storage import Store
+from s1mmalign.validate import dedup, quality
 from s1mmalign.validate import pipeline as validate
-from s1mmalign.validate import quality
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +255,6 @@ def test_both_engines_give_the_same_results(spark, cfg, lake_copy, tmp_path):
     """Every suite run by Great Expectations' pandas engine and by its Spark engine over the same frames (every
     plant at once, and values regex engines could read apart) gives the same verdicts, counts, observed
     values and, where the rows come in one order, the same unexpected values."""
-    from s1mmalign.validate import dedup
-
     for plant, _ in PLANTS.values():
         plant(spark, lake_copy)
     _paths_regex_engines_could_disagree_on(spark, lake_copy)
@@ -401,11 +399,20 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     assert outcome.stats.exact_groups == 1 and outcome.stats.near_clusters == 1
     # the near pair was found by banding only the refresh's new hashes against the stored band keys
     assert outcome.stats.search == "incremental (1 new hashes)"
-    assert outcome.stats.built.startswith("built anew (near matches added)")
+    # only the groups of the refresh's two pairs found again (and their images: one new, one a copy)
+    assert outcome.stats.built.startswith("updated (2 image(s) of pairs changed or images added since pairs version")
+    columns = [c for c in schemas.table("duplicates").names if c not in ("validate_run_id", "computed_at")]
 
     def dups():
-        return sorted(tuple(r) for r in table(spark, lake, "duplicates").drop("validate_run_id", "computed_at")
-                      .collect())
+        return sorted(tuple(r) for r in table(spark, lake, "duplicates").select(*columns).collect())
+
+    def found_over_everything():
+        at = lake_at(str(lake))
+        rows, _ = dedup.find(at.read(spark, "pairs"), at.read(spark, "images"), cfg.quality,
+                             at.read(spark, "dhash_edges"))
+        return sorted(tuple(r) for r in rows.select(*columns).collect())
+
+    assert dups() == found_over_everything()
 
     def edit(path, **change):        # the planted line of `path`, changed in place
         jsonl = corpus / "biorxiv" / "jsonl" / "biorxiv_2020.jsonl"
@@ -427,8 +434,9 @@ def test_planted_duplicates_are_listed_and_nothing_else(spark, cfg, strict_cfg, 
     shutil.copyfile(corpus / "biorxiv" / planted["near_src"], corpus / "biorxiv" / planted["exact"])
     edit(planted["exact"], caption="edited again")
     moved = validate.run(spark, cfg, held(str(lake), cfg))
-    assert moved.stats.built.startswith("built anew (pairs' images, paths or disciplines changed since version")
+    assert moved.stats.built.startswith("updated (2 image(s) of pairs changed")    # the copy's old and new bytes
     now = dups()
+    assert now == found_over_everything()
     exact_paths = {r.image_path for r in table(spark, lake, "duplicates").where("group_kind = 'exact'").collect()}
     assert now != kept and exact_paths == {planted["near_src"], planted["exact"]}
     # a full run (--full: every hash banded anew) gives the same duplicates

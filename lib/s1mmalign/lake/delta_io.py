@@ -60,18 +60,20 @@ def last_local_commit(log_dir: Path) -> tuple[int, dict[str, str]]:
     return number, {}
 
 
-def changed(spark, path: str, since: int, until: int, columns: list[str]) -> bool | None:
-    """Whether a row of the Delta table at `path` was inserted, deleted, or updated in one of `columns`
-    (the key among them) by a commit after version `since` up to `until`, from its change data feed; None
-    when the feed cannot tell (not recorded for those versions, or vacuumed away)."""
+def changes(spark, path: str, since: int, until: int, columns: list[str]):
+    """The rows of the Delta table at `path` (only `columns`) inserted, deleted, or updated in one of `columns`
+    (both the row before and after) by a commit after version `since` up to `until`, from its change data
+    feed, checkpointed; None when the feed cannot tell (not recorded for those versions, or vacuumed away)."""
     try:
         feed = (spark.read.format("delta").option("readChangeFeed", "true")
                 .option("startingVersion", since + 1).option("endingVersion", until).load(path)
                 .select(*columns, "_change_type", "_commit_version"))
         keys = [*columns, "_commit_version"]
-        moved = (feed.where("_change_type = 'update_postimage'").select(*keys)
-                 .join(feed.where("_change_type = 'update_preimage'").select(*keys), keys, "left_anti"))
-        return not feed.where("_change_type IN ('insert', 'delete')").select(*keys).unionByName(moved).isEmpty()
+        post = feed.where("_change_type = 'update_postimage'").select(*keys)
+        pre = feed.where("_change_type = 'update_preimage'").select(*keys)
+        moved = post.join(pre, keys, "left_anti").unionByName(pre.join(post, keys, "left_anti"))
+        return (feed.where("_change_type IN ('insert', 'delete')").select(*keys).unionByName(moved)
+                .select(*columns).localCheckpoint())
     except Exception as exc:      # noqa: BLE001  (AnalysisException, or the JVM's error when files are gone)
         log.info("change data feed of %s from version %d: unavailable (%s)", path, since + 1,
                  str(exc).strip().splitlines()[0][:200])

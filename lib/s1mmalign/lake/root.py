@@ -114,6 +114,29 @@ class Lake:
         uri, options = self.delta_rs(name)
         return DeltaTable(uri, storage_options=options).file_uris()
 
+    def files_added(self, name: str, since: int, until: int) -> tuple[list[str] | None, str]:
+        """(the data files table `name` gained after version `since` up to `until`, as Spark reads them, and
+        how many there were in words), from its log by delta-rs; or (None, why not) when rows may have gone as
+        well: a file removed (a delete, an OPTIMIZE), deletion vectors on, or either version's log not at
+        hand. For a table that only grows by appends, the new rows are the rows of those files."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        uri, options = self.delta_rs(name)
+        try:
+            old, new = (DeltaTable(uri, version=v, storage_options=options) for v in (since, until))
+            features = set(new.protocol().writer_features or ())
+            before, after = set(old.file_uris()), set(new.file_uris())
+        except DeltaError as exc:
+            return None, f"{name}'s log from version {since} to {until} unreadable ({str(exc).splitlines()[0][:120]})"
+        if "deletionVectors" in features:
+            return None, f"{name} has deletion vectors"
+        if before - after:
+            return None, f"{len(before - after)} file(s) of {name} removed since version {since}"
+        scheme = self.path(name).split("://", 1)[0] if self.remote else None     # delta-rs' s3:// is S3A's s3a://
+        added = [f"{scheme}://{u.split('://', 1)[1]}" if scheme else u for u in sorted(after - before)]
+        return added, f"{len(added)} file(s) added to {name} since version {since}"
+
     # --- reading without Spark ----------------------------------------------------------------------
 
     def exists(self, name: str, spark=None) -> bool:

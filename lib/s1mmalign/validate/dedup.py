@@ -233,6 +233,51 @@ def find(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: Data
     return rows, counted(rows, stats)
 
 
+def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: DataFrame, shas: DataFrame,
+            hashes: DataFrame, stats: DedupStats) -> tuple[DataFrame, DataFrame, DataFrame] | None:
+    """The rows find() gives for every group a change touches, found over those groups' pairs and images only:
+    (rows, their scope: the shas (image_sha256) and hashes (h) whose stored rows they replace, see in_scope).
+
+    shas, hashes: the image shas and hashes of every pair row inserted, deleted or moved (both sides) and of
+    every image added since the stored rows were found; `matches` every near match now, a superset of the
+    ones the stored rows were found with (stored matches plus the new ones: new_matches). Exact groups are
+    keyed by sha, so the groups of `shas` are complete. A near cluster is a connected component of the
+    matches (or one hash, for images sharing it): the scope's hashes are every hash of a component holding
+    one of `hashes`; a component only grows as matches are added, so every stored cluster that holds a
+    changed image or pair lies within it. None when the matches are more than params.driver_cluster_edges
+    (the components are then Spark's to find, over every hash: find())."""
+    spark = pairs.sparkSession
+    if matches.count() > params.driver_cluster_edges:
+        return None
+    label = dict(_union_find([(r.h1, r.h2) for r in matches.select("h1", "h2").collect()]))
+    seeds = {r.h for r in hashes.select("h").distinct().collect()}
+    hit = {label.get(h, h) for h in seeds}
+    scope = spark.createDataFrame([(h,) for h in sorted(seeds | {h for h, lab in label.items() if lab in hit})],
+                                  "h bigint").localCheckpoint()
+    in_hashes = F.broadcast(scope.withColumnRenamed("h", "image_dhash"))
+    imgs = images.join(in_hashes, "image_dhash", "left_semi")
+    near_pairs = pairs.join(imgs.select("image_sha256"), "image_sha256", "left_semi")
+    found = stats.matches
+    near = near_clusters(near_pairs, imgs, params, stats,
+                         matches.join(F.broadcast(scope.withColumnRenamed("h", "h1")), "h1", "left_semi"))
+    stats.matches = found
+    shas = shas.select("image_sha256").distinct().localCheckpoint()
+    exact = exact_groups(pairs.join(F.broadcast(shas), "image_sha256", "left_semi"))
+    rows = (exact.withColumn("group_kind", F.lit("exact"))
+            .unionByName(near.withColumn("group_kind", F.lit("near")))
+            .withColumn("distance", F.col("distance").cast("int")).localCheckpoint())
+    return rows, shas, scope
+
+
+def in_scope(stored: DataFrame, shas: DataFrame, hashes: DataFrame) -> DataFrame:
+    """The stored duplicates rows that touched()'s rows replace: exact rows of its shas, near rows of its
+    hashes."""
+    exact = stored.where("group_kind = 'exact'").join(F.broadcast(shas), "image_sha256", "left_semi")
+    near = stored.where("group_kind = 'near'").join(F.broadcast(hashes.withColumnRenamed("h", "image_dhash")),
+                                                   "image_dhash", "left_semi")
+    return exact.unionByName(near)
+
+
 def counted(rows: DataFrame, stats: DedupStats) -> DedupStats:
     """stats with the groups, pairs and images of the duplicates rows `rows` counted."""
     counts = {r["group_kind"]: r for r in rows.groupBy("group_kind").agg(

@@ -1,8 +1,9 @@
 """The validation pipeline: duplicates table, checked frames, Great Expectations suites, results, Data Docs.
 
 Stages (each logs one line):
-  dedup     exact groups and near-duplicate clusters -> duplicates (replaced whole, one commit; kept as it
-            is when pairs' change data feed shows no change of what it is made of, see _rebuild_because)
+  dedup     exact groups and near-duplicate clusters -> duplicates: only the groups a change touches found
+            again and merged (one commit), kept when nothing they are made of changed, replaced whole with
+            --full or where the change cannot be told (_dedup, _changed_since_built)
   frames    pairs and images with the per-row facts the suites check (path layout, id agreement, image
             row present, shared bytes, near duplicate, ...), cached once for every suite
   suites    every suite in expectations/ on its frame (clip_scores only when that table exists)
@@ -257,25 +258,44 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
 
 def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime,
            full: bool, versions: dict[str, int]) -> DataFrame:
-    """Stage dedup: exact groups and near-duplicate clusters, written to `duplicates` (replaced whole), then
-    the input versions they were built from to validate_state; or the table kept as it is, when nothing
-    it is made of changed since those versions (_rebuild_because says)."""
+    """Stage dedup: exact groups and near-duplicate clusters in `duplicates`, then the input versions they hold
+    to validate_state. Only the groups a change touches are found again and merged (_changed_since_built says
+    which changes, dedup.touched which groups); the table is kept as it is when nothing it is made of changed,
+    and built anew (replaced whole) with --full, after a search of every hash, or where the change cannot
+    be told."""
     with Stage("dedup", log) as st:
         stats = dedup.DedupStats()
-        stats.search, added = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full)
-        why = "--full" if full else "near matches added" if added else _rebuild_because(spark, lake, versions)
-        if why is None:
+        stats.search, _ = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full,
+                                        versions["images"], (outcome.run_id, now))
+        scope, why = (None, "--full") if full else _changed_since_built(spark, lake, versions)
+        if scope is not None and not stats.search.startswith("incremental"):
+            scope, why = None, "near matches found anew"
+        got = None
+        if scope is not None and scope[1]:
+            got = dedup.touched(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
+                                scope[0].select("image_sha256"), scope[0].select("h"), stats)
+            if got is None:
+                why = f"more near matches than quality.driver_cluster_edges ({cfg.quality.driver_cluster_edges})"
+        def stamped(df: DataFrame) -> DataFrame:
+            return df.withColumn("validate_run_id", F.lit(outcome.run_id)).withColumn("computed_at", F.lit(now))
+
+        if scope is not None and not scope[1]:
             rows = lake.read(spark, "duplicates")
             stats = dedup.counted(rows, stats)
             stats.built = "kept (no pair's image, path or discipline changed)"
+        elif got is not None:
+            touched, shas, hashes = got
+            replaced = dedup.in_scope(lake.read(spark, "duplicates"), shas, hashes)
+            lake.merge(spark, "duplicates", stamped(touched), deletes=replaced)
+            _record_state(spark, lake, "duplicates", versions, (outcome.run_id, now))
+            rows = lake.read(spark, "duplicates")
+            stats = dedup.counted(rows, stats)
+            stats.built = f"updated ({why}): {touched.count()} rows of the groups they touch found again"
         else:
             rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
                                      stats)
-            lake.replace(spark, "duplicates", rows.withColumn("validate_run_id", F.lit(outcome.run_id))
-                                 .withColumn("computed_at", F.lit(now)))
-            state = [("duplicates", t, v, outcome.run_id, now) for t, v in sorted(versions.items())]
-            lake.replace(spark, "validate_state", spark.createDataFrame(state, schemas.table("validate_state").spark()),
-                         where="derived = 'duplicates'")
+            lake.replace(spark, "duplicates", stamped(rows))
+            _record_state(spark, lake, "duplicates", versions, (outcome.run_id, now))
             stats.built = f"built anew ({why})"
         outcome.stats = stats
         st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
@@ -286,50 +306,102 @@ def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Out
     return rows
 
 
-def _rebuild_because(spark: SparkSession, lake: Lake, versions: dict[str, int]) -> str | None:
-    """Why `duplicates` must be built anew, or None when it still holds what a build over the current
-    versions gives: pairs changed no column the groups are made of (its change data feed since the version
-    validate_state names: no row inserted or deleted, no update of dedup.PAIR_COLUMNS), images did not
-    change (a new image comes with a new or changed pair anyway) and (the caller's test) no near match was
-    added."""
-    built = {r.table_name: r.version for r in lake.read(spark, "validate_state")
-             .where("derived = 'duplicates'").select("table_name", "version").collect()}
+def _state(spark: SparkSession, lake: Lake, derived: str) -> dict[str, int]:
+    """The versions of its inputs validate_state records for `derived` (table -> version)."""
+    return {r.table_name: r.version for r in lake.read(spark, "validate_state")
+            .where(F.col("derived") == derived).select("table_name", "version").collect()}
+
+
+def _record_state(spark: SparkSession, lake: Lake, derived: str, versions: dict[str, int],
+                  run: tuple[str, datetime]) -> None:
+    """Record in validate_state that `derived` is up to date with these versions of its inputs (one commit)."""
+    rows = [(derived, t, v, *run) for t, v in sorted(versions.items())]
+    lake.replace(spark, "validate_state", spark.createDataFrame(rows, schemas.table("validate_state").spark()),
+                 where=f"derived = '{derived}'")
+
+
+def _changed_since_built(spark: SparkSession, lake: Lake, versions: dict[str, int]) -> tuple[tuple | None, str]:
+    """What changed, of what `duplicates` is made of, since the versions validate_state says it holds:
+    ((the image shas and hashes (image_sha256, h) of every pair row inserted, deleted or moved to other bytes, a
+    path or a discipline (pairs' change data feed: both sides of an update) and of every image added (the files
+    images' log added), how many), what that is in words); or (None, why it cannot be told: no record, a
+    table older than recorded, the feed gone, images rows that may have gone)."""
+    built = _state(spark, lake, "duplicates")
     if set(built) != set(versions):
-        return "no record of the versions it was built from"
-    if versions["images"] != built["images"]:
-        return f"images changed since version {built['images']}"
-    since, now = built["pairs"], versions["pairs"]
-    if since == now:
-        return None
-    if since > now:
-        return f"pairs is at version {now}, older than the {since} it was built from"
-    changed = delta_io.changed(spark, lake.path("pairs"), since, now, dedup.PAIR_COLUMNS)
-    if changed is None:
-        return f"pairs' change data feed since version {since} is not available"
-    return f"pairs' images, paths or disciplines changed since version {since}" if changed else None
+        return None, "no record of the versions it was built from"
+    if any(built[t] > versions[t] for t in versions):
+        return None, f"a table is older than the version it was built from ({built} > {versions})"
+    parts = []
+    since = built["pairs"]
+    if since < versions["pairs"]:
+        rows = delta_io.changes(spark, lake.path("pairs"), since, versions["pairs"], dedup.PAIR_COLUMNS)
+        if rows is None:
+            return None, f"pairs' change data feed since version {since} is not available"
+        parts.append(rows.select("image_sha256", F.col("image_dhash").alias("h")))
+    if built["images"] < versions["images"]:
+        files, how = lake.files_added("images", built["images"], versions["images"])
+        if files is None:
+            return None, f"images changed since version {built['images']}: {how}"
+        if files:
+            parts.append(spark.read.parquet(*files).select("image_sha256", F.col("image_dhash").alias("h")))
+    if not parts:
+        return (None, 0), "nothing changed"
+    scope = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    scope = scope.distinct().localCheckpoint()
+    n = scope.count()
+    return (scope, n), (f"{n} image(s) of pairs changed or images added since pairs version {since}, images "
+                        f"version {built['images']}")
 
 
 def _near_matches(spark: SparkSession, params, lake: Lake, images: DataFrame, stats: dedup.DedupStats,
-                  full: bool) -> tuple[str, bool]:
+                  full: bool, images_version: int | None = None,
+                  run: tuple[str, datetime] | None = None) -> tuple[str, bool]:
     """Bring dhash_edges up to date with the images' hashes; say how (only the hashes new since the last run,
     _new_hashes_matched, or every hash anew: with --full, or where _new_hashes_matched says why) and whether
     matches may have been added. Written edges first, band keys after: a run cut between the two finds the
-    same edges again."""
-    new, why = (0, "--full") if full else _new_hashes_matched(spark, params, lake, images, stats)
+    same edges again. images_version: the version `images` is read at, recorded in validate_state (with
+    `run`, its id and time) once the band keys hold its hashes, so that the next run reads only the files
+    added after it."""
+    new, why = (0, "--full") if full else _new_hashes_matched(spark, params, lake, images, stats, images_version)
     if why is None:
-        return f"incremental ({new} new hashes)", new > 0
-    log.info("near duplicates: every hash banded anew (%s)", why)
-    bands = dedup.banded(images, params).localCheckpoint()
-    lake.replace(spark, "dhash_edges", dedup.banded_matches(bands, params, stats))
-    lake.replace(spark, "dhash_bands", bands)
-    return f"in full ({why})", True
+        how, added = f"incremental ({new} new hashes)", new > 0
+    else:
+        log.info("near duplicates: every hash banded anew (%s)", why)
+        bands = dedup.banded(images, params).localCheckpoint()
+        lake.replace(spark, "dhash_edges", dedup.banded_matches(bands, params, stats))
+        lake.replace(spark, "dhash_bands", bands)
+        how, added = f"in full ({why})", True
+    if images_version is not None and run and _state(spark, lake, "dhash_bands").get("images") != images_version:
+        _record_state(spark, lake, "dhash_bands", {"images": images_version}, run)
+    return how, added
+
+
+def _hashes_added(spark: SparkSession, lake: Lake, version: int | None) -> tuple[DataFrame | None, str]:
+    """(the distinct hashes (h) of the images rows added since the version of `images` whose hashes dhash_bands
+    holds (validate_state) up to `version`, read from the files its log added, and how they were found); or
+    (None, why they cannot be: no record, or rows that may have gone, Lake.files_added)."""
+    if version is None:
+        return None, "no version of images given"
+    banded = _state(spark, lake, "dhash_bands").get("images")
+    if banded is None:
+        return None, "no record of the images version banded"
+    if banded > version:
+        return None, f"images is at version {version}, older than the {banded} banded"
+    files, how = ([], "images unchanged") if banded == version else lake.files_added("images", banded, version)
+    if files is None:
+        return None, how
+    if not files:
+        return spark.createDataFrame([], "h bigint"), how
+    return spark.read.parquet(*files).select(F.col("image_dhash").alias("h")).distinct(), how
 
 
 def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFrame,
-                        stats: dedup.DedupStats) -> tuple[int, str | None]:
+                        stats: dedup.DedupStats, images_version: int | None = None) -> tuple[int, str | None]:
     """Band the hashes not in dhash_bands, compare them with the stored band keys, add their matches to
     dhash_edges and their keys to dhash_bands: (new hashes, None). Or, written nothing, (0, why every hash
-    must be searched anew): the first run, changed settings, a stored hash gone, a bucket past max_bucket."""
+    must be searched anew): the first run, changed settings, a stored hash gone, a bucket past max_bucket.
+    The candidates are the hashes of the images files added since the banded version (_hashes_added), or,
+    where the log cannot say, every hash of images compared with the stored ones."""
     stored = lake.read(spark, "dhash_bands")
     # one row tells the table's scheme: a run appends only under the scheme the table has, and a search anew
     # replaces every row
@@ -339,11 +411,19 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
     if first[0].scheme != dedup.scheme(params):
         return 0, "settings changed"
     known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
-    now = images.select(F.col("image_dhash").alias("h")).distinct().withColumn("_now", F.lit(1))
-    diff = now.join(known, "h", "full").where("_old IS NULL OR _now IS NULL").localCheckpoint()
-    gone, new = diff.agg(F.count("_old"), F.count("_now")).first()
-    if gone:
-        return 0, f"{gone} stored hash(es) no longer in images"
+    since, how = _hashes_added(spark, lake, images_version)
+    if since is not None:
+        diff = since.join(known, "h", "left_anti").localCheckpoint()
+        new = diff.count()
+    else:
+        log.info("near duplicates: every hash of images compared with the stored ones (%s)", how)
+        now = images.select(F.col("image_dhash").alias("h")).distinct().withColumn("_now", F.lit(1))
+        diff = now.join(known, "h", "full").where("_old IS NULL OR _now IS NULL").localCheckpoint()
+        gone, new = diff.agg(F.count("_old"), F.count("_now")).first()
+        if gone:
+            return 0, f"{gone} stored hash(es) no longer in images"
+        diff = diff.where("_now IS NOT NULL")
+    log.info("near duplicates: %d new hash(es) (%s)", new, how)
     if not new:
         return 0, None
     added = dedup.banded(diff.select(F.col("h").alias("image_dhash")), params)
