@@ -263,7 +263,8 @@ def test_both_engines_give_the_same_results(spark, cfg, lake_copy, tmp_path):
     raw = {t: lake.read(spark, t) for t in (*validate.NEEDED, *validate.OPTIONAL)}
     duplicates, _ = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
                                dedup.DedupStats())
-    frames, rows = validate._frames(cfg, raw, duplicates.cache())
+    on_spark = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, pandas_max_rows=0))
+    frames, rows, _ = validate._frames(spark, on_spark, raw, duplicates.cache())
     runner = quality.Runner(str(tmp_path / "gx"), str(tmp_path / "docs"),
                             dataclasses.replace(cfg.quality, data_docs="off"))
     params = validate.parameters(cfg)

@@ -196,10 +196,10 @@ def source_files(ingest_log: DataFrame, pairs: DataFrame, quarantine: DataFrame)
         F.col("status").isNull(), F.concat(said, F.lit("a file ingest_log does not name"))))
 
 
-def input_lines(pairs: DataFrame, quarantine: DataFrame) -> DataFrame:
-    """Every input line's outcome: quarantined 0 for a pair, 1 for a quarantined line."""
-    return (pairs.select(F.lit(0).alias("quarantined"))
-            .unionByName(quarantine.select(F.lit(1).alias("quarantined"))))
+def input_lines(spark: SparkSession, pairs: int, quarantined: int) -> DataFrame:
+    """Every input line's outcome, from the two tables' row counts: quarantined 0 for each of the `pairs`
+    pairs, 1 for each of the `quarantined` lines."""
+    return spark.range(pairs + quarantined).select((F.col("id") >= pairs).cast("int").alias("quarantined"))
 
 
 @contextlib.contextmanager
@@ -237,9 +237,7 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     raw.update({t: lake.read(spark, t) for t in OPTIONAL if lake.exists(t, spark)})
 
     duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full, versions)
-    frames, rows = _frames(cfg, raw, duplicates)
-    unreconciled = {r.source_file: r.mismatch for r in frames["source_files"].where(
-        "mismatch IS NOT NULL AND status = 'ok'").select("source_file", "mismatch").collect()}
+    frames, rows, unreconciled = _frames(spark, cfg, raw, duplicates)
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
         runner = quality.Runner(context_dir, docs_dir, cfg.quality)
         _suites(cfg, runner, raw, frames, rows, outcome)
@@ -435,34 +433,43 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
     return new, None
 
 
-def _frames(cfg: Config, raw: dict, duplicates: DataFrame) -> tuple[dict[str, DataFrame], dict[str, int]]:
-    """Stage frames: the frames the suites run on (pairs and images with their checked columns, cached) and
-    their row counts."""
+def _frames(spark: SparkSession, cfg: Config, raw: dict, duplicates: DataFrame
+            ) -> tuple[dict[str, object], dict[str, int], dict[str, str]]:
+    """Stage frames: the frames the suites run on (pairs and images with their checked columns, ...), each as
+    its suites' engine takes it (quality.engine by the rows its tables hold, from their logs' counts): on
+    the driver as pandas, converted once for all its suites, or as a cached Spark DataFrame; their row
+    counts; and the source files whose rows disagree with ingest_log (file -> what disagrees)."""
     with Stage("frames", log) as st:
-        frames = {
-            "pairs": checked_pairs(raw["pairs"], raw["images"], duplicates, cfg, taxonomy(cfg)).cache(),
-            "images": checked_images(raw["images"], duplicates).cache(),
-            "input_lines": input_lines(raw["pairs"], raw["quarantine"]),
+        held = {name: raw[name].count() for name in ("pairs", "images", "quarantine", *OPTIONAL) if name in raw}
+        files = source_files(raw["ingest_log"], raw["pairs"], raw["quarantine"]).cache()
+        unreconciled = {r.source_file: r.mismatch for r in files.where("mismatch IS NOT NULL AND status = 'ok'")
+                        .select("source_file", "mismatch").collect()}
+        lazy = {
+            "pairs": checked_pairs(raw["pairs"], raw["images"], duplicates, cfg, taxonomy(cfg)),
+            "images": checked_images(raw["images"], duplicates),
+            "input_lines": input_lines(spark, held["pairs"], held["quarantine"]),
             "quarantine": raw["quarantine"].select("reason"),
-            "source_files": source_files(raw["ingest_log"], raw["pairs"], raw["quarantine"]).cache(),
+            "source_files": files,
         }
+        bound = {**held, "input_lines": held["pairs"] + held["quarantine"], "source_files": files.count()}
         if "clip_scores" in raw:
-            frames["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
-        if "text_signals" in raw:
-            frames["text_signals"] = checked_text_signals(raw["text_signals"], raw["pairs"], cfg)
+            lazy["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
+        if "text_signals" in raw:   # a row per signal row whose pair is there: its table's rows (the engine's bound)
+            lazy["text_signals"] = checked_text_signals(raw["text_signals"], raw["pairs"], cfg)
         if "fluency_scores" in raw:
-            frames["fluency_scores"] = raw["fluency_scores"].select("pair_id", "model", "ppl_caption", "ppl_recaption")
-        counts = frame_rows(frames)
-        st.done(counts["pairs"], "pairs checked", f"{counts['images']} images")
-    return frames, counts
-
-
-def frame_rows(frames: dict[str, DataFrame]) -> dict[str, int]:
-    """Each frame's row count (the engine a suite runs on depends on it): the cached ones counted (which fills
-    their cache), input_lines as pairs + quarantine."""
-    counts = {name: frame.count() for name, frame in frames.items() if name != "input_lines"}
-    counts["input_lines"] = counts["pairs"] + counts["quarantine"]
-    return counts
+            lazy["fluency_scores"] = raw["fluency_scores"].select("pair_id", "model", "ppl_caption", "ppl_recaption")
+        frames: dict[str, object] = {}
+        counts: dict[str, int] = {}
+        for name, frame in lazy.items():
+            if quality.engine(bound[name], cfg.quality) == "pandas":
+                frames[name] = quality.to_pandas(frame)
+                counts[name] = len(frames[name])
+            else:
+                frames[name] = frame.cache()
+                counts[name] = frames[name].count()
+        st.done(counts["pairs"], "pairs checked", f"{counts['images']} images; " + ", ".join(
+            f"{name} {'pandas' if quality.is_pandas(frame) else 'spark'}" for name, frame in frames.items()))
+    return frames, counts, unreconciled
 
 
 def _reread(spark: SparkSession, cfg: Config, lake: Lake, ingest_log: DataFrame, bad: dict[str, str],
@@ -497,9 +504,9 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: 
                 log.info("suite %s: skipped (no %s table yet)", suite.name, suite.table)
                 continue
             used.append(frame)
+            engine = "pandas" if quality.is_pandas(frame) else "spark"
             n = None if schema_suite else rows.get(suite.table)
-            engine = runner.engine(n)
-            results = runner.run(suite, frame, params, outcome.run_id, engine=engine)
+            results = runner.run(suite, frame, params, outcome.run_id)
             outcome.results += results
             failed = [r.expectation for r in results if not r.success]
             log.info("suite %s: %d expectations, %d failed%s (%s%s)", suite.name, len(results), len(failed),
@@ -507,7 +514,8 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: 
         # Great Expectations persists every frame it validates (its Spark source's default) and never lets go:
         # a later run in the same session would then be answered from that cache, a table's old version.
         for frame in [*frames.values(), *used]:
-            frame.unpersist()
+            if not quality.is_pandas(frame):
+                frame.unpersist()
         st.done(len(outcome.results), "expectations")
 
 

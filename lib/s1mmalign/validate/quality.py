@@ -208,10 +208,6 @@ class Runner:
                                      else sources.add_or_update_pandas(name="lake_pandas"))
         return self._sources[engine]
 
-    def engine(self, rows: int | None) -> str:
-        """pandas for a frame of known size within quality.pandas_max_rows, else spark."""
-        return "pandas" if rows is not None and rows <= self.conf.pandas_max_rows else "spark"
-
     def _definition(self, suite: Suite, engine: str):
         gx = self.gx
         source = self.source(engine)
@@ -230,18 +226,19 @@ class Runner:
             gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
 
     def run(self, suite: Suite, df, parameters: Mapping[str, Any], run_name: str,
-            rows: int | None = None, engine: str | None = None) -> list[Result]:
-        """Validate the Spark DataFrame df (of `rows` rows, when known) with suite, by `engine` or the one
-        engine(rows) picks; one Result per expectation (an expectation that raised fails)."""
+            engine: str | None = None) -> list[Result]:
+        """Validate df (a Spark or a pandas DataFrame) with suite, by `engine` (a Spark DataFrame is brought to
+        pandas for "pandas"; by default the engine of df's kind); one Result per expectation (an expectation
+        that raised fails)."""
         from great_expectations.core.run_identifier import RunIdentifier
 
-        engine = engine or self.engine(rows)
+        engine = engine or ("pandas" if is_pandas(df) else "spark")
         if engine not in self.ENGINES:
             raise ValueError(f"engine {engine!r}: one of {self.ENGINES}")
         definition = self._definition(suite, engine)
         self._run_names.add(run_name)
         self._suites_run.add(suite.name)
-        data = df if engine == "spark" else _pandas(df)
+        data = to_pandas(df) if engine == "pandas" and not is_pandas(df) else df
         with warnings.catch_warnings():     # pandas' "pattern has match groups" on every regex with a group
             warnings.filterwarnings("ignore", message="This pattern is interpreted as a regular expression")
             outcome = definition.run(
@@ -308,10 +305,21 @@ class Runner:
         return results + [ExpectationSuiteIdentifier(name=name) for name in sorted(self._suites_run)]
 
 
-def _pandas(df):
+def engine(rows: int | None, conf: QualityConf) -> str:
+    """The engine for a frame of (at most) `rows` rows: pandas within quality.pandas_max_rows, else spark."""
+    return "pandas" if rows is not None and rows <= conf.pandas_max_rows else "spark"
+
+
+def to_pandas(df):
     """A Spark DataFrame on the driver as pandas, through Arrow (integers with nulls as Python ints and
     None, so that an unexpected value reads as it is stored, not as a float)."""
     return df.toArrow().to_pandas(integer_object_nulls=True)
+
+
+def is_pandas(frame) -> bool:
+    import pandas as pd
+
+    return isinstance(frame, pd.DataFrame)
 
 
 def docs_assets(conf: QualityConf) -> Path:
