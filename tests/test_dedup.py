@@ -222,8 +222,12 @@ def test_new_hashes_are_read_from_the_files_images_gained_since_the_version_band
     def run():
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="s1mmalign.validate.pipeline"):
+            state, version = pipeline._states(spark, lake), lake.version("images")
+            added = pipeline._ImagesAdded(spark, lake, version).since(state.get("dhash_bands", {}).get("images"))
             how, _ = pipeline._near_matches(spark, params, lake, lake.read(spark, "images"), dedup.DedupStats(),
-                                            False, lake.version("images"), ("run", datetime.now(timezone.utc)))
+                                            False, added)
+            pipeline._record_states(spark, lake, state, {"dhash_bands": {"images": version}},
+                                    ("run", datetime.now(timezone.utc)))
         hashes = {r.image_dhash % (1 << 64) for r in lake.read(spark, "images").select("image_dhash").collect()}
         got = {(r.h1, r.h2, r.d) for r in lake.read(spark, "dhash_edges").collect()}
         assert got == _brute(hashes, 3), how
@@ -295,8 +299,7 @@ def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(
         hashes = {signed(imgs[sha]) for sha in shas}
         p1, i1 = tables(imgs, pairs)
         matches = dedup.near_matches(i1, params, dedup.DedupStats())
-        got = dedup.touched(p1, i1, params, matches, spark.createDataFrame([(s,) for s in shas], "image_sha256 string"),
-                            spark.createDataFrame([(h,) for h in hashes], "h bigint"), dedup.DedupStats())
+        got = dedup.touched(p1, i1, params, matches, shas, hashes, dedup.DedupStats())
         assert got is not None
         new, scope_shas, scope_hashes = got
         replaced = dedup.in_scope(stored, scope_shas, scope_hashes)

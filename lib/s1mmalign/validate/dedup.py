@@ -233,8 +233,8 @@ def find(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: Data
     return rows, counted(rows, stats)
 
 
-def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: DataFrame, shas: DataFrame,
-            hashes: DataFrame, stats: DedupStats) -> tuple[DataFrame, DataFrame, DataFrame] | None:
+def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: DataFrame, shas: set[str],
+            hashes: set[int], stats: DedupStats) -> tuple[DataFrame, DataFrame, DataFrame] | None:
     """The rows find() gives for every group a change touches, found over those groups' pairs and images only:
     (rows, their scope: the shas (image_sha256) and hashes (h) whose stored rows they replace, see in_scope).
 
@@ -244,29 +244,28 @@ def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: D
     keyed by sha, so the groups of `shas` are complete. A near cluster is a connected component of the
     matches (or one hash, for images sharing it): the scope's hashes are every hash of a component holding
     one of `hashes`; a component only grows as matches are added, so every stored cluster that holds a
-    changed image or pair lies within it. None when the matches are more than params.driver_cluster_edges
-    (the components are then Spark's to find, over every hash: find())."""
+    changed image or pair lies within it. The components are joined on the driver (union-find); None when
+    the matches are more than params.driver_cluster_edges (then Spark's to find, over every hash: find())."""
     spark = pairs.sparkSession
-    if matches.count() > params.driver_cluster_edges:
+    edges = [(r.h1, r.h2) for r in matches.select("h1", "h2").collect()]
+    if len(edges) > params.driver_cluster_edges:
         return None
-    label = dict(_union_find([(r.h1, r.h2) for r in matches.select("h1", "h2").collect()]))
-    seeds = {r.h for r in hashes.select("h").distinct().collect()}
-    hit = {label.get(h, h) for h in seeds}
-    scope = spark.createDataFrame([(h,) for h in sorted(seeds | {h for h, lab in label.items() if lab in hit})],
-                                  "h bigint").localCheckpoint()
-    in_hashes = F.broadcast(scope.withColumnRenamed("h", "image_dhash"))
-    imgs = images.join(in_hashes, "image_dhash", "left_semi")
+    label = dict(_union_find(edges))
+    hit = {label.get(h, h) for h in hashes}
+    scope = hashes | {h for h, lab in label.items() if lab in hit}
+    in_scope_hashes = spark.createDataFrame([(h,) for h in sorted(scope)], "h bigint")
+    sha_keys = spark.createDataFrame([(s,) for s in sorted(shas)], "image_sha256 string")
+    imgs = images.join(F.broadcast(in_scope_hashes.withColumnRenamed("h", "image_dhash")), "image_dhash", "left_semi")
     near_pairs = pairs.join(imgs.select("image_sha256"), "image_sha256", "left_semi")
     found = stats.matches
-    near = near_clusters(near_pairs, imgs, params, stats,
-                         matches.join(F.broadcast(scope.withColumnRenamed("h", "h1")), "h1", "left_semi"))
+    near = near_clusters(near_pairs, imgs, params, stats, spark.createDataFrame(
+        [(a, b) for a, b in edges if a in scope], "h1 bigint, h2 bigint"))
     stats.matches = found
-    shas = shas.select("image_sha256").distinct().localCheckpoint()
-    exact = exact_groups(pairs.join(F.broadcast(shas), "image_sha256", "left_semi"))
+    exact = exact_groups(pairs.join(F.broadcast(sha_keys), "image_sha256", "left_semi"))
     rows = (exact.withColumn("group_kind", F.lit("exact"))
             .unionByName(near.withColumn("group_kind", F.lit("near")))
             .withColumn("distance", F.col("distance").cast("int")).localCheckpoint())
-    return rows, shas, scope
+    return rows, sha_keys, in_scope_hashes
 
 
 def in_scope(stored: DataFrame, shas: DataFrame, hashes: DataFrame) -> DataFrame:

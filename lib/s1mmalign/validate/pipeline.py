@@ -257,44 +257,51 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
 def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime,
            full: bool, versions: dict[str, int]) -> DataFrame:
     """Stage dedup: exact groups and near-duplicate clusters in `duplicates`, then the input versions they hold
-    to validate_state. Only the groups a change touches are found again and merged (_changed_since_built says
-    which changes, dedup.touched which groups); the table is kept as it is when nothing it is made of changed,
-    and built anew (replaced whole) with --full, after a search of every hash, or where the change cannot
-    be told."""
+    to validate_state (one commit, none when they did not move). Only the groups a change touches are found
+    again and merged (_changed_since_built says which changes, dedup.touched which groups); the table is kept
+    as it is when nothing it is made of changed, and built anew (replaced whole) with --full, after a search
+    of every hash, or where the change cannot be told."""
     with Stage("dedup", log) as st:
         stats = dedup.DedupStats()
+        state = _states(spark, lake)
+        added = _ImagesAdded(spark, lake, versions["images"])
         stats.search, _ = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full,
-                                        versions["images"], (outcome.run_id, now))
-        scope, why = (None, "--full") if full else _changed_since_built(spark, lake, versions)
+                                        added.since(state.get("dhash_bands", {}).get("images")))
+        scope, why = (None, "--full") if full else _changed_since_built(spark, lake, versions,
+                                                                        state.get("duplicates", {}), added)
         if scope is not None and not stats.search.startswith("incremental"):
             scope, why = None, "near matches found anew"
         got = None
-        if scope is not None and scope[1]:
+        if scope:
             got = dedup.touched(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
-                                scope[0].select("image_sha256"), scope[0].select("h"), stats)
+                                {sha for sha, _ in scope}, {h for _, h in scope}, stats)
             if got is None:
                 why = f"more near matches than quality.driver_cluster_edges ({cfg.quality.driver_cluster_edges})"
+
         def stamped(df: DataFrame) -> DataFrame:
             return df.withColumn("validate_run_id", F.lit(outcome.run_id)).withColumn("computed_at", F.lit(now))
 
-        if scope is not None and not scope[1]:
+        if scope is not None and not scope:
             rows = lake.read(spark, "duplicates")
             stats = dedup.counted(rows, stats)
             stats.built = "kept (no pair's image, path or discipline changed)"
         elif got is not None:
             touched, shas, hashes = got
-            replaced = dedup.in_scope(lake.read(spark, "duplicates"), shas, hashes)
-            lake.merge(spark, "duplicates", stamped(touched), deletes=replaced)
-            _record_state(spark, lake, "duplicates", versions, (outcome.run_id, now))
+            replaced = dedup.in_scope(lake.read(spark, "duplicates"), shas, hashes).localCheckpoint()
+            found, gone = touched.count(), replaced.count()
+            if found or gone:
+                lake.merge(spark, "duplicates", stamped(touched), deletes=replaced)
             rows = lake.read(spark, "duplicates")
             stats = dedup.counted(rows, stats)
-            stats.built = f"updated ({why}): {touched.count()} rows of the groups they touch found again"
+            stats.built = (f"updated ({why}): the groups they touch found again, {found} rows "
+                           f"replacing {gone}")
         else:
             rows, stats = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
                                      stats)
             lake.replace(spark, "duplicates", stamped(rows))
-            _record_state(spark, lake, "duplicates", versions, (outcome.run_id, now))
             stats.built = f"built anew ({why})"
+        _record_states(spark, lake, state, {"dhash_bands": {"images": versions["images"]}, "duplicates": versions},
+                       (outcome.run_id, now))
         outcome.stats = stats
         st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
                 f"{stats.built}: {stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} "
@@ -304,102 +311,101 @@ def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Out
     return rows
 
 
-def _state(spark: SparkSession, lake: Lake, derived: str) -> dict[str, int]:
-    """The versions of its inputs validate_state records for `derived` (table -> version)."""
-    return {r.table_name: r.version for r in lake.read(spark, "validate_state")
-            .where(F.col("derived") == derived).select("table_name", "version").collect()}
+def _states(spark: SparkSession, lake: Lake) -> dict[str, dict[str, int]]:
+    """validate_state: derived table -> the versions of its inputs it holds (table -> version)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in lake.read(spark, "validate_state").select("derived", "table_name", "version").collect():
+        out.setdefault(r.derived, {})[r.table_name] = r.version
+    return out
 
 
-def _record_state(spark: SparkSession, lake: Lake, derived: str, versions: dict[str, int],
-                  run: tuple[str, datetime]) -> None:
-    """Record in validate_state that `derived` is up to date with these versions of its inputs (one commit)."""
-    rows = [(derived, t, v, *run) for t, v in sorted(versions.items())]
+def _record_states(spark: SparkSession, lake: Lake, was: dict[str, dict[str, int]],
+                   now: dict[str, dict[str, int]], run: tuple[str, datetime]) -> None:
+    """Record in validate_state that each derived table of `now` holds those versions of its inputs: one
+    commit replacing their rows, none when `was` (what the table says) already does. Called once the derived
+    tables are written: a run cut before it leaves the older versions, and the next run redoes their change."""
+    if all(was.get(derived) == versions for derived, versions in now.items()):
+        return
+    rows = [(derived, t, v, *run) for derived, versions in sorted(now.items()) for t, v in sorted(versions.items())]
+    names = ", ".join(f"'{d}'" for d in sorted(now))
     lake.replace(spark, "validate_state", spark.createDataFrame(rows, schemas.table("validate_state").spark()),
-                 where=f"derived = '{derived}'")
+                 where=f"derived IN ({names})")
 
 
-def _changed_since_built(spark: SparkSession, lake: Lake, versions: dict[str, int]) -> tuple[tuple | None, str]:
-    """What changed, of what `duplicates` is made of, since the versions validate_state says it holds:
-    ((the image shas and hashes (image_sha256, h) of every pair row inserted, deleted or moved to other bytes, a
-    path or a discipline (pairs' change data feed: both sides of an update) and of every image added (the files
-    images' log added), how many), what that is in words); or (None, why it cannot be told: no record, a
-    table older than recorded, the feed gone, images rows that may have gone)."""
-    built = _state(spark, lake, "duplicates")
+class _ImagesAdded:
+    """The images rows added since a version of `images` up to `version`, as (image_sha256, h) on the driver,
+    read from the files its log added (Lake.files_added): each version asked for is read once per run."""
+
+    def __init__(self, spark: SparkSession, lake: Lake, version: int):
+        self.spark, self.lake, self.version = spark, lake, version
+        self._read: dict[int, tuple[list | None, str]] = {}
+
+    def since(self, since: int | None) -> tuple[list[tuple[str, int]] | None, str]:
+        """(rows added after version `since`, how they were found); or (None, why they cannot be: no record,
+        a table older than recorded, rows that may have gone)."""
+        if since is None:
+            return None, "no record of the images version they hold"
+        if since > self.version:
+            return None, f"images is at version {self.version}, older than the {since} recorded"
+        if since not in self._read:
+            files, how = ([], "images unchanged") if since == self.version else \
+                self.lake.files_added("images", since, self.version)
+            rows = None if files is None else [] if not files else [
+                (r[0], r[1]) for r in self.spark.read.schema("image_sha256 string, image_dhash bigint")
+                .parquet(*files).collect()]
+            self._read[since] = (rows, how)
+        return self._read[since]
+
+
+def _changed_since_built(spark: SparkSession, lake: Lake, versions: dict[str, int], built: dict[str, int],
+                         added: _ImagesAdded) -> tuple[set[tuple[str, int]] | None, str]:
+    """What changed, of what `duplicates` is made of, since the versions it holds (`built`, from
+    validate_state): (the image shas and hashes (image_sha256, h) of every pair row inserted, deleted or moved
+    to other bytes, a path or a discipline (pairs' change data feed: both sides of an update) and of every
+    image added (the files images' log added), what that is in words); or (None, why it cannot be told: no
+    record, a table older than recorded, the feed gone, images rows that may have gone)."""
     if set(built) != set(versions):
         return None, "no record of the versions it was built from"
     if any(built[t] > versions[t] for t in versions):
         return None, f"a table is older than the version it was built from ({built} > {versions})"
-    parts = []
-    since = built["pairs"]
-    if since < versions["pairs"]:
-        rows = delta_io.changes(spark, lake.path("pairs"), since, versions["pairs"], dedup.PAIR_COLUMNS)
+    scope: set[tuple[str, int]] = set()
+    if built["pairs"] < versions["pairs"]:
+        rows = delta_io.changes(spark, lake.path("pairs"), built["pairs"], versions["pairs"], dedup.PAIR_COLUMNS)
         if rows is None:
-            return None, f"pairs' change data feed since version {since} is not available"
-        parts.append(rows.select("image_sha256", F.col("image_dhash").alias("h")))
-    if built["images"] < versions["images"]:
-        files, how = lake.files_added("images", built["images"], versions["images"])
-        if files is None:
-            return None, f"images changed since version {built['images']}: {how}"
-        if files:
-            parts.append(spark.read.parquet(*files).select("image_sha256", F.col("image_dhash").alias("h")))
-    if not parts:
-        return (None, 0), "nothing changed"
-    scope = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-    scope = scope.distinct().localCheckpoint()
-    n = scope.count()
-    return (scope, n), (f"{n} image(s) of pairs changed or images added since pairs version {since}, images "
-                        f"version {built['images']}")
+            return None, f"pairs' change data feed since version {built['pairs']} is not available"
+        scope |= {(r[0], r[1]) for r in rows.select("image_sha256", "image_dhash").distinct().collect()}
+    images, how = added.since(built["images"])
+    if images is None:
+        return None, f"images changed since version {built['images']}: {how}"
+    scope |= set(images)
+    return scope, (f"{len(scope)} image(s) of pairs changed or images added since pairs version {built['pairs']}, "
+                   f"images version {built['images']}")
 
 
 def _near_matches(spark: SparkSession, params, lake: Lake, images: DataFrame, stats: dedup.DedupStats,
-                  full: bool, images_version: int | None = None,
-                  run: tuple[str, datetime] | None = None) -> tuple[str, bool]:
+                  full: bool, added: tuple[list[tuple[str, int]] | None, str] = (None, "")) -> tuple[str, bool]:
     """Bring dhash_edges up to date with the images' hashes; say how (only the hashes new since the last run,
     _new_hashes_matched, or every hash anew: with --full, or where _new_hashes_matched says why) and whether
     matches may have been added. Written edges first, band keys after: a run cut between the two finds the
-    same edges again. images_version: the version `images` is read at, recorded in validate_state (with
-    `run`, its id and time) once the band keys hold its hashes, so that the next run reads only the files
-    added after it."""
-    new, why = (0, "--full") if full else _new_hashes_matched(spark, params, lake, images, stats, images_version)
+    same edges again. added: the images rows added since the version whose hashes the band keys hold
+    (_ImagesAdded.since), or (None, why not known): then every hash of images is compared with the stored."""
+    new, why = (0, "--full") if full else _new_hashes_matched(spark, params, lake, images, stats, added)
     if why is None:
-        how, added = f"incremental ({new} new hashes)", new > 0
-    else:
-        log.info("near duplicates: every hash banded anew (%s)", why)
-        bands = dedup.banded(images, params).localCheckpoint()
-        lake.replace(spark, "dhash_edges", dedup.banded_matches(bands, params, stats))
-        lake.replace(spark, "dhash_bands", bands)
-        how, added = f"in full ({why})", True
-    if images_version is not None and run and _state(spark, lake, "dhash_bands").get("images") != images_version:
-        _record_state(spark, lake, "dhash_bands", {"images": images_version}, run)
-    return how, added
+        return f"incremental ({new} new hashes)", new > 0
+    log.info("near duplicates: every hash banded anew (%s)", why)
+    bands = dedup.banded(images, params).localCheckpoint()
+    lake.replace(spark, "dhash_edges", dedup.banded_matches(bands, params, stats))
+    lake.replace(spark, "dhash_bands", bands)
+    return f"in full ({why})", True
 
 
-def _hashes_added(spark: SparkSession, lake: Lake, version: int | None) -> tuple[DataFrame | None, str]:
-    """(the distinct hashes (h) of the images rows added since the version of `images` whose hashes dhash_bands
-    holds (validate_state) up to `version`, read from the files its log added, and how they were found); or
-    (None, why they cannot be: no record, or rows that may have gone, Lake.files_added)."""
-    if version is None:
-        return None, "no version of images given"
-    banded = _state(spark, lake, "dhash_bands").get("images")
-    if banded is None:
-        return None, "no record of the images version banded"
-    if banded > version:
-        return None, f"images is at version {version}, older than the {banded} banded"
-    files, how = ([], "images unchanged") if banded == version else lake.files_added("images", banded, version)
-    if files is None:
-        return None, how
-    if not files:
-        return spark.createDataFrame([], "h bigint"), how
-    return spark.read.parquet(*files).select(F.col("image_dhash").alias("h")).distinct(), how
-
-
-def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFrame,
-                        stats: dedup.DedupStats, images_version: int | None = None) -> tuple[int, str | None]:
+def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFrame, stats: dedup.DedupStats,
+                        added: tuple[list[tuple[str, int]] | None, str]) -> tuple[int, str | None]:
     """Band the hashes not in dhash_bands, compare them with the stored band keys, add their matches to
     dhash_edges and their keys to dhash_bands: (new hashes, None). Or, written nothing, (0, why every hash
     must be searched anew): the first run, changed settings, a stored hash gone, a bucket past max_bucket.
-    The candidates are the hashes of the images files added since the banded version (_hashes_added), or,
-    where the log cannot say, every hash of images compared with the stored ones."""
+    The candidates are the hashes of the images rows added (`added`), or, where they are not known, every hash
+    of images compared with the stored ones."""
     stored = lake.read(spark, "dhash_bands")
     # one row tells the table's scheme: a run appends only under the scheme the table has, and a search anew
     # replaces every row
@@ -409,9 +415,13 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
     if first[0].scheme != dedup.scheme(params):
         return 0, "settings changed"
     known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
-    since, how = _hashes_added(spark, lake, images_version)
-    if since is not None:
-        diff = since.join(known, "h", "left_anti").localCheckpoint()
+    rows, how = added
+    if rows is not None and not rows:
+        log.info("near duplicates: no new hash (%s)", how)
+        return 0, None
+    if rows is not None:
+        candidates = spark.createDataFrame(sorted({(h,) for _, h in rows}), "h bigint")
+        diff = F.broadcast(candidates).join(known, "h", "left_anti").localCheckpoint()
         new = diff.count()
     else:
         log.info("near duplicates: every hash of images compared with the stored ones (%s)", how)
@@ -424,12 +434,13 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
     log.info("near duplicates: %d new hash(es) (%s)", new, how)
     if not new:
         return 0, None
-    added = dedup.banded(diff.select(F.col("h").alias("image_dhash")), params)
-    edges = dedup.new_matches(stored, added, params, stats)
+    added_bands = dedup.banded(diff.select(F.col("h").alias("image_dhash")), params)
+    edges = dedup.new_matches(stored, added_bands, params, stats)
     if edges is None:
         return 0, "a bucket grew past quality.max_bucket"
-    lake.merge(spark, "dhash_edges", edges)
-    lake.append(spark, "dhash_bands", added)
+    if stats.matches:
+        lake.merge(spark, "dhash_edges", edges)
+    lake.append(spark, "dhash_bands", added_bands)
     return new, None
 
 
