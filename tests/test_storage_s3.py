@@ -41,3 +41,25 @@ def test_listing_and_reads(s3):
         s3.read("src/images/p1/fig1.png", 2)
     with pytest.raises(SourceError, match="no-such-bucket"):
         discover(S3Store("no-such-bucket", "", s3.s3))
+
+
+def test_files_added_to_a_table_on_s3_are_named_as_s3a_reads_them(s3, moto):
+    """Lake.files_added over S3 (delta-rs reads the log): the files one append added, under the lake's s3a://
+    scheme and present in the bucket; a file removed since (an overwrite) makes it say why it cannot tell."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from helpers import lake_at
+
+    lake = lake_at("s3a://bucket/lake", s3=S3Conf(endpoint_url=moto))
+    uri, options = lake.delta_rs("images")
+    for n in (2, 3):
+        write_deltalake(uri, pa.table({"image_dhash": list(range(n))}), mode="append", storage_options=options)
+    added, how = lake.files_added("images", 0, 1)
+    assert how == "1 file(s) added to images since version 0" and len(added) == 1
+    assert added[0].startswith("s3a://bucket/lake/images/") and added[0].endswith(".parquet")
+    assert s3.client.head_object(Bucket="bucket", Key=added[0].split("bucket/", 1)[1])["ContentLength"] > 0
+    assert lake.files_added("images", 1, 1) == ([], "0 file(s) added to images since version 1")
+    write_deltalake(uri, pa.table({"image_dhash": [9]}), mode="overwrite", storage_options=options)
+    assert lake.files_added("images", 1, 2) == (None, "2 file(s) of images removed since version 1")
+    assert lake.files_added("images", 1, 7)[0] is None
