@@ -1,8 +1,8 @@
 """Great Expectations glue: the suites in expectations/, run over the frames validate builds, results as rows.
 
 A frame of up to `quality.pandas_max_rows` rows is validated by Great Expectations' pandas engine (brought
-to the driver through Arrow: at the 200,000 pairs of bench/refresh.py the suites take a quarter of the time
-Spark's metric jobs do); a larger one, and every schema suite (column types are Spark's), by its Spark
+to the driver through Arrow, once per frame: at the 200,000 pairs of bench/refresh.py the suites took 3.2-3.5 s,
+against 7.9-10 s for Spark's metric jobs); a larger one, and every schema suite (column types are Spark's), by its Spark
 engine. Both give the same results (tests/test_validate.py runs every suite on both and compares them).
 
 A suite file is Great Expectations' own suite JSON (`ExpectationSuite.to_json_dict()`), named
