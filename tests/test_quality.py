@@ -1,10 +1,13 @@
 """Suites as data (expectations/*.json) and the per-row checks the suites run on."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from s1mmalign import resources
+from s1mmalign.config import QualityConf
 from s1mmalign.lake import schemas
 from s1mmalign.validate import pipeline as validate
 from s1mmalign.validate import quality
@@ -64,6 +67,45 @@ def test_broken_suite_files_are_refused(change, message):
     change(spec)
     with pytest.raises(quality.SuiteError, match=message):
         quality._check(spec, "path_integrity.pairs.json")
+
+
+def test_the_engine_is_pandas_up_to_pandas_max_rows_and_never_with_0():
+    conf = dataclasses.replace(QualityConf(), pandas_max_rows=1000)
+    assert [quality.engine(n, conf) for n in (0, 999, 1000, 1001, None)] == ["pandas"] * 3 + ["spark"] * 2
+    never = dataclasses.replace(conf, pandas_max_rows=0)
+    assert [quality.engine(n, never) for n in (0, 1)] == ["spark", "spark"]
+
+
+def test_results_from_pandas_keep_numbers_as_numbers():
+    """pandas' results hold numpy scalars: stored as the numbers they are, not as their text."""
+    import numpy as np
+
+    assert quality._json({"unexpected": [np.int64(5), np.float64(0.5), "x"]}) == '{"unexpected": [5, 0.5, "x"]}'
+
+
+def test_files_added_are_the_appended_files_and_none_when_rows_may_have_gone(tmp_path):
+    """Lake.files_added on a local table (delta-rs): the files of the appends in between; None with the reason
+    once a file was removed (an overwrite) or the table has deletion vectors."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from helpers import lake_at
+
+    lake = lake_at(tmp_path / "lake")
+    uri = lake.path("images")
+    for n in (1, 2, 3):
+        write_deltalake(uri, pa.table({"image_dhash": list(range(n))}), mode="append")
+    added, how = lake.files_added("images", 0, 2)
+    assert how == "2 file(s) added to images since version 0" and len(added) == 2
+    assert all(Path(f).is_file() and Path(f).parent == Path(uri) for f in added)
+    assert lake.files_added("images", 2, 2) == ([], "0 file(s) added to images since version 2")
+    write_deltalake(uri, pa.table({"image_dhash": [7]}), mode="overwrite")
+    assert lake.files_added("images", 2, 3) == (None, "3 file(s) of images removed since version 2")
+    dv = lake_at(tmp_path / "dv").path("images")
+    for n in (1, 2):
+        write_deltalake(dv, pa.table({"image_dhash": list(range(n))}), mode="append",
+                        configuration={"delta.enableDeletionVectors": "true"})
+    assert lake_at(tmp_path / "dv").files_added("images", 0, 1) == (None, "images has deletion vectors")
 
 
 def test_taxonomy_has_current_and_legacy_categories(cfg):

@@ -306,8 +306,9 @@ class Runner:
 
 
 def engine(rows: int | None, conf: QualityConf) -> str:
-    """The engine for a frame of (at most) `rows` rows: pandas within quality.pandas_max_rows, else spark."""
-    return "pandas" if rows is not None and rows <= conf.pandas_max_rows else "spark"
+    """The engine for a frame of (at most) `rows` rows: pandas within quality.pandas_max_rows, else spark
+    (always spark when it is 0, an empty frame too)."""
+    return "pandas" if rows is not None and 0 < conf.pandas_max_rows and rows <= conf.pandas_max_rows else "spark"
 
 
 def to_pandas(df):
