@@ -5,18 +5,18 @@
 Runs without Spark or Java (the device machine has neither): the scorer module itself, fp16 on CUDA.
 For each model: (a) the model-only ceiling (one image + two 77-token texts per pair, inputs resident on
 the GPU) at the best of several batch sizes, (b) the scorer end to end from 256 px JPEG thumbnails and
-caption strings (decode on the GPU with nvJPEG, or Pillow threads with --decode pil) at that batch size,
-(c) the CPU side alone (decode + tokenize, no model), what (b) cannot exceed; ratio = (b) / (a), target
->= 0.6. First, with --check N, N pairs are scored on the GPU (both decode paths, one batch and
-pipelined) and on the CPU in fp32 with the same weights: the largest score difference is printed, and
-over --tolerance the run fails. Needs torch, torchvision, open_clip_torch and Pillow (carry the wheels
-that the machine lacks: see bench/README.md, CLIP).
+caption strings at that batch size, for each --decode path (cpu: torchvision decode and uint8 resize on
+CPU threads, normalized on the GPU, the default on CUDA; torch: nvJPEG and resize on the GPU; pil:
+Pillow threads), (c) the CPU side alone (decode + tokenize, no model), what (b) cannot exceed;
+ratio = the best path's (b) / (a), target >= 0.6. First, with --check N, N pairs are scored on the
+GPU (each decode path, one batch and pipelined) and on the CPU in fp32 with the same weights: the
+largest score difference is printed, and over --tolerance the run fails. Needs torch, torchvision,
+open_clip_torch and Pillow (carry the wheels that the machine lacks: see bench/README.md, CLIP).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 import _clipbench as cb
 
@@ -27,8 +27,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=16384)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--batches", default="128,256,512,1024")
-    ap.add_argument("--decode", default="auto", choices=["auto", "pil", "torch"])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 4)
+    ap.add_argument("--decode", default="cpu,torch", help="decode paths to time, comma-separated (cpu, torch, pil)")
+    ap.add_argument("--threads", type=int, default=0, help="image threads (0: the scorer's auto)")
     ap.add_argument("--text-workers", type=int, default=-1, help="tokenizer processes (-1: the scorer's auto)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
     ap.add_argument("--model-config", default=None, help="an open_clip JSON config (models not built in)")
@@ -54,7 +54,7 @@ def main() -> int:
         cpu = ref.score(few)
         ref.close()
         worst = {}
-        for decode in ("torch", "pil"):
+        for decode in ("cpu", "torch", "pil"):
             base["text_workers"] = args.text_workers
             other = cb.clip.Scorer(cb.clip.ScorerSpec(device=args.device, image_decode=decode, **base))
             worst[decode] = cb.agreement(cpu, other.score(few))
@@ -70,25 +70,28 @@ def main() -> int:
             print(f"clip_gpu: GPU scores differ from CPU scores by more than {args.tolerance}")
             return 1
     for name in args.models.split(","):
-        spec = cb.clip.ScorerSpec(model=name, random_weights=True, device=args.device, image_decode=args.decode,
-                                  decode_threads=args.threads, text_workers=args.text_workers,
-                                  model_config=args.model_config)
-        scorer = cb.clip.Scorer(spec)
-        ceilings = {b: cb.model_only(scorer, b, args.seconds) for b in map(int, args.batches.split(","))}
-        best = max(ceilings, key=ceilings.get)
-        rate = cb.end_to_end(scorer, items, best)
-        cpu_side = cb.prepare_only(scorer, items[:best * 8], best)
-        ratios.append(rate / ceilings[best])
-        print(f"{name} {str(scorer.dtype).replace('torch.', '')} on {card}: model only "
-              + ", ".join(f"b{b} {r:,.0f}" for b, r in ceilings.items())
-              + f" pairs/s; best b{best} {ceilings[best]:,.0f}; scorer end to end (decode "
-              + f"{'torch on ' + scorer.device.type if scorer.decode_on_device else 'pillow x' + str(args.threads)}, "
-              + f"tokenizer processes {scorer.text_workers}) {rate:,.0f} pairs/s; "
-              + f"CPU side alone {cpu_side:,.0f} pairs/s; ratio {rate / ceilings[best]:.2f}")
-        scorer.close()
-        del scorer
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        rates = {}
+        for k, decode in enumerate(args.decode.split(",")):
+            spec = cb.clip.ScorerSpec(model=name, random_weights=True, device=args.device, image_decode=decode,
+                                      decode_threads=args.threads, text_workers=args.text_workers,
+                                      model_config=args.model_config)
+            scorer = cb.clip.Scorer(spec)
+            if k == 0:
+                ceilings = {b: cb.model_only(scorer, b, args.seconds) for b in map(int, args.batches.split(","))}
+                best = max(ceilings, key=ceilings.get)
+            rate = cb.end_to_end(scorer, items, best)
+            cpu_side = cb.prepare_only(scorer, items[:best * 8], best)
+            rates[decode] = rate
+            print(f"{name} {str(scorer.dtype).replace('torch.', '')} on {card}: model only "
+                  + ", ".join(f"b{b} {r:,.0f}" for b, r in ceilings.items())
+                  + f" pairs/s; best b{best} {ceilings[best]:,.0f}; scorer end to end (decode {decode} on "
+                  + f"{scorer.decode_threads} threads, tokenizer processes {scorer.text_workers}) {rate:,.0f} "
+                  + f"pairs/s; CPU side alone {cpu_side:,.0f} pairs/s; ratio {rate / ceilings[best]:.2f}")
+            scorer.close()
+            del scorer
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        ratios.append(max(rates.values()) / ceilings[best])
     print(f"clip gpu end to end / model only, worst of {args.models} on {card}: ... ratio={min(ratios):.2f}")
     return 0
 

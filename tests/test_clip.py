@@ -9,6 +9,7 @@ import os
 import subprocess
 import tarfile
 
+import numpy as np
 import pytest
 
 open_clip = pytest.importorskip("open_clip", reason="the CLIP stack is not installed (pip install -e '.[clip]')")
@@ -243,3 +244,92 @@ def test_device_decode_path_agrees_with_pillow(tiny_checkpoint, figures):
     worst = max(abs(a.score_caption - b.score_caption) for a, b in zip(pil[:-1], dev[:-1], strict=True))
     assert worst < 5e-3, worst
     assert dev[-2] == pil[-2]
+
+
+def _jpeg(mode: str = "RGB", size=(300, 150), **kw) -> bytes:
+    rng = np.random.default_rng(7)
+    im = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8")).convert(mode)
+    out = io.BytesIO()
+    im.save(out, "JPEG", **kw)
+    return out.getvalue()
+
+
+def test_cpu_decode_path_gives_open_clips_pixels(tiny_checkpoint, figures):
+    """The `cpu` path (torchvision decode, uint8 resize on threads, normalized per batch) makes the pixels
+    open_clip's Pillow transform makes, within 2 levels of 255, for the ingest's thumbnails, PNG originals,
+    grey, CMYK, progressive and 4:4:4 JPEGs; scores and statuses follow, a cut JPEG included."""
+    policy = IngestConf()
+    thumbs = [images.analyze(data, policy).thumbnail for data, _, _ in figures]
+    odd = [_jpeg("L"), _jpeg("CMYK"), _jpeg(progressive=True), _jpeg(subsampling=0), _jpeg(size=(40, 900))]
+    scorer = clip.Scorer(spec(tiny_checkpoint, image_decode="cpu", decode_threads=2))
+    assert scorer.decode == "cpu" and not scorer.decode_on_device
+    worst, mean = 0.0, []
+    for data in thumbs + [d for d, _, _ in figures[:4]] + odd:
+        ref = scorer.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
+        got = scorer._image_uint8(data)
+        assert got.dtype == torch.uint8 and got.shape == ref.shape
+        diff = ((got.float() / 255 - scorer.mean) / scorer.std - ref).mul(scorer.std * 255).abs()
+        worst, mean = max(worst, float(diff.max())), mean + [float(diff.mean())]
+    assert worst <= 2.01 and sum(mean) / len(mean) < 0.05, (worst, mean)
+    items = [clip.Pair(t, c, r) for t, (_, c, r) in zip(thumbs, figures, strict=True)]
+    items += [clip.Pair(figures[0][0], figures[0][1], None), clip.Pair(thumbs[0][:200], figures[0][1], "x"),
+              clip.Pair(b"", "a", "b")]
+    pil = clip.Scorer(spec(tiny_checkpoint, image_decode="pil")).score(items)
+    got = scorer.score(items)
+    assert [s.status for s in got] == [s.status for s in pil]
+    assert [s.status for s in got[-3:]] == ["recaption_empty", "image_unreadable", "image_unreadable"]
+    assert max(abs(a.score_caption - b.score_caption) for a, b in zip(pil[:-2], got[:-2], strict=True)) < 1e-3
+    scorer.close()
+
+
+def test_jpeg_size_reads_the_frame_header_and_big_frames_go_to_pillow(tiny_checkpoint, monkeypatch):
+    """jpeg_size reads (height, width) past APP segments (one holding a fake frame marker), fill bytes and
+    a progressive frame; anything else is None. A frame over FAST_PIXELS is never handed to torchvision
+    (no allocation sized by a hostile header): Pillow and its bomb guard judge it."""
+    plain = _jpeg(size=(300, 150))
+    assert clip.jpeg_size(plain) == (150, 300)
+    assert clip.jpeg_size(_jpeg(size=(33, 71), progressive=True)) == (71, 33)
+    fake = b"\xff\xc0\x00\x11\x08\x7f\xff\x7f\xff"                        # a frame header inside an APP1 blob
+    app = b"\xff\xe1" + (len(fake) + 2).to_bytes(2, "big") + fake
+    assert clip.jpeg_size(plain[:2] + app + plain[2:]) == (150, 300)
+    assert clip.jpeg_size(plain[:2] + b"\xff\xff\xff" + plain[2:]) == (150, 300)
+    sof = plain.index(b"\xff\xc0")
+    assert clip.jpeg_size(plain[:sof + 6]) is None                           # cut inside the frame header
+    assert clip.jpeg_size(plain[:sof]) is None                               # cut before it
+    assert clip.jpeg_size(b"\x89PNG\r\n\x1a\n") is None and clip.jpeg_size(b"") is None
+    assert clip.jpeg_size(b"\xff\xd8\x00\x00\x00\x00") is None               # no marker where one must be
+
+    calls = []
+    import torchvision.io
+
+    real = torchvision.io.decode_jpeg
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
+    scorer = clip.Scorer(spec(tiny_checkpoint, image_decode="cpu"))
+    assert scorer._image_uint8(plain) is not None and calls == [1]
+    for h, w in ((4097, 4096), (60000, 60000)):                             # one pixel row over, and a bomb
+        big = plain[:sof + 5] + h.to_bytes(2, "big") + w.to_bytes(2, "big") + plain[sof + 9:]
+        assert clip.jpeg_size(big) == (h, w)
+        pillow = scorer._image_uint8(big)
+        side = scorer.image_size          # the bomb: Pillow's guard refuses it; the other: Pillow decodes it
+        assert pillow is None if h == 60000 else pillow.shape == (3, side, side)
+    assert calls == [1]
+    edge = plain[:sof + 5] + (4096).to_bytes(2, "big") + (4096).to_bytes(2, "big") + plain[sof + 9:]
+    scorer._image_uint8(edge)                                               # at the limit: torchvision's
+    assert calls == [1, 1]
+    scorer.close()
+
+
+def test_thread_and_process_counts(monkeypatch):
+    """auto on CUDA: a quarter of the cores tokenize (1 to 8), image threads take the rest but the launching
+    core; on a CPU no tokenizer processes and up to 4 image threads; set values win."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    auto = clip.ScorerSpec()
+    assert (clip.text_workers(auto, True), clip.decode_threads(auto, True, 4)) == (4, 11)
+    assert (clip.text_workers(auto, False), clip.decode_threads(auto, False, 0)) == (0, 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert (clip.text_workers(auto, True), clip.decode_threads(auto, True, 1)) == (1, 1)
+    assert clip.decode_threads(auto, False, 0) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert clip.text_workers(auto, True) == 8
+    set_ = clip.ScorerSpec(decode_threads=3, text_workers=0)
+    assert (clip.text_workers(set_, True), clip.decode_threads(set_, True, 0)) == (0, 3)

@@ -110,10 +110,10 @@ class ClipConf:
     checkpoint: str | None = None
     text_strategy: str = "truncate"       # truncate | chunk_mean
     batch_size: int = 256
-    decode_threads: int = 4
-    text_workers: int = -1                # tokenizer processes: -1 auto (on CUDA half the cores, max 8), 0 none
+    decode_threads: int = 0               # image threads: 0 auto (on CUDA the cores left, else up to 4)
+    text_workers: int = -1                # tokenizer processes: -1 auto (on CUDA a quarter of the cores, 1-8), 0 none
     device: str = "auto"                  # auto | cpu | cuda
-    image_decode: str = "auto"            # auto (torch on CUDA, else pil) | pil | torch
+    image_decode: str = "auto"            # auto (cpu on CUDA, else pil) | pil | cpu | torch
     torch_threads: int = 0                # 0: torch's default
     cache_dir: str = "~/.cache/s1mmalign/checkpoints"
     model_config: str | None = None       # an open_clip JSON model config, for a model that is not built in
@@ -227,7 +227,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "quality.max_cluster_rounds": (1, 10_000), "quality.driver_cluster_edges": (0, 10**9),
     "quality.partial_unexpected": (0, 10_000),
     "quality.pandas_max_rows": (0, 100_000_000),
-    "clip.batch_size": (1, 65_536), "clip.decode_threads": (1, 1024), "clip.text_workers": (-1, 256),
+    "clip.batch_size": (1, 65_536), "clip.decode_threads": (0, 1024), "clip.text_workers": (-1, 256),
     "clip.torch_threads": (0, 1024),
     "s3.max_attempts": (1, 100), "s3.connection_timeout_ms": (100, 3_600_000),
     "lease.ttl_seconds": (2, 7 * 86_400), "lease.heartbeat_seconds": (1, 86_400),
@@ -253,7 +253,7 @@ LAKE_FOLDERS = ("ingest.staging_dir", "catalog.metastore_dir", "quality.context_
 LAKE_FILES = ("_lease.json", "_delta_log")      # the lake root's own files, besides the tables
 CHOICES: dict[str, tuple[str, ...]] = {
     "clip.text_strategy": ("truncate", "chunk_mean"), "clip.device": ("auto", "cpu", "cuda"),
-    "clip.image_decode": ("auto", "pil", "torch"), "fluency.device": ("auto", "cpu", "cuda"),
+    "clip.image_decode": ("auto", "pil", "cpu", "torch"), "fluency.device": ("auto", "cpu", "cuda"),
     "quality.data_docs": ("offline", "cdn", "off"),
     "export.dedup": ("none", "exact", "near"), "export.text": ("recaption", "caption", "both"),
     "export.format": ("webdataset", "parquet"), "export.image": ("original", "thumbnail"),
