@@ -19,87 +19,12 @@ scored per second). The PLLs of the two agree (checked). bench/README.md has the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
-SCIFIG = REPO.parent / "shared" / "data" / "scifig300"
-
-
-def texts(pairs: int) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for f in sorted((SCIFIG / "arxiv" / "jsonl").glob("*.jsonl"))
-            for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [(r["caption"], r["recaption"]) for r in rows[:pairs]]
-
-
-def checkpoint(folder: Path, layers: int, width: int, corpus: list[str]) -> Path:
-    import torch
-    import transformers
-    from tokenizers import BertWordPieceTokenizer
-
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(corpus, vocab_size=8000, min_frequency=1)
-    wp.save_model(str(folder))
-    torch.manual_seed(0)
-    conf = transformers.BertConfig(vocab_size=wp.get_vocab_size(), hidden_size=width, num_hidden_layers=layers,
-                                   num_attention_heads=max(1, width // 64), intermediate_size=4 * width,
-                                   max_position_embeddings=512)
-    transformers.BertForMaskedLM(conf).eval().save_pretrained(folder)     # config.json + vocab.txt: SciBERT's layout
-    return folder
-
-
-def model_only_batches(scorer, items: list[str]):
-    """The scorer's forward batches, built beforehand: (ids, mask, positions, truth) tensors."""
-    import torch
-
-    from s1mmalign.score import fluency
-
-    tok = scorer.tokenizer
-    copies = []
-    for text in items:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        for s, e, lo, hi in fluency.windows(len(ids), scorer.body):
-            window = [tok.cls_token_id] + ids[s:e] + [tok.sep_token_id]
-            copies += [(len(window), window, t - s + 1, ids[t]) for t in range(lo, hi)]
-    copies.sort(key=lambda c: c[0])
-    batches, batch = [], []
-
-    def close():
-        width = max(c[0] for c in batch)
-        ids = torch.full((len(batch), width), scorer.pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for k, (n, window, _, _) in enumerate(batch):
-            ids[k, :n] = torch.tensor(window)
-            mask[k, :n] = 1
-        pos = torch.tensor([c[2] for c in batch])
-        ids[torch.arange(len(batch)), pos] = tok.mask_token_id
-        batches.append((ids, mask, pos, torch.tensor([c[3] for c in batch])))
-
-    for c in copies:
-        if batch and (len(batch) + 1) * c[0] > scorer.spec.batch_tokens:
-            close()
-            batch = []
-        batch.append(c)
-    if batch:
-        close()
-    return batches, len(copies)
-
-
-def run_model_only(scorer, batches) -> float:
-    import torch
-
-    total = 0.0
-    with torch.inference_mode():
-        for ids, mask, pos, truth in batches:
-            at = torch.arange(len(pos))
-            hidden = scorer.base(input_ids=ids, attention_mask=mask).last_hidden_state[at, pos]
-            logits = scorer.head(hidden.unsqueeze(1)).squeeze(1)
-            total += torch.log_softmax(logits.float(), dim=-1)[at, truth].double().sum().item()
-    return total
+from _fluencybench import SCIFIG, checkpoint, model_only_batches, run_model_only, texts
 
 
 def main() -> int:

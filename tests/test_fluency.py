@@ -161,3 +161,50 @@ def test_an_s3_checkpoint_folder_is_downloaded_once(cfg, tiny_mlm, tmp_path, mot
     with pytest.raises(fluency.FluencyError, match="holds no files"):
         fluency.model_id(fluency.FluencySpec.of(scfg, checkpoint="s3://models/nothing-here",
                                                 cache_dir=str(tmp_path / "cache")))
+
+
+def test_passes_follow_the_copy_by_copy_rule():
+    """cut_passes, walked run by run, cuts exactly where adding copies one at a time would: a copy joins a
+    pass while (its copies + 1) x its length fits batch_tokens, the first of a pass always (even one longer
+    than batch_tokens)."""
+    import random
+
+    def one_by_one(lengths, counts, budget):
+        out, first, have, width, k = [], 0, 0, 0, 0
+        for length, count in zip(lengths, counts, strict=True):
+            for _ in range(count):
+                if have and (have + 1) * length > budget:
+                    out.append((first, k, width))
+                    first, have = k, 0
+                have, k, width = have + 1, k + 1, length
+        return out + ([(first, k, width)] if have else [])
+
+    rng = random.Random(5)
+    for _ in range(400):
+        runs = rng.randint(0, 12)
+        lengths = sorted(rng.randint(3, 600) for _ in range(runs))
+        counts = [rng.randint(1, 700) for _ in range(runs)]
+        budget = rng.choice([64, 200, 512, 4096, 16384])
+        assert fluency.cut_passes(lengths, counts, budget) == one_by_one(lengths, counts, budget)
+    assert fluency.cut_passes([10, 10], [3, 1], 40) == [(0, 4, 10)]          # 4 x 10 fits 40 exactly
+    assert fluency.cut_passes([10, 11], [3, 1], 40) == [(0, 3, 10), (3, 4, 11)]
+    assert fluency.cut_passes([900], [2], 512) == [(0, 1, 900), (1, 2, 900)]
+
+
+def test_a_plan_holds_every_token_once_in_length_order(scorer, reference):
+    """Scorer.plan: each scored text's tokens are masked once each, as its windows own them; copies in
+    ascending length; the masked position holds the true token in its window's row."""
+    import numpy as np
+
+    _, ids = reference
+    texts = TEXTS + [" ".join(TEXTS * 40), "", None]
+    plan = scorer.plan(texts)
+    assert plan.status[-2:] == ["empty", "empty"] and plan.status[:-2] == [None] * (len(texts) - 2)
+    assert plan.tokens[:-2] == [len(ids(t)) for t in texts[:-2]]
+    assert np.bincount(plan.copy_text, minlength=len(texts)).tolist() == plan.tokens
+    widths = plan.lengths[plan.copy_window]
+    assert (np.diff(widths) >= 0).all()
+    assert (plan.grid[plan.copy_window, plan.copy_pos] == plan.copy_truth).all()
+    long = int(np.flatnonzero(np.asarray(plan.tokens) == max(plan.tokens))[0])
+    assert sorted(plan.copy_truth[plan.copy_text == long].tolist()) == sorted(ids(texts[long]))
+    assert sum(last - first for first, last, _ in plan.passes) == plan.copies

@@ -160,6 +160,44 @@ def windows(n: int, body: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def cut_passes(lengths: Sequence[int], counts: Sequence[int], batch_tokens: int) -> list[tuple[int, int, int]]:
+    """(first copy, end copy, width) of each forward pass over copies in ascending length order, given as
+    runs (counts[k] copies of length lengths[k]): a copy joins the pass while (its copies + 1) x its length
+    fits batch_tokens, the first of a pass always. Walked run by run, not copy by copy."""
+    out: list[tuple[int, int, int]] = []
+    first = done = have = width = 0
+    for length, left in zip(lengths, counts, strict=True):
+        cap = batch_tokens // length            # copies a pass of this width may hold (at least one)
+        while left:
+            if have and have >= cap:
+                out.append((first, done, width))
+                first, have = done, 0
+            take = min(left, max(cap, 1) - have)
+            have, done, left, width = have + take, done + take, left - take, length
+    if have:
+        out.append((first, done, width))
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Scorer.plan's output: what Scorer.run needs, as arrays (copies in length order)."""
+
+    status: list          # per text: None (scored) or why not
+    tokens: list          # per text: its token count (0 when not scored)
+    lengths: object       # per window row of grid: its length with [CLS]/[SEP]
+    grid: object          # windows with [CLS]/[SEP], padded (rows in length order)
+    copy_window: object   # per masked copy: its window's row in grid
+    copy_pos: object      # per copy: the masked position in its window
+    copy_truth: object    # per copy: the true token id there
+    copy_text: object     # per copy: its text's index
+    passes: list          # (first copy, end copy, width) per forward pass
+
+    @property
+    def copies(self) -> int:
+        return len(self.copy_pos)
+
+
 class Scorer:
     """One masked-LM, reused across batches."""
 
@@ -200,73 +238,98 @@ class Scorer:
         self.model_id = f"{spec.model}@sha256:{folder_digest(folder)[:16]}"
         log.info("fluency %s on %s (%s), window %d", self.model_id, self.device, self.dtype, self.window)
 
-    def _ids(self, text: str | None) -> tuple[list[int] | None, str | None]:
-        if text is None or not text.strip():
-            return None, "empty"
-        if len(text) > self.spec.max_chars:
-            return None, "too_long"
-        ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
-        if not ids:
-            return None, "no_tokens"
-        if len(ids) > self.spec.max_tokens:
-            return None, "too_long"
-        return ids, None
+    def plan(self, texts: Sequence[str | None]) -> Plan:
+        """Everything before the model, in numpy: each text's token ids and windows, its masked copies (as
+        indices into the windows, not as copies), sorted by length and cut into passes of at most
+        batch_tokens padded tokens. A copy costs no Python object: the launching thread stays free."""
+        import numpy as np
 
-    def _forward(self, rows: list[tuple[int, list[int], int, int]], totals: list[float]) -> None:
-        """rows: (text index, window ids with [CLS]/[SEP], masked position, true id); adds log p to totals."""
-        torch = self.torch
-        width = max(len(r[1]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, (_, window, _, _) in enumerate(rows):
-            ids[k, :len(window)] = torch.tensor(window)
-            mask[k, :len(window)] = 1
-        positions = torch.tensor([r[2] for r in rows])
-        truth = torch.tensor([r[3] for r in rows])
-        ids[torch.arange(len(rows)), positions] = self.tokenizer.mask_token_id
-        ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
-        at = torch.arange(len(rows), device=self.device)
-        positions, truth = positions.to(self.device), truth.to(self.device)
-        with torch.inference_mode():
-            if self.head is not None:
-                hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state[at, positions]
-                logits = self.head(hidden.unsqueeze(1)).squeeze(1)
+        tok = self.tokenizer
+        status: list[str | None] = [None] * len(texts)
+        good, good_texts = [], []
+        for index, text in enumerate(texts):
+            if text is None or not text.strip():
+                status[index] = "empty"
+            elif len(text) > self.spec.max_chars:
+                status[index] = "too_long"
             else:
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[at, positions]
-            logp = torch.log_softmax(logits.float(), dim=-1)[at, truth].double().cpu().tolist()
-        for (index, _, _, _), lp in zip(rows, logp, strict=True):
-            totals[index] += lp
+                good.append(index)
+                good_texts.append(text)
+        encoded = tok(good_texts, add_special_tokens=False, truncation=False)["input_ids"] if good_texts else []
+        tokens = [0] * len(texts)
+        windows_, owner, pos, truth = [], [], [], []      # per window; per window: owner, copy positions/ids
+        for index, ids in zip(good, encoded, strict=True):
+            if not ids:
+                status[index] = "no_tokens"
+                continue
+            if len(ids) > self.spec.max_tokens:
+                status[index] = "too_long"
+                continue
+            tokens[index] = len(ids)
+            arr = np.asarray(ids, dtype=np.int64)
+            for start, end, lo, hi in windows(len(ids), self.body):
+                windows_.append(arr[start:end])
+                owner.append(index)
+                pos.append(np.arange(lo - start + 1, hi - start + 1))
+                truth.append(arr[lo:hi])
+        n = len(windows_)
+        lengths = np.fromiter((len(w) + 2 for w in windows_), dtype=np.int64, count=n)
+        order = np.argsort(lengths, kind="stable")
+        width = int(lengths.max()) if n else 0
+        grid = np.full((n, width), self.pad, dtype=np.int64)     # windows with [CLS]/[SEP], in length order
+        counts = np.zeros(n, dtype=np.int64)
+        for row, w in enumerate(order):
+            body = windows_[w]
+            grid[row, 0] = tok.cls_token_id
+            grid[row, 1:len(body) + 1] = body
+            grid[row, len(body) + 1] = tok.sep_token_id
+            counts[row] = len(pos[w])
+        copy_window = np.repeat(np.arange(n), counts)
+        copy_pos = np.concatenate([pos[w] for w in order]) if n else np.zeros(0, dtype=np.int64)
+        copy_truth = np.concatenate([truth[w] for w in order]) if n else np.zeros(0, dtype=np.int64)
+        copy_text = np.repeat(np.asarray(owner, dtype=np.int64)[order], counts) if n else copy_window
+        passes = cut_passes([int(x) for x in lengths[order]], counts.tolist(), self.spec.batch_tokens)
+        return Plan(status, tokens, lengths[order], grid, copy_window, copy_pos, copy_truth, copy_text, passes)
+
+    def run(self, plan: Plan) -> list[float]:
+        """The model over a plan's passes: each pass gathers its windows on the device, masks one position
+        per row, and adds the true token's log p to its text's total (summed on the device)."""
+        torch = self.torch
+        dev = self.device
+        grid = torch.from_numpy(plan.grid).to(dev)
+        lengths = torch.from_numpy(plan.lengths).to(dev)
+        rows_all = torch.from_numpy(plan.copy_window).to(dev)
+        pos_all = torch.from_numpy(plan.copy_pos).to(dev)
+        truth_all = torch.from_numpy(plan.copy_truth).to(dev)
+        text_all = torch.from_numpy(plan.copy_text).to(dev)
+        totals = torch.zeros(len(plan.status), dtype=torch.float64, device=dev)
+        with torch.inference_mode():
+            for first, last, width in plan.passes:
+                rows, pos = rows_all[first:last], pos_all[first:last]
+                at = torch.arange(last - first, device=dev)
+                ids = grid[rows, :width]           # a copy (advanced indexing): grid stays as it is
+                ids[at, pos] = self.tokenizer.mask_token_id
+                mask = (torch.arange(width, device=dev)[None, :] < lengths[rows][:, None]).long()
+                if self.head is not None:
+                    hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state[at, pos]
+                    logits = self.head(hidden.unsqueeze(1)).squeeze(1)
+                else:
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits[at, pos]
+                logp = torch.log_softmax(logits.float(), dim=-1)[at, truth_all[first:last]]
+                totals.index_add_(0, text_all[first:last], logp.double())
+        return totals.cpu().tolist()
 
     def score_texts(self, texts: Sequence[str | None]) -> list[TextScore]:
         """PLL, token count and pseudo-perplexity of each text, all masked copies batched together."""
-        tok = self.tokenizer
-        prepared = [self._ids(t) for t in texts]
-        copies = []         # (length, text index, window ids, position in window, true id)
-        for index, (ids, _) in enumerate(prepared):
-            if ids is None:
-                continue
-            for start, end, lo, hi in windows(len(ids), self.body):
-                window = [tok.cls_token_id] + ids[start:end] + [tok.sep_token_id]
-                for t in range(lo, hi):
-                    copies.append((len(window), index, window, t - start + 1, ids[t]))
-        copies.sort(key=lambda c: c[0])
-        totals = [0.0] * len(texts)
-        batch: list = []
-        for length, index, window, pos, true_id in copies:
-            if batch and (len(batch) + 1) * length > self.spec.batch_tokens:
-                self._forward(batch, totals)
-                batch = []
-            batch.append((index, window, pos, true_id))
-        if batch:
-            self._forward(batch, totals)
+        plan = self.plan(texts)
+        totals = self.run(plan)
         out = []
-        for index, (ids, status) in enumerate(prepared):
-            if ids is None:
+        for status, n, pll in zip(plan.status, plan.tokens, totals, strict=True):
+            if status is not None:
                 out.append(TextScore(None, None, None, status))
                 continue
-            pll = totals[index]
-            ppl = math.exp(-pll / len(ids)) if -pll / len(ids) < 700 else math.inf
-            out.append(TextScore(pll, len(ids), ppl, None))
+            ppl = math.exp(-pll / n) if -pll / n < 700 else math.inf
+            out.append(TextScore(pll, n, ppl, None))
         return out
 
     def score(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[PairScore]:
