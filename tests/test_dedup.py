@@ -106,7 +106,9 @@ def _brute(hashes: set[int], k: int) -> set[tuple[int, int, int]]:
             if bin((a ^ b) & (1 << 64) - 1).count("1") <= k}
 
 
-def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark, cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("driver", [1_000_000, 0], ids=["new hashes matched on the driver", "in Spark"])
+def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark, cfg, tmp_path, monkeypatch,
+                                                                           driver):
     """validate's near matches across runs: the first run bands every hash; later ones only the new hashes,
     against the stored band keys; after each the stored matches are exactly all pairs within k (brute
     force), including pairs of a new hash with an old one and chains across runs. A run cut between its
@@ -116,7 +118,8 @@ def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark,
 
     lake = held(str(tmp_path / "lake"), cfg)
     lake.ensure_tables(spark, job="validate")
-    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10)
+    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10,
+                         driver_cluster_edges=driver)
     rng = random.Random(31)
     bases = [rng.getrandbits(64) for _ in range(30)]
     variants = [flip(b, *rng.sample(range(64), rng.choice([1, 2, 3, 4]))) for _ in range(3) for b in bases]
@@ -160,7 +163,8 @@ def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark,
         "in full (1 stored hash(es) no longer in images)", _brute(gone, 2))
 
 
-def test_a_bucket_grown_past_max_bucket_is_searched_anew(spark, cfg, tmp_path):
+@pytest.mark.parametrize("driver", [1_000_000, 0], ids=["new hashes matched on the driver", "in Spark"])
+def test_a_bucket_grown_past_max_bucket_is_searched_anew(spark, cfg, tmp_path, driver):
     """A full search skips a bucket over max_bucket, and with it the matches it gave while smaller: a run
     whose new hashes push a bucket past the limit searches every hash anew, as a full run would."""
     from helpers import held
@@ -168,7 +172,8 @@ def test_a_bucket_grown_past_max_bucket_is_searched_anew(spark, cfg, tmp_path):
 
     lake = held(str(tmp_path / "lake"), cfg)
     lake.ensure_tables(spark, job="validate")
-    params = QualityConf(near_duplicate_distance=2, lsh_bands=3, max_bucket=4, max_cluster_rounds=5)
+    params = QualityConf(near_duplicate_distance=2, lsh_bands=3, max_bucket=4, max_cluster_rounds=5,
+                         driver_cluster_edges=driver)
     low = 0x2AAAA | (0x155 << 22)      # every hash agrees on bands 0 and 1 (the low 43 bits)
     first = {low | (0b1 << 45), low | (0b11 << 45), low | (0b111 << 55)}     # 1 bit apart: one match
     fourth, fifth = low | (0b111 << 49), low | (0b11111 << 58)              # 4 or more bits from any other
@@ -251,7 +256,8 @@ def test_new_hashes_are_read_from_the_files_images_gained_since_the_version_band
     assert lake.read(spark, "dhash_bands").where(F.col("band") == 0).count() == len(set(bases + near)) + 1
 
 
-def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(spark):
+@pytest.mark.parametrize("driver_rows", [None, 0], ids=["on the driver", "in Spark"])
+def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(spark, driver_rows):
     """Stored rows, less the rows in the scope of what changed, plus touched()'s rows equal find() over the
     changed tables, step after step: a pair joins an exact group, two clusters merge through a new image,
     an image arrives with a hash already stored (distance 0), a pair moves to other bytes (its old group left
@@ -283,9 +289,10 @@ def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(
     stored, _ = dedup.find(p0, i0, params)
     before = (imgs, {(pid, *v) for pid, v in pairs.items()})
     steps = [      # (images added, pairs after)
-        lambda pa: ({"m": flip(imgs["a1"], 2, 3), "z": base[4]},           # m joins s0~a1; z: s4's very hash
+        lambda pa: ({"m": flip(imgs["a1"], 2, 3), "z": base[4],           # m joins s0~a1; z: s4's very hash;
+                     "sgn": flip(base[5], 0, 63)},                           # sgn: s5 with the sign bit flipped
                     pa | {"p_dup2": ("s2", "images/x/dup2.png"), "p_m": ("m", "images/x/m.png"),
-                          "p_z": ("z", "images/x/z.png")}),
+                          "p_z": ("z", "images/x/z.png"), "p_sgn": ("sgn", "images/x/sgn.png")}),
         lambda pa: ({"bridge": flip(base[0], 10, 11, 12)},                  # 3 bits from s0, 2 from c0: one cluster
                     pa | {"p_bridge": ("bridge", "images/x/br.png")}),
         lambda pa: ({}, {**{k: v for k, v in pa.items() if k not in ("p_dup", "p_a1")},     # a1: an image alone
@@ -299,7 +306,7 @@ def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(
         hashes = {signed(imgs[sha]) for sha in shas}
         p1, i1 = tables(imgs, pairs)
         matches = dedup.near_matches(i1, params, dedup.DedupStats())
-        got = dedup.touched(p1, i1, params, matches, shas, hashes, dedup.DedupStats())
+        got = dedup.touched(p1, i1, params, matches, shas, hashes, dedup.DedupStats(), driver_rows)
         assert got is not None
         new, scope_shas, scope_hashes = got
         replaced = dedup.in_scope(stored, scope_shas, scope_hashes)
@@ -313,3 +320,34 @@ def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(
         before = (imgs, now_rows)
     merged = {r.group_id for r in stored.where("group_kind = 'near'").collect() if r.image_sha256 in ("c1", "a1")}
     assert len(merged) == 1 and stored.where("group_kind = 'exact'").select("group_id").distinct().count() == 1
+
+
+def test_new_hashes_matched_on_the_driver_as_spark_matches_them(spark):
+    """dedup.new_matches_local against dedup.new_matches on crowded buckets around max_bucket: the same
+    matches, candidate count and skipped buckets, and "crossed" exactly where Spark's says a bucket grew
+    past the limit (None). Hashes differ in a few bits spread over the bands, so buckets fill up."""
+    rng = random.Random(23)
+    spots = [1, 9, 22, 30, 44, 52, 61, 63]          # 2-3 positions in each of 3 bands of ~21 bits
+    base = rng.getrandbits(64)
+    crossed = 0
+    for trial in range(10):
+        params = QualityConf(near_duplicate_distance=2, lsh_bands=3, max_bucket=rng.choice([2, 3, 4, 6]))
+        pool = sorted({signed(flip(base, *rng.sample(spots, rng.randint(0, 3)))) for _ in range(14)})
+        old, new = pool[:len(pool) // 2], pool[len(pool) // 2:]
+        stored = dedup.banded(spark.createDataFrame([(h,) for h in old], "image_dhash bigint"), params)
+        stored = stored.localCheckpoint()
+        want_stats, got_stats = dedup.DedupStats(), dedup.DedupStats()
+        want = dedup.new_matches(stored, dedup.banded(spark.createDataFrame([(h,) for h in new], "image_dhash bigint"),
+                                                      params), params, want_stats)
+        what, fresh, got, rows = dedup.new_matches_local(stored, old[:2] + new, params, got_stats, 10_000)
+        assert fresh == new, trial                            # the stored ones it was given are known
+        if want is None:
+            assert what == "crossed", trial
+            crossed += 1
+            continue
+        assert what == "ok" and sorted(r[0] for r in rows[::3]) == new and len(rows) == 3 * len(new), trial
+        assert sorted(tuple(r) for r in want.select("h1", "h2", "d").collect()) == got, trial
+        assert (got_stats.candidate_pairs, got_stats.matches, got_stats.skipped_buckets) == (
+            want_stats.candidate_pairs, want_stats.matches, want_stats.skipped_buckets), trial
+    assert 0 < crossed < 10                                  # both outcomes were compared
+    assert dedup.new_matches_local(stored, new, params, dedup.DedupStats(), 1)[0] == "big"

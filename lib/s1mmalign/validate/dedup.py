@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
 from s1mmalign.config import QualityConf
 
@@ -143,6 +144,54 @@ def new_matches(stored: DataFrame, new: DataFrame, params: QualityConf,
     return _matches(mine, theirs, params, stats)
 
 
+def new_matches_local(stored: DataFrame, hashes: list[int], params: QualityConf, stats: DedupStats,
+                      limit: int) -> tuple[str, list[int], list[tuple], list[tuple]]:
+    """new_matches on the driver, for hashes few enough to hold there: one lookup of the stored band keys in
+    the buckets of `hashes` (which also tells which of them are stored already), then the bucket sizes, the
+    candidates and their distances in Python, exactly as new_matches counts and finds them.
+    Returns (what, new hashes, matches (h1, h2, d), their band rows (rows of banded())): what is "ok",
+    "crossed" (a bucket grew past params.max_bucket: search anew) or "big" (the lookup holds more than
+    `limit` rows, or a one-band scheme whose keys are the whole 64 bits: Spark's new_matches then)."""
+    spark = stored.sparkSession
+    cuts = _bands(params.lsh_bands)
+    if len(cuts) < 2:
+        return "big", [], [], []
+    full = (1 << 64) - 1
+
+    def keys(h: int) -> list[tuple[int, int]]:
+        return [(b, ((h & full) >> shift) & mask) for b, (shift, mask) in enumerate(cuts)]
+
+    wanted = sorted({bk for h in hashes for bk in keys(h)})
+    lookup = spark.createDataFrame(wanted, "band int, key bigint")
+    found = (stored.join(F.broadcast(lookup), ["band", "key"], "left_semi").select("h", "band", "key")
+             .limit(limit + 1).collect())
+    if len(found) > limit:
+        return "big", [], [], []
+    known = {h for h, band, _ in found if band == 0}
+    new = sorted(set(hashes) - known)
+    rows = [(h, b, k, scheme(params)) for h in new for b, k in keys(h)]
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for h, b, k, _ in rows:
+        buckets.setdefault((b, k), []).append(h)
+    had: dict[tuple[int, int], list[int]] = {}
+    for h, b, k in found:
+        if (b, k) in buckets:
+            had.setdefault((b, k), []).append(h)
+    sizes = {bk: len(had.get(bk, [])) + len(mine) for bk, mine in buckets.items()}
+    if any(len(had.get(bk, [])) <= params.max_bucket < n for bk, n in sizes.items()):
+        return "crossed", new, [], []
+    _skipped(sum(n > params.max_bucket for n in sizes.values()), params, stats)
+    pairs = set()
+    for bk, mine in buckets.items():
+        if 1 < sizes[bk] <= params.max_bucket:
+            theirs = had.get(bk, []) + mine
+            pairs |= {(min(a, b), max(a, b)) for a in mine for b in theirs if a != b}
+    scored = [(a, b, ((a ^ b) & full).bit_count()) for a, b in sorted(pairs)]
+    matches = [m for m in scored if m[2] <= params.near_duplicate_distance]
+    stats.candidate_pairs, stats.matches = len(scored), len(matches)
+    return "ok", new, matches, rows
+
+
 def _union_find(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(vertex, smallest vertex of its component) for every vertex of a small edge list."""
     parent: dict[int, int] = {}
@@ -234,7 +283,8 @@ def find(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: Data
 
 
 def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: DataFrame, shas: set[str],
-            hashes: set[int], stats: DedupStats) -> tuple[DataFrame, DataFrame, DataFrame] | None:
+            hashes: set[int], stats: DedupStats, driver_rows: int | None = None
+            ) -> tuple[DataFrame, DataFrame, DataFrame] | None:
     """The rows find() gives for every group a change touches, found over those groups' pairs and images only:
     (rows, their scope: the shas (image_sha256) and hashes (h) whose stored rows they replace, see in_scope).
 
@@ -245,7 +295,9 @@ def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: D
     matches (or one hash, for images sharing it): the scope's hashes are every hash of a component holding
     one of `hashes`; a component only grows as matches are added, so every stored cluster that holds a
     changed image or pair lies within it. The components are joined on the driver (union-find); None when
-    the matches are more than params.driver_cluster_edges (then Spark's to find, over every hash: find())."""
+    the matches are more than params.driver_cluster_edges (then Spark's to find, over every hash: find()).
+    The groups themselves are formed on the driver from the images and pairs rows in scope (two lookups,
+    _touched_rows) when those are at most driver_rows (default params.driver_cluster_edges), else in Spark."""
     spark = pairs.sparkSession
     edges = [(r.h1, r.h2) for r in matches.select("h1", "h2").collect()]
     if len(edges) > params.driver_cluster_edges:
@@ -256,6 +308,9 @@ def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: D
     in_scope_hashes = spark.createDataFrame([(h,) for h in sorted(scope)], "h bigint")
     sha_keys = spark.createDataFrame([(s,) for s in sorted(shas)], "image_sha256 string")
     imgs = images.join(F.broadcast(in_scope_hashes.withColumnRenamed("h", "image_dhash")), "image_dhash", "left_semi")
+    small = _touched_rows(pairs, imgs, label, shas, params.driver_cluster_edges if driver_rows is None else driver_rows)
+    if small is not None:
+        return small, sha_keys, in_scope_hashes
     near_pairs = pairs.join(imgs.select("image_sha256"), "image_sha256", "left_semi")
     found = stats.matches
     near = near_clusters(near_pairs, imgs, params, stats, spark.createDataFrame(
@@ -266,6 +321,54 @@ def touched(pairs: DataFrame, images: DataFrame, params: QualityConf, matches: D
             .unionByName(near.withColumn("group_kind", F.lit("near")))
             .withColumn("distance", F.col("distance").cast("int")).localCheckpoint())
     return rows, sha_keys, in_scope_hashes
+
+
+def _touched_rows(pairs: DataFrame, imgs: DataFrame, label: dict[int, int], shas: set[str], limit: int
+                  ) -> DataFrame | None:
+    """touched()'s rows formed on the driver, as exact_groups and near_clusters form them: exact groups of the
+    pairs of `shas`; near clusters of the images in scope (`imgs`), labelled by `label` (union-find over the
+    matches; a hash without a match is its own label, so images sharing one hash cluster at distance 0).
+    Two lookups: the images in scope, then the pairs of their shas and of `shas`. None when either holds
+    more than `limit` rows (a change touching a group that large is left to Spark)."""
+    spark = pairs.sparkSession
+    found = imgs.select("image_sha256", "image_dhash").limit(limit + 1).collect()
+    if len(found) > limit:
+        return None
+    image_hash: dict[str, int] = {}
+    for sha, h in found:
+        if sha is not None:
+            image_hash.setdefault(sha, h)
+    wanted = sorted({s for s in shas if s is not None} | set(image_hash))
+    keys = spark.createDataFrame([(s,) for s in wanted], "image_sha256 string")
+    cols = pairs.select(*PAIR_COLUMNS)
+    rows = cols.join(F.broadcast(keys), "image_sha256", "left_semi").select(*PAIR_COLUMNS).limit(limit + 1).collect()
+    if len(rows) > limit:
+        return None
+    uniq: dict[str, tuple] = {}
+    for r in rows:
+        uniq.setdefault(r[0], tuple(r))
+    sha_at = PAIR_COLUMNS.index("image_sha256")
+    by_sha: dict[str, list[tuple]] = {}
+    for r in uniq.values():
+        by_sha.setdefault(r[sha_at], []).append(r)
+    out = [(*r, sha, len(group), 1, 0, "exact") for sha in sorted(s for s in shas if s is not None)
+           for group in [by_sha.get(sha, [])] if len(group) > 1 for r in group]
+    clusters: dict[int, list[tuple[str, int]]] = {}
+    for sha, h in image_hash.items():
+        if h is not None:
+            clusters.setdefault(label.get(h, h), []).append((sha, h))
+    for members in clusters.values():
+        if len(members) < 2:
+            continue
+        root_sha, root_h = min(members)
+        in_cluster = [(r, h) for sha, h in members for r in by_sha.get(sha, [])]
+        out += [(*r, root_sha, len(in_cluster), len(members), ((h ^ root_h) & (2**64 - 1)).bit_count(), "near")
+                for r, h in in_cluster]
+    schema = StructType(list(cols.schema.fields) + [
+        StructField("group_id", StringType()), StructField("group_pairs", LongType()),
+        StructField("group_images", LongType()), StructField("distance", IntegerType()),
+        StructField("group_kind", StringType())])
+    return spark.createDataFrame(out, schema)
 
 
 def in_scope(stored: DataFrame, shas: DataFrame, hashes: DataFrame) -> DataFrame:

@@ -416,11 +416,17 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
         return 0, "settings changed"
     known = stored.where("band = 0").select("h", F.lit(1).alias("_old"))
     rows, how = added
-    if rows is not None and not rows:
+    hashes = None if rows is None else sorted({h for _, h in rows if h is not None})
+    if hashes is not None and not hashes:
         log.info("near duplicates: no new hash (%s)", how)
         return 0, None
-    if rows is not None:
-        candidates = spark.createDataFrame(sorted({(h,) for _, h in rows}), "h bigint")
+    limit = params.driver_cluster_edges
+    if hashes is not None and len(hashes) <= limit:
+        got = _new_matched_on_driver(spark, params, lake, stored, hashes, stats, how, limit)
+        if got is not None:
+            return got
+    if hashes is not None:
+        candidates = spark.createDataFrame([(h,) for h in hashes], "h bigint")
         diff = F.broadcast(candidates).join(known, "h", "left_anti").localCheckpoint()
         new = diff.count()
     else:
@@ -431,6 +437,11 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
         if gone:
             return 0, f"{gone} stored hash(es) no longer in images"
         diff = diff.where("_now IS NOT NULL")
+        if 0 < new <= limit:
+            got = _new_matched_on_driver(spark, params, lake, stored, [r.h for r in diff.select("h").collect()],
+                                         stats, how, limit)
+            if got is not None:
+                return got
     log.info("near duplicates: %d new hash(es) (%s)", new, how)
     if not new:
         return 0, None
@@ -442,6 +453,23 @@ def _new_hashes_matched(spark: SparkSession, params, lake: Lake, images: DataFra
         lake.merge(spark, "dhash_edges", edges)
     lake.append(spark, "dhash_bands", added_bands)
     return new, None
+
+
+def _new_matched_on_driver(spark: SparkSession, params, lake: Lake, stored: DataFrame, hashes: list[int],
+                           stats: dedup.DedupStats, how: str, limit: int) -> tuple[int, str | None] | None:
+    """_new_hashes_matched's search and writes for candidate hashes few enough for the driver
+    (dedup.new_matches_local): (new hashes, None), (0, why) for a search anew, or None: Spark's to do."""
+    what, new, matches, rows = dedup.new_matches_local(stored, hashes, params, stats, limit)
+    if what == "big":
+        return None
+    log.info("near duplicates: %d new hash(es) (%s), matched on the driver", len(new), how)
+    if what == "crossed":
+        return 0, "a bucket grew past quality.max_bucket"
+    if matches:
+        lake.merge(spark, "dhash_edges", spark.createDataFrame(matches, schemas.table("dhash_edges").spark()))
+    if rows:
+        lake.append(spark, "dhash_bands", spark.createDataFrame(rows, schemas.table("dhash_bands").spark()))
+    return len(new), None
 
 
 def _frames(spark: SparkSession, cfg: Config, raw: dict, duplicates: DataFrame
