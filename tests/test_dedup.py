@@ -106,9 +106,7 @@ def _brute(hashes: set[int], k: int) -> set[tuple[int, int, int]]:
             if bin((a ^ b) & (1 << 64) - 1).count("1") <= k}
 
 
-@pytest.mark.parametrize("driver", [1_000_000, 0], ids=["new hashes matched on the driver", "in Spark"])
-def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark, cfg, tmp_path, monkeypatch,
-                                                                           driver):
+def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark, cfg, tmp_path, monkeypatch):
     """validate's near matches across runs: the first run bands every hash; later ones only the new hashes,
     against the stored band keys; after each the stored matches are exactly all pairs within k (brute
     force), including pairs of a new hash with an old one and chains across runs. A run cut between its
@@ -118,8 +116,10 @@ def test_near_matches_kept_from_run_to_run_equal_a_search_over_every_hash(spark,
 
     lake = held(str(tmp_path / "lake"), cfg)
     lake.ensure_tables(spark, job="validate")
-    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10,
-                         driver_cluster_edges=driver)
+    # new hashes matched on the driver (dedup.new_matches_local); Spark's new_matches, the path past
+    # driver_cluster_edges, equals it (test_new_hashes_matched_on_the_driver_as_spark_matches_them) and runs in
+    # the pipeline in test_a_bucket_grown_past_max_bucket_is_searched_anew[in Spark]
+    params = QualityConf(near_duplicate_distance=3, lsh_bands=4, max_bucket=5000, max_cluster_rounds=10)
     rng = random.Random(31)
     bases = [rng.getrandbits(64) for _ in range(30)]
     variants = [flip(b, *rng.sample(range(64), rng.choice([1, 2, 3, 4]))) for _ in range(3) for b in bases]
@@ -256,12 +256,12 @@ def test_new_hashes_are_read_from_the_files_images_gained_since_the_version_band
     assert lake.read(spark, "dhash_bands").where(F.col("band") == 0).count() == len(set(bases + near)) + 1
 
 
-@pytest.mark.parametrize("driver_rows", [None, 0], ids=["on the driver", "in Spark"])
-def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(spark, driver_rows):
+def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(spark):
     """Stored rows, less the rows in the scope of what changed, plus touched()'s rows equal find() over the
     changed tables, step after step: a pair joins an exact group, two clusters merge through a new image,
     an image arrives with a hash already stored (distance 0), a pair moves to other bytes (its old group left
-    with one pair: gone), a clustered pair deleted, another's path changed."""
+    with one pair: gone), a clustered pair deleted, another's path changed. Both ways of forming the groups:
+    on the driver (a small change) and Spark's plan (past driver_rows)."""
     from pyspark.sql import functions as F
 
     rng = random.Random(11)
@@ -306,14 +306,15 @@ def test_groups_a_change_touches_recomputed_alone_equal_a_build_over_everything(
         hashes = {signed(imgs[sha]) for sha in shas}
         p1, i1 = tables(imgs, pairs)
         matches = dedup.near_matches(i1, params, dedup.DedupStats())
-        got = dedup.touched(p1, i1, params, matches, shas, hashes, dedup.DedupStats(), driver_rows)
-        assert got is not None
-        new, scope_shas, scope_hashes = got
-        replaced = dedup.in_scope(stored, scope_shas, scope_hashes)
-        updated = stored.join(replaced.select("group_kind", "group_id", "pair_id"),
-                              ["group_kind", "group_id", "pair_id"], "left_anti").unionByName(new)
         want, _ = dedup.find(p1, i1, params)
-        assert rows(updated) == rows(want), n
+        for driver_rows in (None, 0):
+            got = dedup.touched(p1, i1, params, matches, shas, hashes, dedup.DedupStats(), driver_rows)
+            assert got is not None
+            new, scope_shas, scope_hashes = got
+            replaced = dedup.in_scope(stored, scope_shas, scope_hashes)
+            updated = stored.join(replaced.select("group_kind", "group_id", "pair_id"),
+                                  ["group_kind", "group_id", "pair_id"], "left_anti").unionByName(new)
+            assert rows(updated) == rows(want), (n, driver_rows)
         assert rows(want) != rows(stored), n                                # every step changes some group
         assert scope_hashes.count() < len(set(imgs.values())), n            # and not every image is looked at
         stored = want.withColumn("distance", F.col("distance").cast("int"))
