@@ -314,7 +314,6 @@ class Scorer:
         antialias, center crop), with torch on this CPU thread (torch releases the GIL): JPEGs up to
         FAST_PIXELS decoded by torchvision, anything else read by Pillow (its bomb guard included)."""
         from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
         if not data:
@@ -335,6 +334,14 @@ class Scorer:
                     x = TF.pil_to_tensor(im.convert("RGB"))
             except Exception:  # noqa: BLE001  undecodable: a null score with a status, never a failed batch
                 return None
+        return self._fit(x)
+
+    def _fit(self, x):
+        """open_clip's geometry on a (3, H, W) tensor, uint8 or float: shorter side to the model's size
+        (bicubic, antialiased), then the center crop. One definition for the `cpu` and `torch` paths."""
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         size = self.image_size
         x = TF.resize(x, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
         return TF.center_crop(x, [size, size])
@@ -352,8 +359,6 @@ class Scorer:
         as open_clip's preprocessing does (shorter side to size, bicubic with antialias, center crop).
         Anything that is not a JPEG, or fails, goes through the PIL path."""
         from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms.v2 import InterpolationMode
-        from torchvision.transforms.v2 import functional as TF
 
         torch = self.torch
         out: list = [None] * len(datas)
@@ -372,9 +377,7 @@ class Scorer:
         if decoded:
             # per image only what depends on its size (resize, crop); scaling, clamping and normalizing
             # once for the whole batch (resizing is linear, so x/255 resized = (x resized)/255)
-            size = self.image_size
-            crops = [TF.center_crop(TF.resize(img.to(torch.float32), [size], interpolation=InterpolationMode.BICUBIC,
-                                              antialias=True), [size, size]) for img in decoded.values()]
+            crops = [self._fit(img.to(torch.float32)) for img in decoded.values()]
             batch = torch.stack(crops).clamp_(0, 255).mul_(1 / 255.0).sub_(self.mean).div_(self.std)
             for i, x in zip(decoded, batch, strict=True):
                 out[i] = x
