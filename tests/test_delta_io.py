@@ -181,3 +181,28 @@ def test_replace_slice_appends_into_an_empty_table_then_replaces_only_its_slice(
     held(lake).replace(spark, "quarantine", rows("a.jsonl", range(7, 8), "image_missing"), "source_file IN ('a.jsonl')")
     got = sorted((r.source_file, r.source_line, r.reason) for r in lake_at(lake).read(spark, "quarantine").collect())
     assert got == [("a.jsonl", 7, "image_missing"), ("b.jsonl", 1, "malformed_json"), ("b.jsonl", 2, "malformed_json")]
+
+
+def test_may_hold_answers_from_the_files_statistics_and_only_ever_widens(spark, tmp_path):
+    """Lake.may_hold (ingest's choice of an append over a MERGE rests on it): no for a value outside every file's
+    min..max, yes inside one, at each end of a range, for a file without statistics, and for long names whose
+    statistics Delta cuts short (a prefix for the minimum, a prefix and a last code point for the maximum)."""
+    lake = str(tmp_path / "lake")
+    held(lake).ensure_tables(spark)
+    schema = schemas.table("image_index").spark()
+    assert not held(lake).may_hold("image_index", "container", ["any"])          # no file yet
+    long = "arxiv/" + "x" * 60
+    rows = [{**index_row(f"{i}.png"), "container": c}
+            for i, c in enumerate(["arxiv/images_2010.tar.gz", "arxiv/images_2012.tar.gz", long + "b", long + "d"])]
+    held(lake).append(spark, "image_index", spark.createDataFrame(rows[:2], schema).coalesce(1))
+    held(lake).append(spark, "image_index", spark.createDataFrame(rows[2:], schema).coalesce(1))
+    may = lambda *values: held(lake).may_hold("image_index", "container", values)   # noqa: E731
+    assert not may()
+    assert may("arxiv/images_2010.tar.gz") and may("arxiv/images_2012.tar.gz")        # each end
+    assert may("arxiv/images_2011.tar.gz")                                             # inside: a range says maybe
+    assert not may("arxiv/images_2009.tar.gz") and not may("arxiv/images_2013.tar.gz", "zzz", "a")
+    assert may(long + "c") and may(long + "d") and may(long + "b")                   # cut short, still inside
+    assert may(long[:-1])                          # under the cut minimum's prefix: a range can only say maybe
+    assert not may("arxiv/w" + "x" * 60) and not may("arxiv/y")
+    assert may("arxiv/images_2009.tar.gz", long + "c")                                # any one of several
+    assert held(lake).may_hold("image_index", "no_such_column", ["x"])                # no statistics: maybe

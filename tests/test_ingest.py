@@ -261,7 +261,7 @@ def _png(seed: int) -> bytes:
     return out.getvalue()
 
 
-def test_a_refresh_equals_one_clean_load_of_the_final_source(spark, cfg, corpus_copy, tmp_path):
+def test_a_refresh_equals_one_clean_load_of_the_final_source(spark, cfg, corpus_copy, tmp_path, monkeypatch):
     """New, edited, deleted and re-appearing JSONL files and archives, an image that arrives in a later archive
     than its line, a member a later archive overrides, a line that takes a pair from another file: after each
     refresh the tables equal one clean load of the source as it is, and each refresh parsed only the files that
@@ -344,6 +344,30 @@ def test_a_refresh_equals_one_clean_load_of_the_final_source(spark, cfg, corpus_
     assert len(containers) == 2 and "arxiv/images_9998.tar.gz" in containers, containers
     shas = [r["image_sha256"] for r in lake_at(str(lake)).rows("images", ["image_sha256"])]
     assert len(shas) == len(set(shas))
+
+    # 5. new lines only (a new JSONL file and the archive of their images): appended, not merged. The run crashes
+    # after the tables' commits and before ingest_log's; the next one reads the same files again and must not
+    # append their rows twice (the tables hold them: it merges).
+    _, template = _line_of(root, late_rel, "pair", 3)
+    fresh = [(f"images/2412/2412.9900{i}/fig{i}.png", _png(20 + i)) for i in range(3)]
+    new_rel = "arxiv/jsonl/25_new.jsonl"
+    (root / new_rel).write_text("".join(json.dumps({**template, "image_path": path}) + "\n" for path, _ in fresh))
+    _write_tar_gz(root / "arxiv/images_2412.tar.gz", fresh)
+    real_append = type(held(str(lake), cfg)).append
+
+    def crash_before_the_log(self, spark, name, df):
+        if name == "ingest_log":
+            raise RuntimeError("killed before ingest_log committed")
+        return real_append(self, spark, name, df)
+
+    monkeypatch.setattr(type(held(str(lake), cfg)), "append", crash_before_the_log)
+    with pytest.raises(RuntimeError, match="killed before"):
+        ingest.run(spark, cfg, str(root), held(str(lake), cfg))
+    monkeypatch.undo()
+    pairs_log = DeltaTable.forPath(spark, lake_at(str(lake)).path("pairs")).history(1).first()
+    assert pairs_log.operation == "WRITE" and pairs_log.operationMetrics["numOutputRows"] == "3", pairs_log
+    s5 = refresh(5)
+    assert (s5.files_read, s5.archives, s5.reexamined) == ([new_rel], 1, 0), s5
 
     # Nothing changed: nothing read, no commit.
     before = versions(spark, lake)

@@ -42,6 +42,7 @@ from s1mmalign.stages import Stage, clear_staging, new_run_id, start_staging
 log = logging.getLogger(__name__)
 
 BROADCAST_KEYS = 2_000_000   # up to this many new images, their keys are broadcast to the bytes
+INDEX_LOOKUP_LINES = 500_000  # a refresh resolving up to this many lines broadcasts their paths to the index
 PAIR_CONTENT = [c for c in schemas.table("pairs").names
                 if c not in ("row_hash", "ingest_run_id", "ingested_at")]
 SLICE_POLL_SECONDS = 0.5     # how often the driver looks for slices an archive's split has completed
@@ -174,6 +175,7 @@ class Changes:
     gone_files: list[str] = field(default_factory=list)     # logged files no longer listed: their rows go
     gone_archives: list[tuple[str, str]] = field(default_factory=list)   # (source, archive) no longer listed
     broken_before: dict[str, set] = field(default_factory=dict)   # source -> logged archives with a bad part
+    logged: set[str] = field(default_factory=set)           # every source_file ingest_log holds
 
     @property
     def any(self) -> bool:
@@ -208,7 +210,7 @@ def changes(lake: Lake, plan: SourcePlan) -> Changes:
     present = {(a.source, a.name) for s in plan.sources for a in s.archives}
     gone_files = sorted(r["source_file"] for r in logged if r["source_file"] not in listed)
     gone_archives = sorted(k for k in logged_parts if k not in present)
-    return Changes(jsonl, archives, refused, gone_files, gone_archives, broken)
+    return Changes(jsonl, archives, refused, gone_files, gone_archives, broken, set(seen))
 
 
 def log_row(source: str, f: FileInfo, kind: str, run_id: str, now: datetime, *, status: str,
@@ -479,6 +481,8 @@ class IngestRun:
                 self.affected = self.spark.createDataFrame([], "pair_id string")
             else:
                 lines_in = lines_in.unionByName(self._reexamined(parsed, this_run, detail_changed))
+                lines_in.write.parquet(f"{self.staging}/lines_in/{self.passes}")
+                lines_in = self.spark.read.parquet(f"{self.staging}/lines_in/{self.passes}")
 
             valid = lines_in.where("reason IS NULL").withColumn("_valid", F.lit(True))
             rejected = lines_in.where("reason IS NOT NULL").withColumn("_valid", F.lit(False))
@@ -497,9 +501,14 @@ class IngestRun:
             # members, and the index's of archives this run neither read nor lost).
             fact_cols = ["status", "detail", "image_sha256", "image_format", "width", "height", "image_bytes",
                          "image_dhash", "container"]
+            # A refresh of few lines looks up only the index rows of the paths its lines name (every row of
+            # each such path, so the choice per path is the same), not every path the lake has seen.
             index = (self.lake.read(self.spark, "image_index")
                      .where(f"NOT ({_in_list('container', self.touched_archives)})")
                      .withColumn("member", F.lit(None).cast("bigint")))
+            if not self.first_load and lines_in.count() <= INDEX_LOOKUP_LINES:
+                named = lines_in.where("reason IS NULL").select("source", "image_path").distinct()
+                index = index.join(F.broadcast(named), ["source", "image_path"], "left_semi")
             members = _last_of_each_name(this_run.select("source", "image_path", "member", *fact_cols)
                                          .unionByName(index.select("source", "image_path", "member", *fact_cols)))
             keyed = unique.drop("detail").join(members.drop("member"), ["source", "image_path"], "left")
@@ -614,19 +623,29 @@ class IngestRun:
 
             # The tables are independent: commit them concurrently (Spark runs jobs from threads).
             # ingest_log goes last, alone: until it commits, a re-run redoes these same files.
-            writes = [
-                lambda: self.lake.add_files("images", [r.asDict() for r in new_images.collect()]),
-                lambda: self.lake.merge(self.spark, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
-                                        deletes=self.affected),
-                lambda: self.lake.merge(self.spark, "quarantine", quarantine, update_when=quarantine_changed,
-                                        deletes=gone("quarantine", redo, was_waiting)),
-                lambda: self.lake.merge(self.spark, "waiting_lines", waiting, update_when=quarantine_changed,
-                                        deletes=gone("waiting_lines", redo, was_waiting)),
-            ]
-            if self.touched_archives:
-                writes.append(lambda: self.lake.merge(
-                    self.spark, "image_index", out.image_index,
-                    deletes=gone("image_index", _in_list("container", self.touched_archives))))
+            # When every row this run writes is new to the lake, they are appended: the same rows the MERGEs
+            # would insert, without their scans of the tables and copies of the source.
+            insert_only = self._insert_only()
+            if insert_only:
+                writes = [lambda: self.lake.add_files("images", [r.asDict() for r in new_images.collect()]),
+                          lambda: self.lake.append(self.spark, "pairs", pairs),
+                          lambda: self.lake.append(self.spark, "quarantine", quarantine),
+                          lambda: self.lake.append(self.spark, "waiting_lines", waiting),
+                          lambda: self.lake.append(self.spark, "image_index", out.image_index)]
+            else:
+                writes = [
+                    lambda: self.lake.add_files("images", [r.asDict() for r in new_images.collect()]),
+                    lambda: self.lake.merge(self.spark, "pairs", pairs, update_when="t.row_hash <> s.row_hash",
+                                            deletes=self.affected),
+                    lambda: self.lake.merge(self.spark, "quarantine", quarantine, update_when=quarantine_changed,
+                                            deletes=gone("quarantine", redo, was_waiting)),
+                    lambda: self.lake.merge(self.spark, "waiting_lines", waiting, update_when=quarantine_changed,
+                                            deletes=gone("waiting_lines", redo, was_waiting)),
+                ]
+                if self.touched_archives:
+                    writes.append(lambda: self.lake.merge(
+                        self.spark, "image_index", out.image_index,
+                        deletes=gone("image_index", _in_list("container", self.touched_archives))))
             with ThreadPoolExecutor(len(writes)) as pool:
                 for future in [pool.submit(w) for w in writes]:
                     future.result()
@@ -637,14 +656,42 @@ class IngestRun:
                         .join(out.quarantine.where(new).groupBy("source_file").agg(F.count("*").alias("quarantined")),
                               "source_file", "full").fillna(0).collect()}
             log_rows = self._log_rows(parts, chunks, per_file) + self._recounted(out.again)
-            self.lake.merge(self.spark, "ingest_log",
-                            self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark()),
-                            deletes=gone("ingest_log", _in_list("source_file", self.changes.gone_files)))
+            log_df = self.spark.createDataFrame(log_rows, schemas.table("ingest_log").spark())
+            if insert_only:
+                self.lake.append(self.spark, "ingest_log", log_df)
+            else:
+                self.lake.merge(self.spark, "ingest_log", log_df,
+                                deletes=gone("ingest_log", _in_list("source_file", self.changes.gone_files)))
             n_pairs = sum(a for a, _ in per_file.values())
             n_quarantine = sum(q for _, q in per_file.values())
             st.done(n_pairs + n_quarantine, "lines written", f"{n_pairs} pairs, {n_quarantine} quarantined; "
                     f"{self.summary.moved} line(s) of other files moved")
         return n_pairs, n_quarantine
+
+    def _insert_only(self) -> bool:
+        """Whether every row this run writes has a key no table holds: no line of another file was re-examined,
+        nothing is gone, ingest_log names none of the files read (nor a refused one), and no table holds a row
+        of them either (a run that crashed after some commits and before ingest_log's leaves such rows: this
+        run then merges, as always). The tables are asked by their files' statistics first (no Spark job),
+        and read, skipping files by the same statistics, only where those cannot rule a file out."""
+        if self.first_load:
+            return False        # merge appends into empty tables already
+        if self.summary.reexamined or self.changes.gone_files or self.changes.gone_archives:
+            return False
+        mine = (set(self.todo_files) | {p.rel for a in self.todo_archives for p in a.parts}
+                | {r.file.rel for _, r in self.refused})
+        if mine & self.changes.logged:
+            return False
+        keys = {**{t: ("source_file", self.redo_files) for t in ("pairs", "quarantine", "waiting_lines")},
+                "image_index": ("container", self.touched_archives)}
+        maybe = [(t, c, values) for t, (c, values) in keys.items() if self.lake.may_hold(t, c, values)]
+        if not maybe:
+            return True
+        held = [self.lake.read(self.spark, t).where(_in_list(c, values)).select(F.col(c).alias("k"))
+                for t, c, values in maybe]
+        for more in held[1:]:
+            held[0] = held[0].unionByName(more)
+        return not held[0].limit(1).collect()
 
     def _recounted(self, again: DataFrame) -> list[dict]:
         """The ingest_log rows of files not read whose counts changed (a re-examined line moved between pairs

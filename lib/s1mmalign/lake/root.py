@@ -114,6 +114,35 @@ class Lake:
         uri, options = self.delta_rs(name)
         return DeltaTable(uri, storage_options=options).file_uris()
 
+    def may_hold(self, name: str, column: str, values) -> bool:
+        """Whether a data file of table `name` may hold a row whose `column` is one of `values`, from the min and
+        max statistics its log keeps per file (delta-rs, no Spark): False only when every file's range leaves
+        out every value. A file without statistics may hold anything. (Delta cuts long strings' statistics
+        short, the minimum to a prefix and the maximum to a prefix and a last code point, so a range only
+        widens.)"""
+        import bisect
+
+        import pyarrow as pa
+        from deltalake import DeltaTable
+
+        wanted = sorted(values)
+        if not wanted:
+            return False
+        uri, options = self.delta_rs(name)
+        actions = pa.table(DeltaTable(uri, storage_options=options).get_add_actions(flatten=True))
+        if not actions.num_rows:
+            return False
+        lo, hi = f"min.{column}", f"max.{column}"
+        if lo not in actions.column_names or hi not in actions.column_names:
+            return True
+        for low, high in zip(actions.column(lo).to_pylist(), actions.column(hi).to_pylist(), strict=True):
+            if low is None or high is None:
+                return True
+            i = bisect.bisect_left(wanted, low)
+            if i < len(wanted) and wanted[i] <= high:
+                return True
+        return False
+
     def files_added(self, name: str, since: int, until: int) -> tuple[list[str] | None, str]:
         """(the data files table `name` gained after version `since` up to `until`, as Spark reads them, and
         how many there were in words), from its log by delta-rs; or (None, why not) when rows may have gone as
