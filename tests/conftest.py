@@ -68,6 +68,21 @@ def _no_stray_spark_session(request):
 
 
 @pytest.fixture(autouse=True)
+def _forget_lakes(request):
+    """After a test in the shared JVM, Delta forgets the tables it opened: its DeltaLog cache keeps every
+    table's log and snapshot for an hour, and a worker's run opens thousands of tables in temporary folders
+    (the heap then grows by megabytes per test until it thrashes). A later test reads its logs again."""
+    yield
+    if not request.node.get_closest_marker("spark"):
+        return
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context
+    if sc is not None:
+        sc._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+
+
+@pytest.fixture(autouse=True)
 def _release_leases():
     """Every lease a test took in-process (helpers.held) is given back when it ends, as a job's is at exit."""
     yield
@@ -87,9 +102,16 @@ def scifig300() -> Path:
 def cfg():
     from s1mmalign import config
 
+    # The one in-process JVM of a worker lives for the whole run (hundreds of jobs, not one): its status
+    # store keeps only the last few queries, jobs and stages (Spark keeps 1,000 each, with their plans, by
+    # default; in a 1 GB driver heap that alone ran the run into GC thrashing and a failed broadcast).
     return config.load(str(REPO / "conf" / "local.yaml"),
                        overrides={"spark": {"master": "local[2]", "shuffle_partitions": 2,
-                                            "extra": {"spark.ui.enabled": "false"}}})
+                                            "extra": {"spark.ui.enabled": "false",
+                                                      "spark.sql.ui.retainedExecutions": "20",
+                                                      "spark.ui.retainedJobs": "50",
+                                                      "spark.ui.retainedStages": "50",
+                                                      "spark.ui.retainedTasks": "2000"}}})
 
 
 @pytest.fixture(scope="session")
