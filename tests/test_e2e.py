@@ -75,7 +75,6 @@ def test_scifig300_real_figures(spark, cfg, scifig300, tmp_path):
     from s1mmalign.validate import pipeline as validate
 
     outcome = validate.run(spark, cfg, held(str(lake), cfg))
-    lease.release_all()
     assert outcome.summary_line().startswith("all ") and not outcome.warnings, outcome.summary_line()
     assert table_rows(spark, lake, "duplicates", "pair_id") == []
     index = (lake / "_quality" / "data_docs" / "index.html").read_text()   # offline: no CDN, its own copies
