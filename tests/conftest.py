@@ -108,6 +108,7 @@ def cfg():
     return config.load(str(REPO / "conf" / "local.yaml"),
                        overrides={"spark": {"master": "local[2]", "shuffle_partitions": 2,
                                             "extra": {"spark.ui.enabled": "false",
+                                                      "spark.driver.memory": "2g",
                                                       "spark.sql.ui.retainedExecutions": "20",
                                                       "spark.ui.retainedJobs": "50",
                                                       "spark.ui.retainedStages": "50",

@@ -29,7 +29,7 @@ def test_lake_tables_and_reasons():
     assert set(schemas.lake_tables("ingest")) == {"pairs", "images", "quarantine", "ingest_log", "image_index",
                                                     "waiting_lines", "job_runs"}
     assert set(schemas.lake_tables("validate")) == {"duplicates", "quality_results", "dhash_bands", "dhash_edges",
-                                                   "validate_state"}
+                                                   "validate_state", "checked_pairs", "checked_images"}
     assert set(schemas.lake_tables()) == set(schemas.lake_tables("ingest")) | set(schemas.lake_tables("validate")) | {
         "clip_scores", "text_signals", "fluency_scores"}
     assert "duplicate_pair" in schemas.quarantine_reasons()

@@ -264,7 +264,11 @@ def test_both_engines_give_the_same_results(spark, cfg, lake_copy, tmp_path):
     duplicates, _ = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
                                dedup.DedupStats())
     on_spark = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, pandas_max_rows=0))
-    frames, rows, _ = validate._frames(spark, on_spark, raw, duplicates.cache())
+    duplicates = duplicates.cache()
+    checks = validate._Checks({"pairs": validate.checked_pairs(raw["pairs"], raw["images"], duplicates, cfg,
+                                                               validate.taxonomy(cfg)),
+                               "images": validate.checked_images(raw["images"], duplicates)})
+    frames, rows, _ = validate._frames(spark, on_spark, raw, checks)
     runner = quality.Runner(str(tmp_path / "gx"), str(tmp_path / "docs"),
                             dataclasses.replace(cfg.quality, data_docs="off"))
     params = validate.parameters(cfg)

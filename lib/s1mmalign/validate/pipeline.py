@@ -36,7 +36,7 @@ from s1mmalign.lake import delta_io, schemas, storage
 from s1mmalign.lake.root import Lake
 from s1mmalign.lake.storage import remote
 from s1mmalign.stages import Stage, new_run_id
-from s1mmalign.validate import dedup, quality
+from s1mmalign.validate import dedup, incremental, quality
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class Outcome:
     stats: dedup.DedupStats | None = None
     docs_index: str | None = None        # the Data Docs index page, when built
     docs_note: str = ""                  # how they were built (offline, cdn), or why not
+    checks: str = ""                     # how the per-row checks were brought up to date (incremental.py)
     seconds: float = 0.0
 
     @property
@@ -236,11 +237,14 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
     raw = {t: lake.read(spark, t) for t in NEEDED}
     raw.update({t: lake.read(spark, t) for t in OPTIONAL if lake.exists(t, spark)})
 
-    duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full, versions)
-    frames, rows, unreconciled = _frames(spark, cfg, raw, duplicates)
+    state = _states(spark, lake)
+    added = _ImagesAdded(spark, lake, versions["images"])
+    duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full, versions, state, added)
+    checks = _checked(spark, cfg, lake, raw, duplicates, outcome, now, full, versions, state, added)
+    frames, rows, unreconciled = _frames(spark, cfg, raw, checks)
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
         runner = quality.Runner(context_dir, docs_dir, cfg.quality)
-        _suites(cfg, runner, raw, frames, rows, outcome)
+        _suites(cfg, runner, raw, frames, rows, checks, outcome)
         _reread(spark, cfg, lake, raw["ingest_log"], unreconciled, outcome.run_id)
         with Stage("results", log) as st:
             _write_results(spark, lake, outcome, now)
@@ -255,7 +259,8 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
 
 
 def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime,
-           full: bool, versions: dict[str, int]) -> DataFrame:
+           full: bool, versions: dict[str, int], state: dict[str, dict[str, int]], added: _ImagesAdded
+           ) -> DataFrame:
     """Stage dedup: exact groups and near-duplicate clusters in `duplicates`, then the input versions they hold
     to validate_state (one commit, none when they did not move). Only the groups a change touches are found
     again and merged (_changed_since_built says which changes, dedup.touched which groups); the table is kept
@@ -263,8 +268,6 @@ def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Out
     of every hash, or where the change cannot be told."""
     with Stage("dedup", log) as st:
         stats = dedup.DedupStats()
-        state = _states(spark, lake)
-        added = _ImagesAdded(spark, lake, versions["images"])
         stats.search, _ = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full,
                                         added.since(state.get("dhash_bands", {}).get("images")))
         scope, why = (None, "--full") if full else _changed_since_built(spark, lake, versions,
@@ -472,25 +475,74 @@ def _new_matched_on_driver(spark: SparkSession, params, lake: Lake, stored: Data
     return len(new), None
 
 
-def _frames(spark: SparkSession, cfg: Config, raw: dict, duplicates: DataFrame
+@dataclass
+class _Checks:
+    """The checked frames of pairs and images (stage checks): `frames`, the rows Great Expectations runs on (the
+    stored tables after a full check; only the re-checked rows after an incremental one); `stored`, when
+    incremental, the stored tables the lake-wide numbers are aggregated from (incremental.lake_results)."""
+    frames: dict[str, DataFrame]
+    stored: dict[str, DataFrame] = field(default_factory=dict)
+    rechecked: dict[str, int] = field(default_factory=dict)     # incremental: the rows of each frame
+
+
+def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates: DataFrame, outcome: Outcome,
+             now: datetime, full: bool, versions: dict[str, int], state: dict[str, dict[str, int]],
+             added: _ImagesAdded) -> _Checks:
+    """Stage checks: checked_pairs and checked_images brought up to date with the lake, then the versions they
+    hold to validate_state (derived `checked`). Only the rows a change touches are checked again and merged
+    (incremental.touched says which; one commit per table, none when none changed); every row is checked anew
+    and the tables replaced with --full, on the first run, or where the change cannot be told."""
+    with Stage("checks", log) as st:
+        categories = taxonomy(cfg)
+        built = state.get("checked", {})
+        current = {**versions, "duplicates": lake.version("duplicates", spark),
+                   "settings": incremental.settings_digest(cfg, categories)}
+        got, why = (None, "--full") if full else incremental.touched(
+            spark, lake, built, current, added.since(built.get("images")))
+        compute = {"pairs": lambda rows: checked_pairs(rows, raw["images"], duplicates, cfg, categories),
+                   "images": lambda rows: checked_images(rows, duplicates)}
+        if got is None:
+            for frame, (table, _) in incremental.TABLES.items():
+                lake.replace(spark, table, compute[frame](raw[frame]))
+            checks = _Checks({frame: lake.read(spark, table) for frame, (table, _) in incremental.TABLES.items()})
+            outcome.checks = f"every row checked ({why})"
+        else:
+            checks = _Checks({})
+            for frame, (table, key) in incremental.TABLES.items():
+                keys = got.pairs if frame == "pairs" else got.images
+                rows = compute[frame](raw[frame].join(keys, key, "left_semi")).localCheckpoint()
+                gone = keys.join(raw[frame], key, "left_anti").localCheckpoint()
+                checks.rechecked[frame], dropped = rows.count(), gone.count()
+                if checks.rechecked[frame] or dropped:
+                    lake.merge(spark, table, rows, deletes=gone)
+                checks.frames[frame] = rows
+                checks.stored[frame] = lake.read(spark, table)
+            outcome.checks = f"incremental: {got.how}"
+        _record_states(spark, lake, state, {"checked": current}, (outcome.run_id, now))
+        st.done(sum(checks.rechecked.values()) if checks.stored else checks.frames["pairs"].count(),
+                "rows checked", outcome.checks)
+    return checks
+
+
+def _frames(spark: SparkSession, cfg: Config, raw: dict, checks: _Checks
             ) -> tuple[dict[str, object], dict[str, int], dict[str, str]]:
-    """Stage frames: the frames the suites run on (pairs and images with their checked columns, ...), each as
-    its suites' engine takes it (quality.engine by the rows its tables hold, from their logs' counts): on
-    the driver as pandas, converted once for all its suites, or as a cached Spark DataFrame; their row
-    counts; and the source files whose rows disagree with ingest_log (file -> what disagrees)."""
+    """Stage frames: the frames the suites run on (pairs and images with their checked columns from stage checks,
+    ...), each as its suites' engine takes it (quality.engine by the rows its tables hold, from their logs'
+    counts): on the driver as pandas, converted once for all its suites, or as a cached Spark DataFrame; their
+    row counts; and the source files whose rows disagree with ingest_log (file -> what disagrees)."""
     with Stage("frames", log) as st:
         held = {name: raw[name].count() for name in ("pairs", "images", "quarantine", *OPTIONAL) if name in raw}
         files = source_files(raw["ingest_log"], raw["pairs"], raw["quarantine"]).cache()
         unreconciled = {r.source_file: r.mismatch for r in files.where("mismatch IS NOT NULL AND status = 'ok'")
                         .select("source_file", "mismatch").collect()}
         lazy = {
-            "pairs": checked_pairs(raw["pairs"], raw["images"], duplicates, cfg, taxonomy(cfg)),
-            "images": checked_images(raw["images"], duplicates),
+            **checks.frames,
             "input_lines": input_lines(spark, held["pairs"], held["quarantine"]),
             "quarantine": raw["quarantine"].select("reason"),
             "source_files": files,
         }
         bound = {**held, "input_lines": held["pairs"] + held["quarantine"], "source_files": files.count()}
+        bound.update(checks.rechecked)      # incremental: only the re-checked rows
         if "clip_scores" in raw:
             lazy["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
         if "text_signals" in raw:   # a row per signal row whose pair is there: its table's rows (the engine's bound)
@@ -527,10 +579,13 @@ def _reread(spark: SparkSession, cfg: Config, lake: Lake, ingest_log: DataFrame,
     lake.merge(spark, "ingest_log", marked)
 
 
-def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: dict[str, int],
+def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: dict[str, int], checks: _Checks,
             outcome: Outcome) -> None:
     """Stage suites: every suite on its frame (schema suites on the table as stored, by Spark), the engine by
-    the frame's rows (quality.Runner.engine); results to outcome."""
+    the frame's rows (quality.Runner.engine); results to outcome. After an incremental check (checks.stored),
+    a suite of the pairs or images frame runs on the re-checked rows, and its results carry the lake-wide
+    numbers aggregated from the stored table (incremental.lake_results); one whose expectations that cannot
+    aggregate runs on the whole stored table."""
     with Stage("suites", log) as st:
         params = parameters(cfg)
         used: list[DataFrame] = []
@@ -542,9 +597,24 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: 
                     raise quality.SuiteError(f"suite {suite.name}: no frame named {suite.table!r}")
                 log.info("suite %s: skipped (no %s table yet)", suite.name, suite.table)
                 continue
+            n = None if schema_suite else rows.get(suite.table)
+            stored = None if schema_suite else checks.stored.get(suite.table)
+            if stored is not None and incremental.supported(suite, params):
+                lake_wide = incremental.lake_results(stored, suite, params)
+                results = (incremental.merged(runner.run(suite, frame, params, outcome.run_id), lake_wide, n) if n
+                           else incremental.results_without_rows(suite, lake_wide))
+                outcome.results += results
+                failed = [r.expectation for r in results if not r.success]
+                log.info("suite %s: %d expectations, %d failed%s (lake-wide from %s; %d re-checked rows)",
+                         suite.name, len(results), len(failed), f" ({', '.join(failed)})" if failed else "",
+                         incremental.TABLES[suite.table][0], n)
+                continue
+            if stored is not None:
+                log.info("suite %s: an expectation incremental.lake_results cannot aggregate: run on every stored "
+                         "row", suite.name)
+                frame, n = stored, None
             used.append(frame)
             engine = "pandas" if quality.is_pandas(frame) else "spark"
-            n = None if schema_suite else rows.get(suite.table)
             results = runner.run(suite, frame, params, outcome.run_id)
             outcome.results += results
             failed = [r.expectation for r in results if not r.success]

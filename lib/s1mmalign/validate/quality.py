@@ -146,7 +146,8 @@ def _plain(value):
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else str(value)
 
 
-def _json(value) -> str | None:
+def json_text(value) -> str | None:
+    """A result value as the JSON text quality_results stores (at most 4,000 characters)."""
     if value is None:
         return None
     return json.dumps(value, default=_plain, sort_keys=True)[:4000]
@@ -252,9 +253,9 @@ class Runner:
             raised = (r.exception_info or {}).get("raised_exception")
             details = None
             if raised:
-                details = _json({"exception": (r.exception_info or {}).get("exception_message")})
+                details = json_text({"exception": (r.exception_info or {}).get("exception_message")})
             elif res.get("partial_unexpected_list"):
-                details = _json({"unexpected": res["partial_unexpected_list"]})
+                details = json_text({"unexpected": res["partial_unexpected_list"]})
             observed = res.get("observed_value")
             if observed is None and res.get("unexpected_count") is not None:
                 observed = {"unexpected_count": res.get("unexpected_count"),
@@ -263,7 +264,7 @@ class Runner:
                 suite=suite.name, suite_group=suite.group, table_name=suite.table,
                 expectation=conf.meta["name"], expectation_type=conf.type,
                 severity=str(getattr(conf.severity, "value", conf.severity)),
-                success=bool(r.success) and not raised, observed_value=_json(observed),
+                success=bool(r.success) and not raised, observed_value=json_text(observed),
                 element_count=res.get("element_count"), unexpected_count=res.get("unexpected_count"),
                 unexpected_percent=_number(res.get("unexpected_percent")), details=details))
         return out

@@ -1,0 +1,176 @@
+"""Incremental validate (validate/incremental.py): a refresh re-checks only the rows its change touches, and its
+results equal those of a full validate (--full) on the same lake; the lake-wide numbers aggregated from the
+stored check tables equal what Great Expectations gives over the whole frame."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from helpers import copy_lake, held, lake_at
+from s1mmalign.validate import dedup, incremental, quality
+from s1mmalign.validate import pipeline as validate
+from test_validate import PLANTS, _paths_regex_engines_could_disagree_on
+
+
+@pytest.fixture(scope="module")
+def quiet_cfg(cfg):
+    return dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, data_docs="off"))
+
+
+def _numbers(results) -> dict:
+    """expectation key -> what a result says of the lake (not its examples)."""
+    out = {}
+    for r in results:
+        observed = json.loads(r.observed_value) if r.observed_value else None
+        if isinstance(observed, float):
+            observed = pytest.approx(observed)
+        elif isinstance(observed, dict) and observed.get("unexpected_percent") is not None:
+            observed = {**observed, "unexpected_percent": pytest.approx(observed["unexpected_percent"])}
+        out[r.key] = (r.success, r.element_count, r.unexpected_count,
+                      None if r.unexpected_percent is None else pytest.approx(r.unexpected_percent), observed)
+    return out
+
+
+def _same(a, b) -> None:
+    """Two validate runs' results say the same of the lake. Not compared: lines_reconciled, which differs by
+    design: a run that finds a file's rows off its ingest_log counts (the rows planted here) marks the file
+    incomplete, so that the run after it sees a file to be read again, not a mismatch."""
+    left, right = _numbers(a), _numbers(b)
+    for got in (left, right):
+        got.pop("path_integrity.source_files:lines_reconciled")
+    assert left == right
+
+
+def _rows(spark, lake, table: str) -> list:
+    df = lake_at(str(lake)).read(spark, table)
+    return sorted((tuple(r) for r in df.select(*sorted(df.columns)).collect()), key=repr)
+
+
+def test_lake_wide_numbers_equal_great_expectations_over_the_whole_frame(spark, cfg, clean_lake, tmp_path):
+    """Every expectation of the pairs and images suites, aggregated by lake_results from the checked frames
+    (every planted violation at once, and the values regex engines could read apart), says what Great
+    Expectations says over the same frames: success, element and unexpected counts, percent, observed value."""
+    lake_copy = copy_lake(clean_lake, tmp_path / "lake")
+    for plant, _ in PLANTS.values():
+        plant(spark, lake_copy)
+    _paths_regex_engines_could_disagree_on(spark, lake_copy)
+    lake = held(str(lake_copy))
+    lake.ensure_tables(spark, job="validate")
+    raw = {t: lake.read(spark, t) for t in ("pairs", "images")}
+    duplicates, _ = dedup.find(raw["pairs"], raw["images"], cfg.quality, lake.read(spark, "dhash_edges"),
+                               dedup.DedupStats())
+    duplicates = duplicates.cache()
+    frames = {"pairs": validate.checked_pairs(raw["pairs"], raw["images"], duplicates, cfg, validate.taxonomy(cfg)),
+              "images": validate.checked_images(raw["images"], duplicates)}
+    runner = quality.Runner(str(tmp_path / "gx"), str(tmp_path / "docs"),
+                            dataclasses.replace(cfg.quality, data_docs="off"))
+    params = validate.parameters(cfg)
+    compared = failures = 0
+    for suite in quality.load_suites():
+        if suite.table not in frames or suite.name.startswith("schema."):
+            continue
+        assert incremental.supported(suite, params), suite.name
+        frame = frames[suite.table].cache()
+        gx = runner.run(suite, quality.to_pandas(frame), params, "whole")
+        ours = incremental.results_without_rows(suite, incremental.lake_results(frame, suite, params))
+        assert _numbers(ours) == _numbers(gx), suite.name
+        compared += len(gx)
+        failures += sum(not r.success for r in gx)
+    assert compared == sum(len(s.expectation_names) for s in quality.load_suites()
+                           if s.table in frames and not s.name.startswith("schema."))
+    assert failures >= 6, failures
+
+
+def _pair_like(spark, lake, row, **change):
+    pairs = lake_at(str(lake)).read(spark, "pairs")
+    spark.createDataFrame([row.asDict() | change], pairs.schema).write.format("delta").mode("append") \
+        .save(lake_at(str(lake)).path("pairs"))
+
+
+def _near_copy(spark, lake, row, sha: str) -> None:
+    """A new image (sha) whose hash is one bit from row's image's, and a pair of its own showing it."""
+    images = lake_at(str(lake)).read(spark, "images")
+    dhash = row.image_dhash ^ 1
+    img = images.where(F.col("image_sha256") == row.image_sha256).first().asDict() | {
+        "image_sha256": sha, "image_dhash": dhash}
+    spark.createDataFrame([img], images.schema).write.format("delta").mode("append") \
+        .save(lake_at(str(lake)).path("images"))
+    _pair_like(spark, lake, row, pair_id="f" * 32, image_path=row.image_path.rsplit("/", 1)[0] + "/near-copy.png",
+               image_sha256=sha, image_dhash=dhash, source_line=row.source_line + 7_000_000)
+
+
+def test_a_refresh_rechecks_only_what_it_touches_and_equals_a_full_validate(spark, quiet_cfg, clean_lake, tmp_path):
+    """After a full validate, two changes (pairs updated, inserted and deleted; an exact duplicate formed with an
+    untouched pair and taken apart again; a new image near an untouched one): each validate after re-checks
+    only the rows they touch, and its results and check tables equal a --full validate's on the same lake."""
+    lake_dir = copy_lake(clean_lake, tmp_path / "lake")
+    run = lambda **kw: validate.run(spark, quiet_cfg, held(str(lake_dir), quiet_cfg), **kw)  # noqa: E731
+    pairs = lake_at(str(lake_dir)).read(spark, "pairs").where("source = 'arxiv'").orderBy("pair_id").collect()
+    # a pair whose image has no images row yet (missing_image_row): its row stays as it is when the row comes
+    _pair_like(spark, lake_dir, pairs[5], pair_id="d" * 32, image_sha256="1" * 64, source_line=9_000_000,
+               image_path=pairs[5].image_path.rsplit("/", 1)[0] + "/late.png")
+    first = run()
+    assert first.checks.startswith("every row checked (no record")
+    assert "path_integrity.pairs:image_row_exists" in {r.key for r in first.results if not r.success}
+    held_pairs = len(lake_at(str(lake_dir)).read(spark, "pairs").collect())
+
+    # change 1: a path made unsafe and a discipline unknown (updates), a copy of a pair's path and bytes under
+    # another id (its partner now shares bytes and path), a new image one bit from an untouched one's
+    table = DeltaTable.forPath(spark, lake_at(str(lake_dir)).path("pairs"))
+    table.update(f"pair_id = '{pairs[0].pair_id}'", {"image_path": "regexp_replace(image_path, '^images/', 'images/../')"})
+    table.update(f"pair_id = '{pairs[1].pair_id}'", {"discipline": "'unknown'"})
+    _pair_like(spark, lake_dir, pairs[2], pair_id="e" * 32, source_line=pairs[2].source_line + 5_000_000)
+    _near_copy(spark, lake_dir, pairs[3], "0" * 64)
+    images = lake_at(str(lake_dir)).read(spark, "images")
+    late = images.where(F.col("image_sha256") == pairs[5].image_sha256).first().asDict() | {
+        "image_sha256": "1" * 64, "image_dhash": 0x5A5A_5A5A_5A5A_5A5A}
+    spark.createDataFrame([late], images.schema).write.format("delta").mode("append") \
+        .save(lake_at(str(lake_dir)).path("images"))
+    second = run()
+    assert second.checks.startswith("incremental: 6 pairs and 3 images re-checked"), second.checks
+    assert "path_integrity.pairs:image_row_exists" not in {r.key for r in second.results if not r.success}
+    third = run(full=True)
+    assert third.checks == "every row checked (--full)"
+    _same(second.results, third.results)
+    assert {r.key for r in second.results if not r.success} >= {
+        "path_integrity.pairs:image_path_no_dotdot", "deduplication.pairs:source_image_path_unique"}
+    checked = {t: _rows(spark, lake_dir, t) for t in ("checked_pairs", "checked_images")}
+    assert len(checked["checked_pairs"]) == held_pairs + 2
+
+    # change 2: the copy deleted (its partner no longer shares bytes), an untouched pair deleted too
+    table.delete(f"pair_id IN ('{'e' * 32}', '{pairs[4].pair_id}')")
+    fourth = run()
+    assert fourth.checks.startswith("incremental: 3 pairs and 0 images re-checked"), fourth.checks
+    after_incremental = {t: _rows(spark, lake_dir, t) for t in ("checked_pairs", "checked_images")}
+    fifth = run(full=True)
+    _same(fourth.results, fifth.results)
+    assert after_incremental == {t: _rows(spark, lake_dir, t) for t in ("checked_pairs", "checked_images")}
+    assert len(after_incremental["checked_pairs"]) == held_pairs
+    # a run with nothing changed re-checks nothing and says the same
+    sixth = run()
+    assert sixth.checks.startswith("incremental: 0 pairs and 0 images re-checked"), sixth.checks
+    _same(sixth.results, fifth.results)
+
+
+def test_the_settings_the_checks_depend_on_are_in_their_digest(cfg):
+    """A change of layouts, arXiv sources, fallback discipline or taxonomy re-checks every row; thresholds (applied
+    when the numbers are aggregated) do not."""
+    cats = validate.taxonomy(cfg)
+    base = incremental.settings_digest(cfg, cats)
+    q, i = cfg.quality, cfg.ingest
+    assert incremental.settings_digest(cfg, list(reversed(cats))) == base
+    assert incremental.settings_digest(dataclasses.replace(cfg, quality=dataclasses.replace(
+        q, thresholds={**q.thresholds, "unknown_share_max": 0.5})), cats) == base
+    changed = [
+        dataclasses.replace(cfg, quality=dataclasses.replace(q, layouts={**q.layouts, "default": "^x/"})),
+        dataclasses.replace(cfg, ingest=dataclasses.replace(i, arxiv_sources=(*i.arxiv_sources, "arxiv2"))),
+        dataclasses.replace(cfg, disciplines={**cfg.disciplines, "fallback": "other"}),
+    ]
+    digests = {incremental.settings_digest(c, cats) for c in changed} | {incremental.settings_digest(cfg, cats[1:])}
+    assert base not in digests and len(digests) == 4
+    assert 0 <= base < 2 ** 63        # validate_state's version column is a bigint
