@@ -122,7 +122,8 @@ def test_a_refresh_rechecks_only_what_it_touches_and_equals_a_full_validate(spar
     # change 1: a path made unsafe and a discipline unknown (updates), a copy of a pair's path and bytes under
     # another id (its partner now shares bytes and path), a new image one bit from an untouched one's
     table = DeltaTable.forPath(spark, lake_at(str(lake_dir)).path("pairs"))
-    table.update(f"pair_id = '{pairs[0].pair_id}'", {"image_path": "regexp_replace(image_path, '^images/', 'images/../')"})
+    table.update(f"pair_id = '{pairs[0].pair_id}'",
+                 {"image_path": "regexp_replace(image_path, '^images/', 'images/../')"})
     table.update(f"pair_id = '{pairs[1].pair_id}'", {"discipline": "'unknown'"})
     _pair_like(spark, lake_dir, pairs[2], pair_id="e" * 32, source_line=pairs[2].source_line + 5_000_000)
     _near_copy(spark, lake_dir, pairs[3], "0" * 64)

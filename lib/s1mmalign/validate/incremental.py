@@ -19,8 +19,9 @@ of which re-checks everything). The uniqueness checks are not per-row; they are 
 table (`lake_results`), as are the means and the counts of every column expectation: one aggregation pass
 over each narrow table (and one group-by per uniqueness expectation), the same numbers Great Expectations
 gives on the whole frame (tests/test_validate_incremental.py compares them). Great Expectations itself runs
-on the re-checked rows: their examples go to quality_results' details, and the run's Data Docs pages show
-those rows.
+on the re-checked rows and a bounded sample of the stored rows some expectation finds unexpected
+(unexpected_sample): their examples go to quality_results' details, and the run's Data Docs pages show those
+rows (their counts are of those rows; quality_results holds the lake's).
 """
 
 from __future__ import annotations
@@ -231,10 +232,25 @@ def lake_results(frame: DataFrame, suite: quality.Suite, params: dict) -> dict[s
     return out
 
 
-def merged(results: list[quality.Result], lake_wide: dict[str, dict], rechecked: int) -> list[quality.Result]:
+def unexpected_sample(stored: DataFrame, suites: list[quality.Suite], params: dict, limit: int) -> DataFrame:
+    """Up to `limit` stored rows that some column expectation of `suites` finds unexpected (not the uniqueness
+    and mean expectations, which no single row fails): shown to Great Expectations beside the re-checked
+    rows, so that a run's examples and pages show the lake's standing problems, not only its new ones."""
+    cond = F.lit(False)
+    for suite in suites:
+        for exp in suite.spec["expectations"]:
+            kind, kw = exp["type"], _kwargs(exp, params)
+            if kind == "expect_column_values_to_be_null":
+                cond = cond | F.col(kw["column"]).isNotNull()
+            elif kind in MAP_TYPES and "unique" not in kind:
+                col = F.col(kw["column"])
+                cond = cond | (col.isNotNull() & _unexpected(kind, col, kw))
+    return stored.where(cond).limit(limit)
+
+
+def merged(results: list[quality.Result], lake_wide: dict[str, dict], shown: int) -> list[quality.Result]:
     """The suite's results with the lake-wide numbers (lake_results) in place of those Great Expectations
-    found on the `rechecked` rows, whose examples stay as details. `results` may be empty (no row re-checked):
-    then the rows are made from the suite's numbers alone (see results_without_rows)."""
+    found on the `shown` rows (the re-checked rows and unexpected_sample's), whose examples stay as details."""
     out = []
     for r in results:
         got = lake_wide[r.expectation]
@@ -244,7 +260,7 @@ def merged(results: list[quality.Result], lake_wide: dict[str, dict], rechecked:
                         "unexpected_percent": got["unexpected_percent"]}
         details = r.details
         if details is not None:
-            details = quality.json_text({"among_rechecked_rows": rechecked, **json.loads(details)})
+            details = quality.json_text({"among_rows_shown": shown, **json.loads(details)})
         out.append(quality.Result(
             suite=r.suite, suite_group=r.suite_group, table_name=r.table_name, expectation=r.expectation,
             expectation_type=r.expectation_type, severity=r.severity, success=bool(got["success"]),

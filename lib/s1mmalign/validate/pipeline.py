@@ -482,7 +482,8 @@ class _Checks:
     incremental, the stored tables the lake-wide numbers are aggregated from (incremental.lake_results)."""
     frames: dict[str, DataFrame]
     stored: dict[str, DataFrame] = field(default_factory=dict)
-    rechecked: dict[str, int] = field(default_factory=dict)     # incremental: the rows of each frame
+    rechecked: dict[str, int] = field(default_factory=dict)     # incremental: the rows of each frame (re-checked,
+                                                                # and a sample of the unexpected)
 
 
 def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates: DataFrame, outcome: Outcome,
@@ -508,19 +509,25 @@ def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates
             outcome.checks = f"every row checked ({why})"
         else:
             checks = _Checks({})
+            params, suites = parameters(cfg), quality.load_suites()
             for frame, (table, key) in incremental.TABLES.items():
                 keys = got.pairs if frame == "pairs" else got.images
                 rows = compute[frame](raw[frame].join(keys, key, "left_semi")).localCheckpoint()
                 gone = keys.join(raw[frame], key, "left_anti").localCheckpoint()
-                checks.rechecked[frame], dropped = rows.count(), gone.count()
-                if checks.rechecked[frame] or dropped:
+                rechecked, dropped = rows.count(), gone.count()
+                if rechecked or dropped:
                     lake.merge(spark, table, rows, deletes=gone)
-                checks.frames[frame] = rows
                 checks.stored[frame] = lake.read(spark, table)
+                mine = [s for s in suites if s.table == frame and not s.name.startswith("schema.")
+                        and incremental.supported(s, params)]
+                sample = incremental.unexpected_sample(checks.stored[frame], mine, params,
+                                                       cfg.quality.partial_unexpected * 10)
+                checks.frames[frame] = rows.unionByName(sample).dropDuplicates([key]).localCheckpoint()
+                checks.rechecked[frame] = checks.frames[frame].count()
             outcome.checks = f"incremental: {got.how}"
         _record_states(spark, lake, state, {"checked": current}, (outcome.run_id, now))
-        st.done(sum(checks.rechecked.values()) if checks.stored else checks.frames["pairs"].count(),
-                "rows checked", outcome.checks)
+        st.done(checks.frames["pairs"].count() + checks.frames["images"].count() if not checks.stored else
+                sum(checks.rechecked.values()), "rows checked" if not checks.stored else "rows shown", outcome.checks)
     return checks
 
 
@@ -605,7 +612,8 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: 
                            else incremental.results_without_rows(suite, lake_wide))
                 outcome.results += results
                 failed = [r.expectation for r in results if not r.success]
-                log.info("suite %s: %d expectations, %d failed%s (lake-wide from %s; %d re-checked rows)",
+                log.info("suite %s: %d expectations, %d failed%s (lake-wide from %s; %d rows shown: re-checked, "
+                         "unexpected)",
                          suite.name, len(results), len(failed), f" ({', '.join(failed)})" if failed else "",
                          incremental.TABLES[suite.table][0], n)
                 continue
