@@ -242,3 +242,18 @@ def run_job(job: str, *args: str, env: dict | None = None, timeout: int = 600,
     cmd += [str(REPO / "jobs" / f"{job}.py"), *args]
     full_env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+
+
+def result_numbers(results) -> dict:
+    """expectation key -> what a result says of the lake (not its examples): success, element and unexpected
+    counts, unexpected percent and observed value (floats compared as pytest.approx)."""
+    out = {}
+    for r in results:
+        observed = json.loads(r.observed_value) if r.observed_value else None
+        if isinstance(observed, float):
+            observed = pytest.approx(observed)
+        elif isinstance(observed, dict) and observed.get("unexpected_percent") is not None:
+            observed = {**observed, "unexpected_percent": pytest.approx(observed["unexpected_percent"])}
+        out[r.key] = (r.success, r.element_count, r.unexpected_count,
+                      None if r.unexpected_percent is None else pytest.approx(r.unexpected_percent), observed)
+    return out

@@ -80,7 +80,7 @@ def test_results_from_pandas_keep_numbers_as_numbers():
     """pandas' results hold numpy scalars: stored as the numbers they are, not as their text."""
     import numpy as np
 
-    assert quality._json({"unexpected": [np.int64(5), np.float64(0.5), "x"]}) == '{"unexpected": [5, 0.5, "x"]}'
+    assert quality.json_text({"unexpected": [np.int64(5), np.float64(0.5), "x"]}) == '{"unexpected": [5, 0.5, "x"]}'
 
 
 def test_files_added_are_the_appended_files_and_none_when_rows_may_have_gone(tmp_path):

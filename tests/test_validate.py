@@ -18,12 +18,12 @@ import pytest
 from delta.tables import DeltaTable
 from PIL import Image
 
-from helpers import browse, copy_lake, held, lake_at
+from helpers import browse, copy_lake, held, lake_at, result_numbers
 from s1mmalign.ingest import pipeline as ingest
 from s1mmalign.ingest import sources
 from s1mmalign.lake import schemas
 from s1mmalign.lake.storage import Store
-from s1mmalign.validate import dedup, quality
+from s1mmalign.validate import dedup, incremental, quality
 from s1mmalign.validate import pipeline as validate
 
 
@@ -291,6 +291,22 @@ def test_both_engines_give_the_same_results(spark, cfg, lake_copy, tmp_path):
             failures += not s.success
     assert compared == sum(len(s.expectation_names) for s in quality.load_suites() if not s.name.startswith("schema."))
     assert failures >= 12 and rows["pairs"] > rows["images"]
+
+    # An incremental validate's lake-wide numbers (incremental.lake_results, aggregated from the stored checks)
+    # say of the same frames what Great Expectations says over all of them.
+    lake_wide = lake_failed = 0
+    for suite in quality.load_suites():
+        if suite.table not in checks.frames or suite.name.startswith("schema."):
+            continue
+        assert incremental.supported(suite, params), suite.name
+        gx = runner.run(suite, frames[suite.table], params, "whole", engine="pandas")
+        ours = incremental.results_without_rows(
+            suite, incremental.lake_results(checks.frames[suite.table].cache(), suite, params))
+        assert result_numbers(ours) == result_numbers(gx), suite.name
+        lake_wide += len(gx)
+        lake_failed += sum(not r.success for r in gx)
+    assert lake_wide == 20 and lake_failed >= 6
+
 
 
 def test_rows_lost_from_a_table_are_named_and_the_next_ingest_reads_their_file_again(spark, cfg, nodocs_cfg,

@@ -4,9 +4,15 @@ Stages (each logs one line):
   dedup     exact groups and near-duplicate clusters -> duplicates: only the groups a change touches found
             again and merged (one commit), kept when nothing they are made of changed, replaced whole with
             --full or where the change cannot be told (_dedup, _changed_since_built)
-  frames    pairs and images with the per-row facts the suites check (path layout, id agreement, image
-            row present, shared bytes, near duplicate, ...), cached once for every suite
-  suites    every suite in expectations/ on its frame (clip_scores only when that table exists)
+  checks    pairs and images with the per-row facts the suites check (path layout, id agreement, image
+            row present, shared bytes, near duplicate, ...), kept in checked_pairs and checked_images: only
+            the rows a change touches checked again and merged (incremental.touched), every row with --full
+            or where the change cannot be told (_checked)
+  frames    the frames the suites run on (the checked rows; quarantine, source files, input lines, scores),
+            converted or cached once for every suite
+  suites    every suite in expectations/ on its frame (clip_scores only when that table exists); after an
+            incremental check, the pairs and images suites' lake-wide numbers aggregated from the stored
+            checks (incremental.lake_results)
   results   one row per expectation -> quality_results (the run id's rows replaced); Data Docs (this run's
             pages and the index)
 
@@ -482,8 +488,8 @@ class _Checks:
     incremental, the stored tables the lake-wide numbers are aggregated from (incremental.lake_results)."""
     frames: dict[str, DataFrame]
     stored: dict[str, DataFrame] = field(default_factory=dict)
-    rechecked: dict[str, int] = field(default_factory=dict)     # incremental: the rows of each frame (re-checked,
-                                                                # and a sample of the unexpected)
+    shown: dict[str, int] = field(default_factory=dict)     # incremental: the rows of each frame (re-checked,
+                                                            # and a sample of the unexpected)
 
 
 def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates: DataFrame, outcome: Outcome,
@@ -523,11 +529,13 @@ def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates
                 sample = incremental.unexpected_sample(checks.stored[frame], mine, params,
                                                        cfg.quality.partial_unexpected * 10)
                 checks.frames[frame] = rows.unionByName(sample).dropDuplicates([key]).localCheckpoint()
-                checks.rechecked[frame] = checks.frames[frame].count()
+                checks.shown[frame] = checks.frames[frame].count()
             outcome.checks = f"incremental: {got.how}"
         _record_states(spark, lake, state, {"checked": current}, (outcome.run_id, now))
-        st.done(checks.frames["pairs"].count() + checks.frames["images"].count() if not checks.stored else
-                sum(checks.rechecked.values()), "rows checked" if not checks.stored else "rows shown", outcome.checks)
+        if checks.stored:
+            st.done(sum(checks.shown.values()), "rows shown", outcome.checks)
+        else:
+            st.done(sum(f.count() for f in checks.frames.values()), "rows checked", outcome.checks)
     return checks
 
 
@@ -549,7 +557,7 @@ def _frames(spark: SparkSession, cfg: Config, raw: dict, checks: _Checks
             "source_files": files,
         }
         bound = {**held, "input_lines": held["pairs"] + held["quarantine"], "source_files": files.count()}
-        bound.update(checks.rechecked)      # incremental: only the re-checked rows
+        bound.update(checks.shown)      # incremental: only the rows shown
         if "clip_scores" in raw:
             lazy["clip_scores"] = raw["clip_scores"].select("pair_id", "model", "score_caption", "score_recaption")
         if "text_signals" in raw:   # a row per signal row whose pair is there: its table's rows (the engine's bound)
