@@ -528,18 +528,13 @@ def test_data_docs_show_the_results_offline_and_nothing_leaves(spark, strict_cfg
 
     # A second run renders its own pages and the index, not the first run's again (a build costs one run's
     # pages, not the history); its pages are offline too, and the index lists both runs. It changed nothing:
-    # its pairs suites ran on the lake's unexpected rows alone (the planted one), its images suites on none
-    # (no page: their results, lake-wide, are in quality_results all the same).
+    # it re-checked no row, and ran every suite on the stored checks (few enough rows for the driver).
     first = {p: p.stat().st_mtime_ns for p in (docs / "validations").rglob("*.html")}
     again = validate.run(spark, strict_cfg, held(str(lake_copy), strict_cfg), out=str(docs))
     assert again.checks.startswith("incremental: 0 pairs and 0 images re-checked")
     assert {p: p.stat().st_mtime_ns for p in first} == first
     new = [p for p in (docs / "validations").rglob("*.html") if p not in first]
-    assert all(again.run_id in str(p) for p in new)
-    def suites(pages):
-        return sorted(p.parent.parent.parent.relative_to(docs / "validations").as_posix() for p in pages)
-
-    assert suites(new) == [s for s in suites(first) if s not in ("path_integrity/images", "deduplication/images")]
+    assert len(new) == len(first) and all(again.run_id in str(p) for p in new)
     index = (docs / "index.html").read_text()       # (the page shows 10 rows at a time: read its table)
     assert outcome.run_id in index and again.run_id in index
     (page,) = [p for p in new if "path_integrity/pairs" in p.as_posix()]

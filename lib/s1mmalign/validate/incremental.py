@@ -62,6 +62,7 @@ class Touched:
     pairs: DataFrame       # pair_id: rows of checked_pairs to compute again (or delete, where pairs has none)
     images: DataFrame      # image_sha256: rows of checked_images to compute again (or delete)
     how: str               # what was found, in words
+    counts: dict[str, int]     # frame (pairs, images) -> keys
 
 
 def touched(spark: SparkSession, lake: Lake, built: dict[str, int], now: dict[str, int],
@@ -115,9 +116,10 @@ def touched(spark: SparkSession, lake: Lake, built: dict[str, int], now: dict[st
             out = out.unionByName(f)
         return out.distinct().localCheckpoint()
 
-    got = Touched(union(pair_keys, "pair_id"), union(image_keys, "image_sha256"), "")
-    got.how = f"{got.pairs.count()} pairs and {got.images.count()} images re-checked ({', '.join(said) or 'no change'})"
-    return got, got.how
+    pairs, images = union(pair_keys, "pair_id"), union(image_keys, "image_sha256")
+    counts = {"pairs": pairs.count(), "images": images.count()}
+    how = f"{counts['pairs']} pairs and {counts['images']} images re-checked ({', '.join(said) or 'no change'})"
+    return Touched(pairs, images, how, counts), how
 
 
 class Unsupported(Exception):

@@ -245,8 +245,8 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
 
     state = _states(spark, lake)
     added = _ImagesAdded(spark, lake, versions["images"])
-    duplicates = _dedup(spark, cfg, lake, raw, outcome, now, full, versions, state, added)
-    checks = _checked(spark, cfg, lake, raw, duplicates, outcome, now, full, versions, state, added)
+    duplicates, built = _dedup(spark, cfg, lake, raw, outcome, now, full, versions, state, added)
+    checks = _checked(spark, cfg, lake, raw, duplicates, outcome, now, full, versions, state, added, built)
     frames, rows, unreconciled = _frames(spark, cfg, raw, checks)
     with _quality_folders(cfg, lake, out) as (context_dir, docs_dir, docs_target):   # uploaded at the end, if S3
         runner = quality.Runner(context_dir, docs_dir, cfg.quality)
@@ -266,12 +266,12 @@ def run(spark: SparkSession, cfg: Config, lake: Lake, out: str | None = None,
 
 def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Outcome, now: datetime,
            full: bool, versions: dict[str, int], state: dict[str, dict[str, int]], added: _ImagesAdded
-           ) -> DataFrame:
-    """Stage dedup: exact groups and near-duplicate clusters in `duplicates`, then the input versions they hold
-    to validate_state (one commit, none when they did not move). Only the groups a change touches are found
-    again and merged (_changed_since_built says which changes, dedup.touched which groups); the table is kept
-    as it is when nothing it is made of changed, and built anew (replaced whole) with --full, after a search
-    of every hash, or where the change cannot be told."""
+           ) -> tuple[DataFrame, dict[str, dict[str, int]]]:
+    """Stage dedup: exact groups and near-duplicate clusters in `duplicates`; returns them and the input versions
+    they hold (recorded in validate_state by _checked, with its own, in one commit). Only the groups a change
+    touches are found again and merged (_changed_since_built says which changes, dedup.touched which groups);
+    the table is kept as it is when nothing it is made of changed, and built anew (replaced whole) with --full,
+    after a search of every hash, or where the change cannot be told."""
     with Stage("dedup", log) as st:
         stats = dedup.DedupStats()
         stats.search, _ = _near_matches(spark, cfg.quality, lake, raw["images"], stats, full,
@@ -309,15 +309,14 @@ def _dedup(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, outcome: Out
                                      stats)
             lake.replace(spark, "duplicates", stamped(rows))
             stats.built = f"built anew ({why})"
-        _record_states(spark, lake, state, {"dhash_bands": {"images": versions["images"]}, "duplicates": versions},
-                       (outcome.run_id, now))
+        built = {"dhash_bands": {"images": versions["images"]}, "duplicates": versions}   # recorded by _checked
         outcome.stats = stats
         st.done(stats.exact_groups + stats.near_clusters, "duplicate groups",
                 f"{stats.built}: {stats.exact_groups} exact ({stats.exact_pairs} pairs), {stats.near_clusters} "
                 f"near clusters ({stats.near_images} images, {stats.near_pairs} pairs); near matches "
                 f"{stats.search}: {stats.candidate_pairs} candidate hash pairs, {stats.matches} matches in all, "
                 f"{stats.skipped_buckets} buckets skipped")
-    return rows
+    return rows, built
 
 
 def _states(spark: SparkSession, lake: Lake) -> dict[str, dict[str, int]]:
@@ -483,9 +482,10 @@ def _new_matched_on_driver(spark: SparkSession, params, lake: Lake, stored: Data
 
 @dataclass
 class _Checks:
-    """The checked frames of pairs and images (stage checks): `frames`, the rows Great Expectations runs on (the
-    stored tables after a full check; only the re-checked rows after an incremental one); `stored`, when
-    incremental, the stored tables the lake-wide numbers are aggregated from (incremental.lake_results)."""
+    """The checked frames of pairs and images (stage checks): `frames`, the rows Great Expectations runs on: the
+    stored table after a full check, and after an incremental one where it is few enough rows for the pandas
+    engine (quality.pandas_max_rows); else the re-checked rows and a sample of the unexpected, and `stored`
+    holds the stored table the lake-wide numbers are aggregated from (incremental.lake_results)."""
     frames: dict[str, DataFrame]
     stored: dict[str, DataFrame] = field(default_factory=dict)
     shown: dict[str, int] = field(default_factory=dict)     # incremental: the rows of each frame (re-checked,
@@ -494,18 +494,20 @@ class _Checks:
 
 def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates: DataFrame, outcome: Outcome,
              now: datetime, full: bool, versions: dict[str, int], state: dict[str, dict[str, int]],
-             added: _ImagesAdded) -> _Checks:
+             added: _ImagesAdded, built: dict[str, dict[str, int]]) -> _Checks:
     """Stage checks: checked_pairs and checked_images brought up to date with the lake, then the versions they
-    hold to validate_state (derived `checked`). Only the rows a change touches are checked again and merged
-    (incremental.touched says which; one commit per table, none when none changed); every row is checked anew
-    and the tables replaced with --full, on the first run, or where the change cannot be told."""
+    hold (derived `checked`) and those dedup's tables hold (`built`) to validate_state, in one commit (none when
+    none moved; a run cut before it leaves the older versions, and the next run redoes their change). Only the
+    rows a change touches are checked again and merged (incremental.touched says which; one commit per table,
+    none when none changed); every row is checked anew and the tables replaced with --full, on the first run,
+    or where the change cannot be told."""
     with Stage("checks", log) as st:
         categories = taxonomy(cfg)
-        built = state.get("checked", {})
+        held = state.get("checked", {})
         current = {**versions, "duplicates": lake.version("duplicates", spark),
                    "settings": incremental.settings_digest(cfg, categories)}
         got, why = (None, "--full") if full else incremental.touched(
-            spark, lake, built, current, added.since(built.get("images")))
+            spark, lake, held, current, added.since(held.get("images")))
         compute = {"pairs": lambda rows: checked_pairs(rows, raw["images"], duplicates, cfg, categories),
                    "images": lambda rows: checked_images(rows, duplicates)}
         if got is None:
@@ -518,24 +520,26 @@ def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates
             params, suites = parameters(cfg), quality.load_suites()
             for frame, (table, key) in incremental.TABLES.items():
                 keys = got.pairs if frame == "pairs" else got.images
-                rows = compute[frame](raw[frame].join(keys, key, "left_semi")).localCheckpoint()
-                gone = keys.join(raw[frame], key, "left_anti").localCheckpoint()
-                rechecked, dropped = rows.count(), gone.count()
-                if rechecked or dropped:
+                rows = None
+                if got.counts[frame]:
+                    rows = compute[frame](raw[frame].join(keys, key, "left_semi")).localCheckpoint()
+                    gone = keys.join(raw[frame], key, "left_anti")
                     lake.merge(spark, table, rows, deletes=gone)
-                checks.stored[frame] = lake.read(spark, table)
+                stored = lake.read(spark, table)
+                if quality.engine(raw[frame].count(), cfg.quality) == "pandas":
+                    checks.frames[frame] = stored     # few enough for Great Expectations on the driver: all of them
+                    continue
                 mine = [s for s in suites if s.table == frame and not s.name.startswith("schema.")
                         and incremental.supported(s, params)]
-                sample = incremental.unexpected_sample(checks.stored[frame], mine, params,
-                                                       cfg.quality.partial_unexpected * 10)
-                checks.frames[frame] = rows.unionByName(sample).dropDuplicates([key]).localCheckpoint()
+                shown = incremental.unexpected_sample(stored, mine, params, cfg.quality.partial_unexpected * 10)
+                if rows is not None:
+                    shown = rows.unionByName(shown).dropDuplicates([key])
+                checks.frames[frame], checks.stored[frame] = shown.localCheckpoint(), stored
                 checks.shown[frame] = checks.frames[frame].count()
             outcome.checks = f"incremental: {got.how}"
-        _record_states(spark, lake, state, {"checked": current}, (outcome.run_id, now))
-        if checks.stored:
-            st.done(sum(checks.shown.values()), "rows shown", outcome.checks)
-        else:
-            st.done(sum(f.count() for f in checks.frames.values()), "rows checked", outcome.checks)
+        _record_states(spark, lake, state, {**built, "checked": current}, (outcome.run_id, now))
+        st.done(sum(got.counts.values()) if got else sum(f.count() for f in checks.frames.values()),
+                "rows checked", outcome.checks)
     return checks
 
 
