@@ -205,8 +205,12 @@ class Runner:
         builds docs or sets switches starts none."""
         if engine not in self._sources:
             sources = self.context.data_sources
-            self._sources[engine] = (sources.add_or_update_spark(name="lake") if engine == "spark"
-                                     else sources.add_or_update_pandas(name="lake_pandas"))
+            name = "lake" if engine == "spark" else "lake_pandas"
+            try:        # the project's own, with its assets: recreating it drops them, and a stored validation
+                self._sources[engine] = sources.get(name)    # definition naming one then no longer loads
+            except (KeyError, LookupError, ValueError):
+                self._sources[engine] = (sources.add_spark(name=name) if engine == "spark"
+                                         else sources.add_pandas(name=name))
         return self._sources[engine]
 
     def _definition(self, suite: Suite, engine: str):
