@@ -18,9 +18,10 @@ Every other check column is a function of the row alone, and of the settings in 
 of which re-checks everything). The uniqueness checks are not per-row; they are aggregated over the stored
 table (`lake_results`), as are the means and the counts of every column expectation: one aggregation pass
 over each narrow table (and one group-by per uniqueness expectation), the same numbers Great Expectations
-gives on the whole frame (tests/test_validate_incremental.py compares them). Great Expectations itself runs
-on the re-checked rows and a bounded sample of the stored rows some expectation finds unexpected
-(unexpected_sample): their examples go to quality_results' details, and the run's Data Docs pages show those
+gives on the whole frame (tests/test_validate.py compares them). That is the path above
+quality.pandas_max_rows rows; up to it the stored tables go whole to the pandas engine (pipeline._checked). On
+it, Great Expectations itself runs on the re-checked rows and a bounded sample of the stored rows some
+expectation finds unexpected (unexpected_sample): their examples go to quality_results' details, and the run's Data Docs pages show those
 rows (their counts are of those rows; quality_results holds the lake's).
 """
 
