@@ -21,8 +21,8 @@ over each narrow table (and one group-by per uniqueness expectation), the same n
 gives on the whole frame (tests/test_validate.py compares them). That is the path above
 quality.pandas_max_rows rows; up to it the stored tables go whole to the pandas engine (pipeline._checked). On
 it, Great Expectations itself runs on the re-checked rows and a bounded sample of the stored rows some
-expectation finds unexpected (unexpected_sample): their examples go to quality_results' details, and the run's Data Docs pages show those
-rows (their counts are of those rows; quality_results holds the lake's).
+expectation finds unexpected (unexpected_sample): their examples go to quality_results' details, and the
+run's Data Docs pages show those rows (their counts are of those rows; quality_results holds the lake's).
 """
 
 from __future__ import annotations
