@@ -257,10 +257,7 @@ def merged(results: list[quality.Result], lake_wide: dict[str, dict], shown: int
     out = []
     for r in results:
         got = lake_wide[r.expectation]
-        observed = got["observed_value"]
-        if observed is None and got["unexpected_count"] is not None:
-            observed = {"unexpected_count": got["unexpected_count"],
-                        "unexpected_percent": got["unexpected_percent"]}
+        observed = quality.observed_value(got["observed_value"], got["unexpected_count"], got["unexpected_percent"])
         details = r.details
         if details is not None:
             details = quality.json_text({"among_rows_shown": shown, **json.loads(details)})

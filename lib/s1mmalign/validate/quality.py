@@ -153,6 +153,14 @@ def json_text(value) -> str | None:
     return json.dumps(value, default=_plain, sort_keys=True)[:4000]
 
 
+def observed_value(observed, unexpected_count: int | None, unexpected_percent: float | None):
+    """What a result observed: its observed value, or for an expectation that counts unexpected values (none
+    observed) its unexpected count and percent."""
+    if observed is None and unexpected_count is not None:
+        return {"unexpected_count": unexpected_count, "unexpected_percent": _number(unexpected_percent)}
+    return observed
+
+
 def _number(value) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -260,10 +268,8 @@ class Runner:
                 details = json_text({"exception": (r.exception_info or {}).get("exception_message")})
             elif res.get("partial_unexpected_list"):
                 details = json_text({"unexpected": res["partial_unexpected_list"]})
-            observed = res.get("observed_value")
-            if observed is None and res.get("unexpected_count") is not None:
-                observed = {"unexpected_count": res.get("unexpected_count"),
-                            "unexpected_percent": _number(res.get("unexpected_percent"))}
+            observed = observed_value(res.get("observed_value"), res.get("unexpected_count"),
+                                      res.get("unexpected_percent"))
             out.append(Result(
                 suite=suite.name, suite_group=suite.group, table_name=suite.table,
                 expectation=conf.meta["name"], expectation_type=conf.type,
