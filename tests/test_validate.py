@@ -301,7 +301,7 @@ def test_both_engines_give_the_same_results(spark, cfg, lake_copy, tmp_path):
         assert incremental.supported(suite, params), suite.name
         gx = runner.run(suite, frames[suite.table], params, "whole", engine="pandas")
         ours = incremental.results_without_rows(
-            suite, incremental.lake_results(checks.frames[suite.table].cache(), suite, params))
+            suite, incremental.lake_results(checks.frames[suite.table].cache(), [suite], params))
         assert result_numbers(ours) == result_numbers(gx), suite.name
         lake_wide += len(gx)
         lake_failed += sum(not r.success for r in gx)

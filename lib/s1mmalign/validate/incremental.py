@@ -156,6 +156,12 @@ def supported(suite: quality.Suite, params: dict) -> bool:
     return True
 
 
+def aggregated(suites: list[quality.Suite], frame: str, params: dict) -> list[quality.Suite]:
+    """The suites of checked frame `frame` (pairs, images) whose results lake_results gives: not the schema
+    suites (they check the table as stored), and only those whose every expectation it aggregates."""
+    return [s for s in suites if s.table == frame and not s.name.startswith("schema.") and supported(s, params)]
+
+
 def _unexpected(kind: str, col, kw: dict):
     """The condition on a non-null value that makes it unexpected, for a column map expectation."""
     if kind == "expect_column_values_to_not_match_regex":
@@ -183,55 +189,66 @@ def _map_result(total: int, nonnull: int | None, unexpected: int, mostly: float)
     return {"success": success, "element_count": total, "unexpected_count": unexpected, "unexpected_percent": percent}
 
 
-def lake_results(frame: DataFrame, suite: quality.Suite, params: dict) -> dict[str, dict]:
-    """Every expectation of `suite` over `frame` (a stored checked table): expectation name -> success,
-    element_count, unexpected_count, unexpected_percent, observed_value, as Great Expectations reports them
-    on the same frame. One aggregation for the column expectations and means, one group-by per uniqueness
-    expectation. Raises Unsupported for a type or argument it does not aggregate."""
+def _unique_columns(kind: str, kw: dict) -> list[str]:
+    return [kw["column"]] if kind == "expect_column_values_to_be_unique" else list(kw["column_list"])
+
+
+def _present(cols: list[str]):
+    """The rows a uniqueness expectation considers: a value present (compound: rows whose values are all
+    missing are left out, Great Expectations' ignore_row_if default)."""
+    cond = F.col(cols[0]).isNotNull()
+    for c in cols[1:]:
+        cond = cond | F.col(c).isNotNull()
+    return cond
+
+
+def lake_results(frame: DataFrame, suites: list[quality.Suite], params: dict) -> dict[str, dict]:
+    """Every expectation of `suites` (all on `frame`, a stored checked table): result key (suite:expectation) ->
+    success, element_count, unexpected_count, unexpected_percent, observed_value, as Great Expectations reports
+    them on the same frame. One aggregation for every count and mean, one group-by per uniqueness expectation.
+    Raises Unsupported for a type or argument it does not aggregate."""
     aggs = [F.count(F.lit(1)).alias("_total")]
     plan = []
-    for i, exp in enumerate(suite.spec["expectations"]):
-        kind, kw = exp["type"], _kwargs(exp, params)
-        plan.append((exp, kind, kw))
-        if kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
-            continue
-        col = F.col(kw["column"])
-        if kind == "expect_column_mean_to_be_between":
-            aggs.append(F.avg(col.cast("double")).alias(f"_m{i}"))
-        elif kind == "expect_column_values_to_be_null":
-            aggs.append(F.count(col).alias(f"_u{i}"))
-        elif kind in MAP_TYPES:
-            aggs += [F.count(col).alias(f"_n{i}"),
-                     F.count(F.when(col.isNotNull() & _unexpected(kind, col, kw), 1)).alias(f"_u{i}")]
-        else:
-            raise Unsupported(kind)
+    for suite in suites:
+        for exp in suite.spec["expectations"]:
+            i, kind, kw = len(plan), exp["type"], _kwargs(exp, params)
+            plan.append((f"{suite.name}:{exp['meta']['name']}", kind, kw))
+            if kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
+                aggs.append(F.count(F.when(_present(_unique_columns(kind, kw)), 1)).alias(f"_n{i}"))
+                continue
+            col = F.col(kw["column"])
+            if kind == "expect_column_mean_to_be_between":
+                aggs.append(F.avg(col.cast("double")).alias(f"_m{i}"))
+            elif kind == "expect_column_values_to_be_null":
+                aggs.append(F.count(col).alias(f"_u{i}"))
+            elif kind in MAP_TYPES:
+                aggs += [F.count(col).alias(f"_n{i}"),
+                         F.count(F.when(col.isNotNull() & _unexpected(kind, col, kw), 1)).alias(f"_u{i}")]
+            else:
+                raise Unsupported(kind)
     row = frame.agg(*aggs).first().asDict()
     total = row["_total"]
     out: dict[str, dict] = {}
-    for i, (exp, kind, kw) in enumerate(plan):
-        name, mostly = exp["meta"]["name"], float(kw.get("mostly", 1.0))
+    for i, (key, kind, kw) in enumerate(plan):
+        mostly = float(kw.get("mostly", 1.0))
         if kind == "expect_column_mean_to_be_between":
             mean = row[f"_m{i}"]
             ok = mean is not None and (kw.get("min_value") is None or mean >= kw["min_value"]) and \
                 (kw.get("max_value") is None or mean <= kw["max_value"])
-            out[name] = {"success": ok, "element_count": None, "unexpected_count": None,
-                         "unexpected_percent": None, "observed_value": mean}
+            out[key] = {"success": ok, "element_count": None, "unexpected_count": None,
+                        "unexpected_percent": None, "observed_value": mean}
             continue
         if kind == "expect_column_values_to_be_null":
             got = _map_result(total, None, row[f"_u{i}"], mostly)
         elif kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
-            cols = [kw["column"]] if kind == "expect_column_values_to_be_unique" else list(kw["column_list"])
-            present = F.col(cols[0]).isNotNull()      # compound: rows whose values are all missing are left out
-            for c in cols[1:]:
-                present = present | F.col(c).isNotNull()
-            kept = frame.where(present)
-            dup = (kept.groupBy(*cols).count().where("count > 1")
+            cols = _unique_columns(kind, kw)
+            dup = (frame.where(_present(cols)).groupBy(*cols).count().where("count > 1")
                    .agg(F.coalesce(F.sum("count"), F.lit(0)).alias("u")).first().u)
-            got = _map_result(total, kept.count(), int(dup), mostly)
+            got = _map_result(total, row[f"_n{i}"], int(dup), mostly)
         else:
             got = _map_result(total, row[f"_n{i}"], row[f"_u{i}"], mostly)
         got["observed_value"] = None
-        out[name] = got
+        out[key] = got
     return out
 
 
@@ -256,7 +273,7 @@ def merged(results: list[quality.Result], lake_wide: dict[str, dict], shown: int
     found on the `shown` rows (the re-checked rows and unexpected_sample's), whose examples stay as details."""
     out = []
     for r in results:
-        got = lake_wide[r.expectation]
+        got = lake_wide[r.key]
         observed = quality.observed_value(got["observed_value"], got["unexpected_count"], got["unexpected_percent"])
         details = r.details
         if details is not None:

@@ -529,9 +529,8 @@ def _checked(spark: SparkSession, cfg: Config, lake: Lake, raw: dict, duplicates
                 if quality.engine(raw[frame].count(), cfg.quality) == "pandas":
                     checks.frames[frame] = stored     # few enough for Great Expectations on the driver: all of them
                     continue
-                mine = [s for s in suites if s.table == frame and not s.name.startswith("schema.")
-                        and incremental.supported(s, params)]
-                shown = incremental.unexpected_sample(stored, mine, params, cfg.quality.partial_unexpected * 10)
+                shown = incremental.unexpected_sample(stored, incremental.aggregated(suites, frame, params), params,
+                                                      cfg.quality.partial_unexpected * 10)
                 if rows is not None:
                     shown = rows.unionByName(shown).dropDuplicates([key])
                 checks.frames[frame], checks.stored[frame] = shown.localCheckpoint(), stored
@@ -608,7 +607,9 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: 
     with Stage("suites", log) as st:
         params = parameters(cfg)
         used: list[DataFrame] = []
-        for suite in quality.load_suites():
+        suites = quality.load_suites()
+        lake_wide: dict[str, dict] = {}     # result key -> lake-wide numbers, one aggregation per stored table
+        for suite in suites:
             schema_suite = suite.name.startswith("schema.")
             frame = raw.get(suite.table) if schema_suite else frames.get(suite.table)
             if frame is None:
@@ -619,7 +620,9 @@ def _suites(cfg: Config, runner: quality.Runner, raw: dict, frames: dict, rows: 
             n = None if schema_suite else rows.get(suite.table)
             stored = None if schema_suite else checks.stored.get(suite.table)
             if stored is not None and incremental.supported(suite, params):
-                lake_wide = incremental.lake_results(stored, suite, params)
+                if f"{suite.name}:{suite.expectation_names[0]}" not in lake_wide:
+                    lake_wide.update(incremental.lake_results(
+                        stored, incremental.aggregated(suites, suite.table, params), params))
                 results = (incremental.merged(runner.run(suite, frame, params, outcome.run_id), lake_wide, n) if n
                            else incremental.results_without_rows(suite, lake_wide))
                 outcome.results += results
