@@ -136,3 +136,18 @@ def test_the_settings_the_checks_depend_on_are_in_their_digest(cfg):
     digests = {incremental.settings_digest(c, cats) for c in changed} | {incremental.settings_digest(cfg, cats[1:])}
     assert base not in digests and len(digests) == 4
     assert 0 <= base < 2 ** 63        # validate_state's version column is a bigint
+
+
+def test_map_results_follow_great_expectations_at_their_edges():
+    """incremental._map_result as Great Expectations 1.x gives a map expectation's result: an empty frame and a
+    frame of nulls pass vacuously with no percent; `mostly` is a share of the rows considered, met at equality;
+    the percent is of non-null rows, or of every row where nulls count (expect_column_values_to_be_null)."""
+    r = incremental._map_result
+    assert r(0, 0, 0, 1.0) == {"success": True, "element_count": 0, "unexpected_count": 0, "unexpected_percent": None}
+    assert r(4, 0, 0, 1.0)["success"] is True and r(4, 0, 0, 1.0)["unexpected_percent"] is None
+    assert r(4, 2, 1, 0.5) == {"success": True, "element_count": 4, "unexpected_count": 1, "unexpected_percent": 50.0}
+    assert r(4, 3, 2, 0.5)["success"] is False
+    assert r(4, None, 1, 0.75) == {"success": True, "element_count": 4, "unexpected_count": 1,
+                                   "unexpected_percent": 25.0}
+    assert r(4, None, 2, 0.75)["success"] is False
+    assert r(4, 4, 0, 1.0)["success"] is True and r(4, 4, 1, 1.0)["success"] is False
